@@ -1,0 +1,164 @@
+"""Conversation actor: commands it consumes, queries it answers, events it publishes."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from schemas._base import Message, Record
+from schemas.errors import ErrorReply
+
+__all__ = [
+    "ContinueConversation",
+    "Conversation",
+    "ConversationCommand",
+    "ConversationEvent",
+    "ConversationQuery",
+    "ConversationReply",
+    "ConversationView",
+    "CreateConversation",
+    "GetConversation",
+    "ListMessages",
+    "MessageList",
+    "Pattern",
+    "Policy",
+    "PostMessage",
+    "Role",
+    "SetContext",
+    "StoredMessage",
+    "TurnCompleted",
+    "TurnFailed",
+]
+
+
+class Pattern(enum.StrEnum):
+    CHATBOT = "chatbot"
+    SIDEKICK = "sidekick"
+
+
+class Policy(enum.StrEnum):
+    """What happens to a message that arrives while a turn of the same conversation runs."""
+
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Conversation(Record, frozen=True, kw_only=True):
+    id: str
+    tenant: str
+    pattern: Pattern
+    agent: str
+    policy: Policy
+    context: dict[str, object] = {}
+    metadata: dict[str, str] = {}
+    parent_id: str | None = None  # set on a conversation made by `continue`
+    created_at: datetime
+    updated_at: datetime
+    active_run_id: str | None = None
+    queued_runs: int = 0
+
+
+class StoredMessage(Record, frozen=True, kw_only=True):
+    id: str
+    conversation_id: str
+    role: Role
+    content: str
+    run_id: str | None = None
+    created_at: datetime
+    metadata: dict[str, str] = {}
+
+
+# --- commands (JetStream, ordered per conversation) -------------------------------------------
+
+
+class PostMessage(Message, frozen=True, kw_only=True, tag="post_message"):
+    """A user turn. `run_id` is chosen by the sender so it can listen to the run's output first."""
+
+    conversation_id: str
+    message_id: str
+    run_id: str
+    content: str
+    metadata: dict[str, str] = {}
+
+
+class SetContext(Message, frozen=True, kw_only=True, tag="set_context"):
+    """Replace a sidekick conversation's application state; the next turn sees it."""
+
+    conversation_id: str
+    context: dict[str, object]
+
+
+ConversationCommand = PostMessage | SetContext
+
+
+# --- queries (NATS micro service, request/reply) ----------------------------------------------
+
+
+class CreateConversation(Message, frozen=True, kw_only=True, tag="create_conversation"):
+    conversation_id: str
+    pattern: Pattern = Pattern.CHATBOT
+    agent: str | None = None
+    context: dict[str, object] = {}
+    policy: Policy = Policy.ENQUEUE
+    metadata: dict[str, str] = {}
+
+
+class GetConversation(Message, frozen=True, kw_only=True, tag="get_conversation"):
+    conversation_id: str
+
+
+class ListMessages(Message, frozen=True, kw_only=True, tag="list_messages"):
+    conversation_id: str
+    limit: int = 100
+    before: str | None = None  # a message id: page backwards from it
+
+
+class ContinueConversation(Message, frozen=True, kw_only=True, tag="continue_conversation"):
+    """Start a new conversation whose history begins with this one's."""
+
+    conversation_id: str
+    new_conversation_id: str
+
+
+ConversationQuery = CreateConversation | GetConversation | ListMessages | SetContext | ContinueConversation
+
+
+class ConversationView(Message, frozen=True, kw_only=True, tag="conversation"):
+    conversation: Conversation
+
+
+class MessageList(Message, frozen=True, kw_only=True, tag="message_list"):
+    messages: list[StoredMessage]
+
+
+ConversationReply = ConversationView | MessageList | ErrorReply
+
+
+# --- events (JetStream, fan-out) --------------------------------------------------------------
+
+
+class TurnCompleted(Message, frozen=True, kw_only=True, tag="turn_completed"):
+    """The assistant's reply is stored; readers may now see it in the history."""
+
+    conversation_id: str
+    run_id: str
+    message: StoredMessage
+    model: str
+    offline: bool = False
+
+
+class TurnFailed(Message, frozen=True, kw_only=True, tag="turn_failed"):
+    """The turn ended without a reply: rejected, failed, or cancelled (see `code`)."""
+
+    conversation_id: str
+    run_id: str
+    error: ErrorReply
+
+
+ConversationEvent = TurnCompleted | TurnFailed

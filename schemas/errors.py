@@ -1,0 +1,31 @@
+"""The one error shape: bus replies and HTTP error bodies carry the same fields."""
+
+from __future__ import annotations
+
+import enum
+
+from schemas._base import Message
+
+__all__ = ["ErrorCode", "ErrorReply"]
+
+
+class ErrorCode(enum.StrEnum):
+    """Machine-readable error codes; the gateway maps each to one HTTP status (gateway/errors.py)."""
+
+    INVALID = "invalid"  # 422: the request is well-formed but its values are not acceptable
+    MALFORMED = "malformed"  # 400: the body could not be decoded at all
+    UNAUTHORIZED = "unauthorized"  # 401
+    NOT_FOUND = "not_found"  # 404 (also for another tenant's ids)
+    CONFLICT = "conflict"  # 409: e.g. a turn is running and the policy is `reject`
+    TOO_LARGE = "too_large"  # 413
+    TIMEOUT = "timeout"  # 504: the bus did not answer in time
+    UNAVAILABLE = "unavailable"  # 503: an actor or NATS is down
+    INTERNAL = "internal"  # 500
+
+
+class ErrorReply(Message, frozen=True, kw_only=True, tag="error"):
+    """A request that failed; `code` says how, `message` says what for a person."""
+
+    code: ErrorCode
+    message: str
+    details: dict[str, str] = {}

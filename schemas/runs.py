@@ -1,0 +1,207 @@
+"""Executor actor: run requests, the run output stream, run records and their queries."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import msgspec
+
+from schemas._base import Message, Record
+from schemas.errors import ErrorReply
+
+__all__ = [
+    "CancelRun",
+    "ExecutorCommand",
+    "ExecutorEvent",
+    "ExecutorQuery",
+    "ExecutorReply",
+    "GetRun",
+    "RunAccepted",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunFinished",
+    "RunOutput",
+    "RunRecord",
+    "RunRequest",
+    "RunStarted",
+    "RunStatus",
+    "RunView",
+    "TextDelta",
+    "ToolCalled",
+    "ToolReturned",
+    "Usage",
+    "UsageReported",
+]
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Usage(Record, frozen=True, kw_only=True):
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    cost_usd: float | None = None  # None when pydantic-ai (genai-prices) does not know the price
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
+    """Run one agent turn. `history` is pydantic-ai's own JSON (ModelMessagesTypeAdapter)."""
+
+    run_id: str
+    agent: str
+    prompt: str
+    history: msgspec.Raw = msgspec.Raw(b"[]")
+    conversation_id: str | None = None
+    context: dict[str, object] | None = None  # sidekick application state, None for chatbots
+    parent_run_id: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):
+    run_id: str
+    reason: str = "cancelled by request"
+
+
+ExecutorCommand = RunRequest | CancelRun
+
+
+# --- run output: ab.run.out.<tenant>.<run_id>, one ordered, resumable stream per run ----------
+
+
+class RunAccepted(Message, frozen=True, kw_only=True, tag="accepted"):
+    """The conversation took the turn; `position` turns are ahead of it (0: starts now)."""
+
+    run_id: str
+    position: int = 0
+
+
+class RunStarted(Message, frozen=True, kw_only=True, tag="started"):
+    """The executor began (or, with attempt > 1, restarted after a crash) the run."""
+
+    run_id: str
+    agent: str
+    model: str
+    offline: bool = False
+    attempt: int = 1
+
+
+class TextDelta(Message, frozen=True, kw_only=True, tag="delta"):
+    """Text the model produced since the previous delta (tokens coalesced over a few ms)."""
+
+    run_id: str
+    text: str
+
+
+class ToolCalled(Message, frozen=True, kw_only=True, tag="tool_call"):
+    run_id: str
+    tool_call_id: str
+    tool_name: str
+    args: str  # JSON text as the model produced it
+
+
+class ToolReturned(Message, frozen=True, kw_only=True, tag="tool_result"):
+    run_id: str
+    tool_call_id: str
+    tool_name: str
+    content: str
+
+
+class UsageReported(Message, frozen=True, kw_only=True, tag="usage"):
+    run_id: str
+    usage: Usage
+
+
+class RunCompleted(Message, frozen=True, kw_only=True, tag="completed"):
+    """The final message. `new_messages` is pydantic-ai JSON for the turn, to append to history."""
+
+    run_id: str
+    output: str
+    new_messages: msgspec.Raw = msgspec.Raw(b"[]")
+    usage: Usage = Usage()
+    model: str = ""
+    offline: bool = False
+
+
+class RunFailed(Message, frozen=True, kw_only=True, tag="failed"):
+    run_id: str
+    error: ErrorReply
+
+
+class RunCancelled(Message, frozen=True, kw_only=True, tag="cancelled"):
+    run_id: str
+    reason: str = ""
+
+
+RunOutput = (
+    RunAccepted
+    | RunStarted
+    | TextDelta
+    | ToolCalled
+    | ToolReturned
+    | UsageReported
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
+
+TERMINAL_OUTPUTS = (RunCompleted, RunFailed, RunCancelled)
+
+
+# --- events: ab.executor.evt.<tenant>.<run_id>.finished ---------------------------------------
+
+
+class RunFinished(Message, frozen=True, kw_only=True, tag="run_finished"):
+    """A run reached a terminal state; carries the terminal output so consumers need nothing else."""
+
+    run_id: str
+    conversation_id: str | None = None
+    parent_run_id: str | None = None
+    result: RunCompleted | RunFailed | RunCancelled
+
+
+ExecutorEvent = RunFinished
+
+
+# --- queries ----------------------------------------------------------------------------------
+
+
+class RunRecord(Record, frozen=True, kw_only=True):
+    id: str
+    tenant: str
+    agent: str
+    model: str
+    status: RunStatus
+    conversation_id: str | None = None
+    parent_run_id: str | None = None
+    offline: bool = False
+    attempt: int = 1
+    usage: Usage = Usage()
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class GetRun(Message, frozen=True, kw_only=True, tag="get_run"):
+    run_id: str
+
+
+ExecutorQuery = GetRun | CancelRun
+
+
+class RunView(Message, frozen=True, kw_only=True, tag="run"):
+    run: RunRecord
+
+
+ExecutorReply = RunView | ErrorReply
