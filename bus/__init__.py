@@ -1,0 +1,1 @@
+"""The only package that touches NATS: subjects, streams, typed publish/request/consume, actors."""

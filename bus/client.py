@@ -1,0 +1,210 @@
+"""The typed bus client: connect, publish, request, replay. Every actor and the gateway use it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from bus.codec import decode_union, encode
+from bus.config import BusConfig
+from bus.errors import BusError
+from bus.headers import Trace, current_trace
+from bus.streams import ensure_streams
+from schemas._base import Message
+from schemas.errors import ErrorCode, ErrorReply
+
+__all__ = ["Bus", "Envelope"]
+
+T = TypeVar("T")
+log = structlog.get_logger("bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope(Generic[T]):
+    """A decoded message with where it came from (stream sequence: the resume point)."""
+
+    seq: int
+    subject: str
+    trace: Trace
+    body: T
+
+
+def _trace_for(trace: Trace | None) -> Trace:
+    if trace is not None:
+        return trace
+    inherited = current_trace()
+    if inherited is None:
+        raise RuntimeError("publishing without a trace: pass trace= or run inside a handler")
+    return inherited.child()
+
+
+class Bus:
+    """One NATS connection with JetStream, and typed verbs on it."""
+
+    def __init__(self, nc: NatsClient, config: BusConfig) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=config.request_timeout_s)
+        self.config = config
+
+    @classmethod
+    async def connect(cls, config: BusConfig, *, ensure: bool = True) -> Bus:
+        """Connect to the cluster (any of `config.servers`), reconnecting forever, and declare streams."""
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected", url=str(nc.connected_url.netloc if nc.connected_url else ""))
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=str(exc))
+
+        nc = await nats.connect(
+            servers=list(config.servers),
+            name=config.name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            error_cb=on_error,
+        )
+        bus = cls(nc, config)
+        if ensure:
+            await ensure_streams(bus.js, config)
+        return bus
+
+    async def close(self) -> None:
+        """Drain: finish in-flight subscriptions and flush what was published, then close."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # a connection that is already gone has nothing left to drain
+                await self.nc.close()
+
+    # --- publish ---------------------------------------------------------------------------
+
+    async def publish(
+        self, subject: str, message: Message, *, trace: Trace | None = None, msg_id: str | None = None
+    ) -> int:
+        """Publish to JetStream and wait for the stream's ack; returns the stream sequence.
+
+        `msg_id` becomes `Nats-Msg-Id`, so a retried publish inside the duplicate window is stored once.
+        """
+        t = _trace_for(trace)
+        ack = await self.js.publish(subject, encode(message), headers=t.headers(msg_id=msg_id))
+        return ack.seq
+
+    async def broadcast(self, subject: str, message: Message, *, trace: Trace | None = None) -> None:
+        """Core NATS publish (no storage): for signals every replica must see now, like a cancel."""
+        t = _trace_for(trace)
+        await self.nc.publish(subject, encode(message), headers=t.headers())
+
+    async def request(
+        self,
+        subject: str,
+        message: Message,
+        reply_type: type[T],
+        *,
+        trace: Trace | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """Request/reply to a micro service endpoint; an ErrorReply comes back as BusError."""
+        t = _trace_for(trace)
+        try:
+            msg = await self.nc.request(
+                subject, encode(message), timeout=timeout or self.config.request_timeout_s, headers=t.headers()
+            )
+        except NoRespondersError as e:
+            raise BusError(ErrorCode.UNAVAILABLE, f"no service answers on {subject}") from e
+        except (NatsTimeoutError, TimeoutError) as e:
+            raise BusError(ErrorCode.TIMEOUT, f"no reply on {subject} in time") from e
+        reply = decode_union(msg.data, reply_type | ErrorReply)
+        if isinstance(reply, ErrorReply):
+            raise BusError.from_reply(reply)
+        result: T = reply
+        return result
+
+    # --- read --------------------------------------------------------------------------------
+
+    async def replay(
+        self,
+        stream: str,
+        subject: str,
+        type_: Any,
+        *,
+        after_seq: int = 0,
+        until: Callable[[Any], bool] | None = None,
+    ) -> AsyncIterator[Envelope[Any]]:
+        """Every message on `subject` after stream sequence `after_seq`, then the live tail.
+
+        An ordered ephemeral consumer: gap-free and in order, recreated by nats-py if it stalls.
+        Stops after yielding a message for which `until` is true.
+        """
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_seq else DeliverPolicy.ALL,
+            opt_start_seq=after_seq + 1 if after_seq else None,
+            inactive_threshold=30.0,
+        )
+        sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config, idle_heartbeat=5.0)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                envelope = self._envelope(msg, type_)
+                if envelope is None:
+                    continue
+                yield envelope
+                if until is not None and until(envelope.body):
+                    return
+        finally:
+            with contextlib.suppress(Exception):  # a closing connection; the ephemeral consumer expires anyway
+                await sub.unsubscribe()
+
+    def _envelope(self, msg: Msg, type_: Any) -> Envelope[Any] | None:
+        try:
+            body = decode_union(msg.data, type_)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("undecodable message in replay", subject=msg.subject)
+            return None
+        seq = msg.metadata.sequence.stream if msg.reply else 0
+        return Envelope(seq=seq, subject=msg.subject, trace=Trace.from_headers(msg.headers), body=body)
+
+    async def subscribe(self, subject: str) -> AsyncIterator[Msg]:
+        """Core NATS subscription as an async iterator (events seen live, nothing replayed)."""
+        sub = await self.nc.subscribe(subject)
+        await self.nc.flush()
+        try:
+            async for msg in sub.messages:
+                yield msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def key_value(self, bucket: str, *, ttl_s: float | None = None, history: int = 1) -> KeyValue:
+        """Open a JetStream KV bucket, creating it (file storage) the first time."""
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self.js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    ttl=ttl_s,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=self.config.stream_replicas,
+                )
+            )

@@ -1,0 +1,136 @@
+"""Streams and durable consumers as data, created or updated idempotently at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from bus import subjects
+from bus.config import BusConfig
+
+__all__ = [
+    "CONVERSATION_CMD",
+    "CONVERSATION_EVT",
+    "DLQ",
+    "EXECUTOR_CMD",
+    "EXECUTOR_EVT",
+    "NOTIFIER_CMD",
+    "NOTIFIER_EVT",
+    "RUN_OUT",
+    "SCHEDULER_CMD",
+    "SCHEDULER_EVT",
+    "ConsumerSpec",
+    "StreamSpec",
+    "ensure_consumer",
+    "ensure_streams",
+]
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    work_queue: bool = False  # messages leave the stream once acked (commands)
+    max_age_s: float | None = None  # None: keep until acked (work queues) or forever
+
+    def config(self, bus: BusConfig) -> StreamConfig:
+        max_age = self.max_age_s
+        if self.name == RUN_OUT.name:
+            max_age = bus.run_output_max_age_s
+        elif max_age is None and not self.work_queue and self.name != DLQ.name:
+            max_age = bus.event_max_age_s
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy.WORK_QUEUE if self.work_queue else RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=bus.stream_replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=max_age,
+            allow_direct=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer shared by every replica of one actor."""
+
+    stream: StreamSpec
+    durable: str
+    filter_subject: str
+    max_ack_pending: int = 1000
+    deliver_new: bool = False  # event consumers start at the tail, command consumers at the head
+
+    def config(self, bus: BusConfig) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=bus.ack_wait_s,
+            max_deliver=-1,  # the Actor counts deliveries and dead-letters itself, with the reason
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+        )
+
+
+CONVERSATION_CMD = StreamSpec("AB_CONVERSATION_CMD", (subjects.conversation_commands(),), work_queue=True)
+CONVERSATION_EVT = StreamSpec("AB_CONVERSATION_EVT", (subjects.conversation_events_all(),))
+EXECUTOR_CMD = StreamSpec("AB_EXECUTOR_CMD", (subjects.executor_commands(),), work_queue=True)
+EXECUTOR_EVT = StreamSpec("AB_EXECUTOR_EVT", (subjects.executor_events(),))
+SCHEDULER_CMD = StreamSpec("AB_SCHEDULER_CMD", (subjects.scheduler_commands(),), work_queue=True)
+SCHEDULER_EVT = StreamSpec("AB_SCHEDULER_EVT", (subjects.scheduler_events(),))
+NOTIFIER_CMD = StreamSpec("AB_NOTIFIER_CMD", (subjects.notifier_commands(),), work_queue=True)
+NOTIFIER_EVT = StreamSpec("AB_NOTIFIER_EVT", (subjects.notifier_events(),))
+RUN_OUT = StreamSpec("AB_RUN_OUT", (subjects.run_outputs(),))
+DLQ = StreamSpec("AB_DLQ", (subjects.dead_letters(),), max_age_s=14 * 24 * 3600.0)
+
+ALL_STREAMS = (
+    CONVERSATION_CMD,
+    CONVERSATION_EVT,
+    EXECUTOR_CMD,
+    EXECUTOR_EVT,
+    SCHEDULER_CMD,
+    SCHEDULER_EVT,
+    NOTIFIER_CMD,
+    NOTIFIER_EVT,
+    RUN_OUT,
+    DLQ,
+)
+
+
+async def ensure_streams(js: JetStreamContext, bus: BusConfig, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create each stream, or bring an existing one to its declared config."""
+    for spec in specs:
+        config = spec.config(bus)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, bus: BusConfig, spec: ConsumerSpec) -> None:
+    config = spec.config(bus)
+    try:
+        info = await js.consumer_info(spec.stream.name, spec.durable)
+    except NotFoundError:
+        await js.add_consumer(spec.stream.name, config)
+        return
+    current = info.config
+    if (current.ack_wait, current.max_ack_pending, current.filter_subject) != (
+        config.ack_wait,
+        config.max_ack_pending,
+        config.filter_subject,
+    ):
+        await js.add_consumer(spec.stream.name, config)  # add with the same durable name updates it
