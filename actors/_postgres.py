@@ -1,0 +1,73 @@
+"""PostgreSQL for actors: a pool per actor, and that actor's numbered migrations under a lock.
+
+Each actor owns one schema (`conversation`, `executor`, ...) and its `migrations/NNN_name.sql`
+files. Migrations run at start inside a transaction holding an advisory lock, so replicas
+starting together apply each file once.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+__all__ = ["database_url", "migrate", "open_pool"]
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        raise RuntimeError("DATABASE_URL is not set (make run sets it for the embedded PostgreSQL)")
+    return url
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out through msgspec: faster than json and gives plain Python values
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: msgspec.json.encode(v).decode(),
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+        format="text",
+    )
+
+
+async def open_pool(dsn: str, *, schema: str, migrations: Path, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose connections see `schema` first, after applying its migrations."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, schema=schema, migrations=migrations)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{schema},public", "application_name": f"agentbus-{schema}"},
+    )
+    return pool
+
+
+async def migrate(conn: asyncpg.Connection, *, schema: str, migrations: Path) -> list[str]:
+    """Apply the `*.sql` files in `migrations` not yet recorded in `<schema>.schema_migrations`."""
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"agentbus:{schema}".encode()))
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')}
+        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+        for path in sorted(migrations.glob("*.sql")):
+            if path.name in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute(f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)', path.name)
+            applied.append(path.name)
+    return applied

@@ -1,0 +1,166 @@
+"""The `agentbus` command: run everything, make API keys, run one actor or the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import httpx
+
+from bus import keys
+from bus.client import Bus
+from bus.config import BusConfig
+from bus.logging import configure_logging
+from bus.supervisor import ACTORS, RunConfig, Running, Supervisor, say
+
+__all__ = ["curl_examples", "main"]
+
+DOCS_PATHS = ("/schema/swagger", "/schema", "/docs")  # Litestar's OpenAPI UI first
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentbus", description="AI agents as actor processes on NATS JetStream.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        help="start NATS and PostgreSQL (embedded unless NATS_URL / DATABASE_URL are set), every actor and the gateway",
+    )
+    key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = key_commands.add_parser("create", help="create an API key for a tenant and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    create.add_argument("--name", default="default", help="a label for the key (default: %(default)s)")
+    actor = commands.add_parser("actor", help="run one actor process (python -m actors.NAME)")
+    actor.add_argument("name", choices=ACTORS)
+    commands.add_parser("gateway", help="run the HTTP gateway process (python -m gateway)")
+    return parser
+
+
+def _running_url(variable: str, file_name: str) -> str | None:
+    """`variable` from the environment, else what a running `agentbus run` wrote to .agentbus/."""
+    if value := os.environ.get(variable):
+        return value
+    path = RunConfig.from_env().home / file_name
+    return path.read_text().strip() if path.exists() else None
+
+
+async def _connect(nats_url: str, name: str) -> Bus:
+    config = BusConfig.from_env({**os.environ, "NATS_URL": nats_url}, name=name)
+    try:
+        return await asyncio.wait_for(Bus.connect(config), timeout=10.0)
+    except TimeoutError:
+        raise SystemExit(f"no NATS answers at {nats_url}") from None
+
+
+async def _create_key(tenant: str, name: str) -> str:
+    nats_url = _running_url("NATS_URL", "nats.url")
+    if nats_url is None:
+        raise SystemExit("set NATS_URL, or start `agentbus run` (make run) in this directory first")
+    bus = await _connect(nats_url, "agentbus-keys")
+    try:
+        return await keys.create_key(bus, tenant=tenant, name=name)
+    finally:
+        await bus.close()
+
+
+async def _dev_key(running: Running) -> str:
+    """The development API key: made once, kept in .agentbus/dev-api-key (mode 600)."""
+    path = running.config.home / "dev-api-key"
+    bus = await _connect(running.nats_url, "agentbus-run")
+    try:
+        if path.exists():
+            saved = path.read_text().strip()
+            if await keys.lookup(bus, saved) is not None:
+                return saved
+            say("the saved development key is unknown to this NATS: making a new one")
+        key = await keys.create_key(bus, tenant="dev", name="dev")
+    finally:
+        await bus.close()
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+async def _docs_url(gateway_url: str) -> str:
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        for path in DOCS_PATHS:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(gateway_url + path)).status_code == 200:
+                    return gateway_url + path
+    return gateway_url + DOCS_PATHS[0]
+
+
+def curl_examples(gateway_url: str, key: str) -> list[str]:
+    """Ready-to-paste shell lines for a first chat turn against a running gateway."""
+    h = f'-H "Authorization: Bearer {key}" -H "Content-Type: application/json"'
+    return [
+        "# create a conversation, keep its id",
+        f"CONV=$(curl -s {h} -d '{{}}' {gateway_url}/v1/conversations"
+        " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
+        "# one chat turn: the reply as JSON",
+        f'curl -s {h} -d \'{{"content": "Hello!"}}\' {gateway_url}/v1/conversations/$CONV/messages',
+        "# the same, streamed token by token (server-sent events)",
+        f'curl -N {h} -H "Accept: text/event-stream" -d \'{{"content": "Tell me more"}}\' '
+        f"{gateway_url}/v1/conversations/$CONV/messages",
+    ]
+
+
+async def _welcome(running: Running) -> None:
+    key = await _dev_key(running)
+    docs = await _docs_url(running.gateway_url)
+    cfg = running.config
+    taken = f"   (port {cfg.port} is taken; AGENTBUS_PORT chooses)" if running.gateway_port != cfg.port else ""
+    lines = [
+        "",
+        "agentbus is running",
+        f"  gateway   {running.gateway_url}{taken}",
+        f"  API docs  {docs}",
+        f"  NATS      {running.nats_url}",
+        f"  API key   {key}   (tenant 'dev', saved in {cfg.home / 'dev-api-key'})",
+        "",
+        *(f"  {line}" for line in curl_examples(running.gateway_url, key)),
+        "",
+        f"Ctrl-C stops everything; the data stays in {cfg.home}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)  # unprefixed, so the curl lines paste as they are
+
+
+def _exec_module(module: str) -> NoReturn:
+    """Become `python -m module`, pointed at a running `agentbus run` when no URLs are set."""
+    env = dict(os.environ)
+    for variable, file_name in (("NATS_URL", "nats.url"), ("DATABASE_URL", "database.url")):
+        value = _running_url(variable, file_name)
+        if value is not None:
+            env[variable] = value
+        else:
+            print(f"agentbus: {variable} is not set and no `agentbus run` is running here", file=sys.stderr)
+    os.execve(sys.executable, [sys.executable, "-m", module], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging("agentbus", console=True, level="ERROR")  # the bus client's own chatter is not for this screen
+    match args.command:
+        case "run":
+            return asyncio.run(Supervisor(RunConfig.from_env(), on_ready=_welcome).run())
+        case "keys":
+            print(asyncio.run(_create_key(args.tenant, args.name)))
+            return 0
+        case "actor":
+            _exec_module(f"actors.{args.name}")
+        case "gateway":
+            _exec_module("gateway")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""`agentbus run`: NATS and PostgreSQL (embedded, or yours), then every actor and the gateway as child processes.
+
+Nothing is restarted automatically: a child that exits is reported, the rest keep running.
+Ctrl-C or SIGTERM stops the children (SIGTERM, wait, SIGKILL), then nats-server, then PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+__all__ = ["ACTORS", "Child", "RunConfig", "Running", "Supervisor", "say"]
+
+# Every actor `agentbus run` starts, as `python -m actors.<name>`: adding one is adding its name here.
+ACTORS: tuple[str, ...] = ("conversation", "executor")
+
+
+def say(text: str) -> None:
+    print(f"{'agentbus':>12} | {text}", flush=True)
+
+
+# Resolved here, not in the forked child: a child of a threaded process should only call, not dlopen.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the supervisor dies, even by SIGKILL (Linux)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One `agentbus run` per data directory: two would fight over the same nats and pg data."""
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another `agentbus run` is using {lock_path.parent}") from None
+        yield
+
+
+def _clear_leftovers(home: Path) -> None:
+    """Undo what a supervisor killed with SIGKILL left behind (we hold the run lock, so none is alive).
+
+    Its children died with it (PR_SET_PDEATHSIG), but its nats-server would share the JetStream store
+    with ours, and pgserver would keep its dead pid as a handle and never stop PostgreSQL.
+    """
+    pid_file = home / "nats.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        ps = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+        if "nats-server" in ps.stdout:
+            say(f"stopping the nats-server (pid {pid}) an earlier run left behind")
+            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                for _ in range(100):
+                    os.kill(pid, 0)  # raises once it is gone
+                    time.sleep(0.1)
+        pid_file.unlink()
+    (home / "pg" / ".handle_pids.json").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    home: Path = Path(".agentbus")
+    nats_url: str | None = None  # None: start the embedded nats-server
+    database_url: str | None = None  # None: start the embedded PostgreSQL
+    nats_port: int = 4222  # preferred port of the embedded nats-server
+    port: int = 8000  # preferred gateway port
+    log_format: str = "console"
+    start_timeout_s: float = 90.0
+    stop_timeout_s: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunConfig:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            home=Path(e.get("AGENTBUS_HOME", ".agentbus")).resolve(),
+            nats_url=e.get("NATS_URL") or None,
+            database_url=e.get("DATABASE_URL") or None,
+            port=int(e.get("AGENTBUS_PORT", d.port)),
+            log_format=e.get("AGENTBUS_LOG_FORMAT", d.log_format),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What a started `agentbus run` serves, for whoever prints the welcome."""
+
+    config: RunConfig
+    gateway_url: str
+    gateway_port: int
+    nats_url: str
+
+
+@dataclass
+class Child:
+    """One child process; its output is printed prefixed with its name and the last lines kept."""
+
+    name: str
+    argv: tuple[str, ...]
+    process: asyncio.subprocess.Process | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    pump: asyncio.Task[None] | None = None
+
+    async def start(self, env: Mapping[str, str]) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the supervisor, which stops children in order
+            preexec_fn=_die_with_parent,
+            limit=1 << 24,
+        )
+        self.pump = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        prefix = f"{self.name:>12} |"
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.tail.append(line)
+            print(prefix, line, flush=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    def report(self, why: str) -> None:
+        code = self.process.returncode if self.process is not None else None
+        say(f"{self.name} {why} (exit code {code}); its last lines:")
+        for line in list(self.tail)[-15:]:
+            say(f"  {line}")
+
+
+class Supervisor:
+    """Owns the embedded servers and the children for the lifetime of one `agentbus run`."""
+
+    def __init__(self, config: RunConfig, *, on_ready: Callable[[Running], Awaitable[None]]) -> None:
+        self.config = config
+        self.on_ready = on_ready
+        self.nats: EmbeddedNats | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: list[Child] = []
+        self._stopping = asyncio.Event()
+        self._first_signal_at = 0.0
+
+    async def run(self) -> int:
+        """Start everything, serve until Ctrl-C / SIGTERM, stop everything; the exit code."""
+        home = self.config.home
+        home.mkdir(parents=True, exist_ok=True)
+        with _exclusive(home / "run.lock"):
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal)
+            try:
+                return await self._serve()
+            finally:
+                await self._stop_children()
+                await asyncio.to_thread(self._stop_infra)
+                for name in ("nats.url", "database.url", "nats.pid"):
+                    (home / name).unlink(missing_ok=True)
+                say("stopped")
+
+    def _on_signal(self) -> None:
+        # Ctrl-C under `uv run` arrives twice at once (from the terminal, and forwarded by uv):
+        # only an interrupt well after the first one means "stop now".
+        now = time.monotonic()
+        if self._stopping.is_set() and now - self._first_signal_at > 1.0:
+            say("second interrupt: killing children now")
+            for child in self.children:
+                child.signal(signal.SIGKILL)
+        elif not self._stopping.is_set():
+            self._first_signal_at = now
+        self._stopping.set()
+
+    async def _serve(self) -> int:
+        nats_url, database_url = await self._start_infra()
+        if self._stopping.is_set():
+            return 0
+        port = free_port(self.config.port)
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            "AGENTBUS_LOG_FORMAT": self.config.log_format,
+            "AGENTBUS_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.children = [Child(name, (sys.executable, "-m", f"actors.{name}")) for name in ACTORS]
+        self.children.append(Child("gateway", (sys.executable, "-m", "gateway")))
+        for child in self.children:
+            await child.start(env)
+        gateway_url = f"http://127.0.0.1:{port}"
+        if not await self._wait_ready(gateway_url):
+            return 0 if self._stopping.is_set() else 1
+        await self.on_ready(Running(self.config, gateway_url, port, nats_url))
+        await self._watch()
+        return 0
+
+    async def _start_infra(self) -> tuple[str, str]:
+        home, cfg = self.config.home, self.config
+        await asyncio.to_thread(_clear_leftovers, home)
+        nats_url = cfg.nats_url
+        if nats_url is None:
+            self.nats = EmbeddedNats(home / "nats")
+            await asyncio.to_thread(self.nats.start, preferred_port=cfg.nats_port)
+            assert self.nats.process is not None
+            (home / "nats.pid").write_text(f"{self.nats.process.pid}\n")
+            nats_url = self.nats.url
+            taken = f" (port {cfg.nats_port} is taken)" if self.nats.port != cfg.nats_port else ""
+            say(f"embedded nats-server on {nats_url}{taken}, data in {home / 'nats'}")
+        else:
+            say(f"using NATS_URL={nats_url}")
+        database_url = cfg.database_url
+        if database_url is None:
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via pgserver
+            self.postgres = EmbeddedPostgres(home / "pg")
+            await asyncio.to_thread(self.postgres.start)
+            database_url = self.postgres.uri()
+            say(f"embedded PostgreSQL on {database_url}, data in {home / 'pg'}")
+        else:
+            say("using DATABASE_URL from the environment")
+        (home / "nats.url").write_text(nats_url + "\n")
+        (home / "database.url").write_text(database_url + "\n")
+        return nats_url, database_url
+
+    def _stop_infra(self) -> None:
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+    async def _wait_ready(self, gateway_url: str) -> bool:
+        """Until the gateway's /health is 200; False if a child dies, time runs out, or we are stopped."""
+        deadline = asyncio.get_running_loop().time() + self.config.start_timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while not self._stopping.is_set():
+                for child in self.children:
+                    if not child.alive:
+                        await _drain(child)
+                        child.report("exited during start-up")
+                        return False
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{gateway_url}/health")).status_code == 200:
+                        return True
+                if asyncio.get_running_loop().time() > deadline:
+                    say(f"the gateway was not healthy at {gateway_url}/health after {self.config.start_timeout_s:.0f}s")
+                    for child in self.children:
+                        child.report("is still starting")
+                    return False
+                await asyncio.sleep(0.25)
+        return False
+
+    async def _watch(self) -> None:
+        """Serve until stopped, reporting any child that exits (nothing is restarted)."""
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process is not None}
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set() and waits:
+                done, _ = await asyncio.wait([stop, *waits], return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stop}:
+                    child = waits.pop(task)
+                    await _drain(child)
+                    child.report("exited and is not restarted")
+            await self._stopping.wait()
+        finally:
+            for task in [stop, *waits]:
+                task.cancel()
+            await asyncio.gather(stop, *waits, return_exceptions=True)
+
+    async def _stop_children(self) -> None:
+        alive = [c for c in self.children if c.alive]
+        if alive:
+            say(f"stopping {', '.join(c.name for c in alive)}")
+        for child in alive:
+            child.signal(signal.SIGTERM)
+        waits = [asyncio.ensure_future(c.process.wait()) for c in alive if c.process is not None]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.config.stop_timeout_s)
+            for child in alive:
+                if child.alive:
+                    say(f"{child.name} did not stop in {self.config.stop_timeout_s:.0f}s: killing it")
+                    child.signal(signal.SIGKILL)
+            await asyncio.gather(*pending, return_exceptions=True)
+        for child in self.children:
+            await _drain(child)
+
+
+async def _drain(child: Child) -> None:
+    """Wait for the rest of a finished child's output to be printed."""
+    if child.pump is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(child.pump, timeout=2.0)
