@@ -1,0 +1,149 @@
+"""Real servers for every test: a nats-server per test, a PostgreSQL per session (a database per test).
+
+Only the LLM is replaced (pydantic-ai TestModel / FunctionModel); real model calls are forbidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+
+import asyncpg
+import pydantic_ai.models
+import pytest
+
+from bus.actor import Actor
+from bus.config import BusConfig
+from bus.embedded import EmbeddedNats, EmbeddedPostgres
+
+pydantic_ai.models.ALLOW_MODEL_REQUESTS = False
+ROOT = Path(__file__).resolve().parent.parent
+
+# Children (actor subprocesses) must not reach a real model either.
+os.environ.setdefault("AGENTBUS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.uri())
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield postgres.uri(name)
+    admin = await asyncpg.connect(postgres.uri())
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+def bus_config(nats_server: EmbeddedNats) -> BusConfig:
+    """Short ack_wait so a killed actor's work is redelivered within a test's time."""
+    return BusConfig(servers=(nats_server.url,), name="test", ack_wait_s=2.0, request_timeout_s=5.0)
+
+
+@pytest.fixture
+def actor_env(bus_config: BusConfig, database_url: str) -> dict[str, str]:
+    """Environment for an actor subprocess talking to this test's servers."""
+    return {
+        **os.environ,
+        "NATS_URL": ",".join(bus_config.servers),
+        "DATABASE_URL": database_url,
+        "AGENTBUS_ACK_WAIT": str(bus_config.ack_wait_s),
+        "AGENTBUS_LOG_FORMAT": "json",
+    }
+
+
+@contextlib.asynccontextmanager
+async def running(*actors: Actor) -> AsyncIterator[tuple[Actor, ...]]:
+    """Start actors in this event loop; stop them (gracefully) when the block ends."""
+    started: list[Actor] = []
+    try:
+        for actor in actors:
+            await actor.start()
+            started.append(actor)
+        yield actors
+    finally:
+        for actor in reversed(started):
+            await actor.stop()
+
+
+class ActorProcess:
+    """An actor as a real OS process (`python -m actors.<name>`), for crash tests."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ActorProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"actors.{self.name}"], env=self.env, cwd=ROOT, stdout=log, stderr=log
+        )
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no drain, no goodbye."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def spawn_actor(actor_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
+    """Factory: spawn_actor("executor", extra_env) -> ActorProcess, all stopped after the test."""
+    procs: list[ActorProcess] = []
+
+    def spawn(name: str, extra_env: Mapping[str, str] | None = None) -> ActorProcess:
+        p = ActorProcess(name, {**actor_env, **(extra_env or {})}, tmp_path / f"{name}-{len(procs)}.log").start()
+        procs.append(p)
+        return p
+
+    yield spawn
+    for p in procs:
+        p.stop()
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
