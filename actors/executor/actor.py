@@ -1,0 +1,324 @@
+"""The executor: takes RunRequests, runs the agent, streams its output, records the run.
+
+See docs/protocol.md, step 3 and "Cancel". A run is recorded before it starts, so a redelivery
+(after a crash: no ack) restarts it with attempt + 1, and a redelivery of a finished run only
+re-announces its end. Cancelling is a flag in the table (a tombstone if the run has not come yet)
+plus a broadcast that reaches the replica running it, which cancels the agent run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic_ai import AgentRunResult, AgentRunResultEvent, CancellationToken
+from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
+from pydantic_ai.messages import (
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    ToolReturnPart,
+)
+from pydantic_ai.models import Model
+
+from actors._postgres import open_pool
+from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
+from actors.executor.config import ExecutorConfig
+from actors.executor.output import OutputWriter
+from actors.executor.store import RunStore, Terminal
+from bus import subjects
+from bus.actor import Actor, Consumer, Delivery, Endpoint
+from bus.codec import decode
+from bus.errors import BusError, Reject
+from bus.headers import Trace
+from bus.streams import EXECUTOR_CMD, ConsumerSpec
+from schemas._base import Message
+from schemas.errors import ErrorCode, ErrorReply
+from schemas.runs import (
+    CancelRun,
+    ExecutorCommand,
+    GetRun,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunFinished,
+    RunRequest,
+    RunStarted,
+    RunView,
+    TextDelta,
+    ToolCalled,
+    ToolReturned,
+    Usage,
+    UsageReported,
+)
+
+__all__ = ["ExecutorActor"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class ExecutorActor(Actor):
+    name = subjects.ActorName.EXECUTOR
+    description = "runs pydantic-ai agents and streams their output"
+
+    def __init__(self, bus_config: Any, config: ExecutorConfig, *, model_override: Model | None = None) -> None:
+        super().__init__(bus_config)
+        self.config = config
+        self.model_override = model_override
+        self.runners: dict[str, Runner] = {}
+        self._store: RunStore | None = None
+        self._active: dict[str, tuple[str, CancellationToken]] = {}  # run id -> (tenant, token)
+        self._cancel_reasons: dict[str, str] = {}
+        self._cancel_sub: Subscription | None = None
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            raise RuntimeError("executor is not started")
+        return self._store
+
+    def routes(self) -> Sequence[Consumer[Any] | Endpoint[Any]]:
+        return (
+            Consumer(
+                ConsumerSpec(EXECUTOR_CMD, "executor-cmd", subjects.executor_commands()),
+                ExecutorCommand,
+                self._on_command,
+                concurrency=self.config.max_concurrent_runs,
+            ),
+            Endpoint("get_run", GetRun, self._get_run),
+            Endpoint("cancel", CancelRun, self._cancel),
+        )
+
+    async def on_start(self) -> None:
+        specs = load_specs(self.config.agents_file)
+        self.runners = build_runners(
+            specs, default_model=self.config.default_model, offline=self.config.offline, override=self.model_override
+        )
+        for runner in self.runners.values():
+            if runner.model.offline:
+                self._log.warning(
+                    "agent uses the offline model: its replies are not an LLM's",
+                    agent=runner.name,
+                    reason=runner.model.reason,
+                )
+            else:
+                self._log.info("agent ready", agent=runner.name, model=runner.model.name)
+        self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
+        self._cancel_sub = await self.bus.nc.subscribe(subjects.executor_cancels(), cb=self._on_cancel_signal)
+
+    async def on_stop(self) -> None:
+        if self._cancel_sub is not None:
+            await self._cancel_sub.unsubscribe()
+        if self._store is not None:
+            await self._store.pool.close()
+
+    async def health_checks(self) -> dict[str, str]:
+        try:
+            await self.store.pool.fetchval("SELECT 1")
+        except Exception as e:
+            return {"postgres": repr(e)}
+        return {"postgres": "ok"}
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def _on_command(self, command: RunRequest | CancelRun, delivery: Delivery) -> None:
+        match command:
+            case RunRequest():
+                await self._run(command, delivery)
+            case CancelRun():
+                try:
+                    await self._request_cancel(command, delivery.tenant)
+                except BusError as e:
+                    raise Reject(e.message) from e
+
+    async def _run(self, req: RunRequest, delivery: Delivery) -> None:
+        tenant = delivery.tenant
+        trace = delivery.trace.child(run_id=req.run_id)
+        structlog.contextvars.bind_contextvars(run_id=req.run_id)
+        runner = self.runners.get(req.agent)
+        token = CancellationToken()
+        self._active[req.run_id] = (tenant, token)  # before recording, so no cancel signal is missed
+        try:
+            begun = await self.store.begin(
+                req,
+                tenant=tenant,
+                model=runner.model.name if runner else "",
+                offline=runner.model.offline if runner else False,
+            )
+            if begun is None:
+                raise Reject(f"run id {req.run_id} belongs to another tenant")
+            if begun.terminal is not None:  # ended before (redelivery, or cancelled before it arrived)
+                await self._announce(req, tenant, trace, begun.terminal)
+                return
+            writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
+            try:
+                if runner is None:
+                    error = ErrorReply(code=ErrorCode.INVALID, message=f"unknown agent {req.agent!r}")
+                    terminal: Terminal = RunFailed(run_id=req.run_id, error=error)
+                    usage = Usage()
+                elif begun.cancel_requested:
+                    terminal, usage = RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id)), Usage()
+                else:
+                    started = RunStarted(
+                        run_id=req.run_id,
+                        agent=runner.name,
+                        model=runner.model.name,
+                        offline=runner.model.offline,
+                        attempt=begun.attempt,
+                    )
+                    await writer.publish(started, msg_id=f"{req.run_id}:started:{begun.attempt}")
+                    terminal, usage = await self._execute(runner, req, tenant, token, writer)
+                await self.store.finish(req.run_id, terminal, usage)
+                await writer.publish(terminal, msg_id=f"{req.run_id}:end")
+            finally:
+                await writer.close()
+            await self._publish_finished(req, tenant, trace, terminal)
+        finally:
+            self._active.pop(req.run_id, None)
+            self._cancel_reasons.pop(req.run_id, None)
+
+    async def _execute(
+        self, runner: Runner, req: RunRequest, tenant: str, token: CancellationToken, writer: OutputWriter
+    ) -> tuple[Terminal, Usage]:
+        run_id = req.run_id
+        try:
+            history: list[ModelMessage] = ModelMessagesTypeAdapter.validate_json(bytes(req.history))
+        except ValueError as e:
+            error = ErrorReply(code=ErrorCode.INVALID, message=f"history is not pydantic-ai message JSON: {e}")
+            return RunFailed(run_id=run_id, error=error), Usage()
+        deps = RunDeps(run_id=run_id, tenant=tenant, context=req.context)
+        result: AgentRunResult[Any] | None = None
+        try:
+            async with runner.agent.run_stream_events(
+                req.prompt, message_history=history, deps=deps, cancellation_token=token
+            ) as events:
+                async for event in events:
+                    match event:
+                        case PartStartEvent(part=TextPart(content=text)) if text:
+                            writer.emit(TextDelta(run_id=run_id, text=text))
+                        case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
+                            writer.emit(TextDelta(run_id=run_id, text=text))
+                        case FunctionToolCallEvent(part=call):
+                            writer.emit(
+                                ToolCalled(
+                                    run_id=run_id,
+                                    tool_call_id=call.tool_call_id,
+                                    tool_name=call.tool_name,
+                                    args=call.args_as_json_str(),
+                                )
+                            )
+                        case FunctionToolResultEvent(part=ToolReturnPart() as ret):
+                            writer.emit(
+                                ToolReturned(
+                                    run_id=run_id,
+                                    tool_call_id=ret.tool_call_id,
+                                    tool_name=ret.tool_name,
+                                    content=ret.model_response_str(),
+                                )
+                            )
+                        case AgentRunResultEvent(result=done):
+                            result = done
+                        case _:
+                            pass
+        except AgentRunCancelled:
+            return RunCancelled(run_id=run_id, reason=self._reason(run_id)), Usage()
+        except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
+            self._log.warning("run failed", error=repr(e))
+            error = ErrorReply(code=ErrorCode.UNAVAILABLE, message=f"{type(e).__name__}: {e}")
+            return RunFailed(run_id=run_id, error=error), Usage()
+        if result is None:
+            error = ErrorReply(code=ErrorCode.INTERNAL, message="the agent ended without a result")
+            return RunFailed(run_id=run_id, error=error), Usage()
+        usage = _usage(result)
+        writer.emit(UsageReported(run_id=run_id, usage=usage))
+        output = result.output if isinstance(result.output, str) else msgspec.json.encode(result.output).decode()
+        completed = RunCompleted(
+            run_id=run_id,
+            output=output,
+            new_messages=msgspec.Raw(result.new_messages_json()),
+            usage=usage,
+            model=runner.model.name,
+            offline=runner.model.offline,
+        )
+        return completed, usage
+
+    async def _announce(self, req: RunRequest, tenant: str, trace: Trace, terminal: Terminal) -> None:
+        """Re-announce a run that already ended: its terminal output (deduped) and RunFinished."""
+        if isinstance(terminal, RunCancelled) and req.run_id in self._cancel_reasons:
+            terminal = RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id))
+        await self.bus.publish(
+            subjects.run_output(tenant, req.run_id), terminal, trace=trace, msg_id=f"{req.run_id}:end"
+        )
+        await self._publish_finished(req, tenant, trace, terminal)
+
+    async def _publish_finished(self, req: RunRequest, tenant: str, trace: Trace, terminal: Terminal) -> None:
+        finished = RunFinished(
+            run_id=req.run_id, conversation_id=req.conversation_id, parent_run_id=req.parent_run_id, result=terminal
+        )
+        await self.bus.publish(
+            subjects.executor_finished(tenant, req.run_id), finished, trace=trace, msg_id=f"{req.run_id}:finished"
+        )
+
+    # --- cancel ------------------------------------------------------------------------------
+
+    def _reason(self, run_id: str) -> str:
+        return self._cancel_reasons.get(run_id, "cancelled by request")
+
+    async def _request_cancel(self, cancel: CancelRun, tenant: str) -> RunView:
+        record = await self.store.request_cancel(cancel.run_id, tenant, cancel.reason)
+        if record is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no run {cancel.run_id}")
+        await self.bus.broadcast(subjects.executor_cancel(tenant, cancel.run_id), cancel)
+        return RunView(run=record)
+
+    async def _cancel(self, cancel: CancelRun, trace: Trace) -> Message:
+        return await self._request_cancel(cancel, trace.tenant)
+
+    async def _on_cancel_signal(self, msg: Msg) -> None:
+        try:
+            cancel = decode(msg.data, CancelRun)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self._log.warning("undecodable cancel signal", subject=msg.subject)
+            return
+        tenant = msg.subject.split(".")[-2]
+        active = self._active.get(cancel.run_id)
+        if active is not None and active[0] == tenant:
+            self._cancel_reasons[cancel.run_id] = cancel.reason
+            active[1].cancel()
+
+    # --- queries -----------------------------------------------------------------------------
+
+    async def _get_run(self, query: GetRun, trace: Trace) -> Message:
+        record = await self.store.get(query.run_id, trace.tenant)
+        if record is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no run {query.run_id}")
+        return RunView(run=record)
+
+
+def _usage(result: AgentRunResult[Any]) -> Usage:
+    u = result.usage
+    cost: float | None = 0.0
+    for message in result.new_messages():
+        if isinstance(message, ModelResponse) and cost is not None:
+            try:
+                cost += float(message.cost().total_price)
+            except Exception:  # genai-prices does not know this model (or usage is incomplete)
+                cost = None
+    return Usage(
+        requests=u.requests,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        tool_calls=u.tool_calls,
+        cost_usd=cost,
+    )

@@ -1,0 +1,118 @@
+"""Model strings to pydantic-ai models, and the offline model used when no provider is configured.
+
+A model is a pydantic-ai model string (`openai:gpt-4o-mini`, `anthropic:…`, `ollama:…`, `test`), a
+list of them (a fallback chain), `offline`, or `function:<module>:<name>` naming a pydantic-ai
+`Model` (or a zero-argument factory of one) — local code, allowed even offline. A provider model
+whose provider is not configured (no API key) is replaced by the offline model, and that is said
+on start-up and in every run's metadata: nothing pretends to be an LLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import structlog
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.models import Model, infer_model
+from pydantic_ai.models.fallback import FallbackModel
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+__all__ = ["OFFLINE", "ResolvedModel", "offline_model", "resolve_model"]
+
+OFFLINE = "offline"
+LOCAL_PREFIXES = ("function:", "test")
+log = structlog.get_logger("executor.models")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    model: Model
+    name: str  # what runs report as their model
+    offline: bool
+    reason: str = ""  # why the offline model stands in, when it does
+
+
+def _last_prompt(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    return part.content
+    return ""
+
+
+def _offline_reply(messages: list[ModelMessage]) -> str:
+    prompt = _last_prompt(messages)
+    return (
+        "[offline model: no LLM provider is configured, so this reply is not an LLM's. "
+        "Set AGENTBUS_MODEL (e.g. openai:gpt-4o-mini) and the provider's API key.] "
+        f"You said: {prompt}"
+    )
+
+
+async def _offline_stream(messages: list[ModelMessage], _: AgentInfo) -> AsyncIterator[str]:
+    for word in _offline_reply(messages).split(" "):
+        yield word + " "
+
+
+def _offline_response(messages: list[ModelMessage], _: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart(_offline_reply(messages))])
+
+
+def offline_model() -> FunctionModel:
+    return FunctionModel(_offline_response, stream_function=_offline_stream, model_name=OFFLINE)
+
+
+def _local(spec: str) -> Model:
+    if spec.startswith("function:"):
+        module_name, _, attr = spec.removeprefix("function:").partition(":")
+        target = getattr(importlib.import_module(module_name), attr)
+        model = target if isinstance(target, Model) else target()
+        if not isinstance(model, Model):
+            raise TypeError(f"{spec} is not a pydantic-ai Model or a factory of one")
+        return model
+    return infer_model(spec)
+
+
+def _one(spec: str, *, base_url: str | None, api_key: str | None) -> Model:
+    if spec.startswith(LOCAL_PREFIXES):
+        return _local(spec)
+    if base_url is not None:  # any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, …)
+        name = spec.split(":", 1)[1] if ":" in spec else spec
+        return OpenAIChatModel(name, provider=OpenAIProvider(base_url=base_url, api_key=api_key or "none"))
+    return infer_model(spec)
+
+
+def resolve_model(
+    spec: str | Sequence[str] | None,
+    *,
+    offline: bool = False,
+    base_url: str | None = None,
+    api_key: str | None = None,
+) -> ResolvedModel:
+    """The model for one agent; the offline model where no provider is configured."""
+    specs = [spec] if isinstance(spec, str) else list(spec or [])
+    if not specs or specs == [OFFLINE]:
+        return ResolvedModel(offline_model(), OFFLINE, True, "no model configured")
+    usable: list[Model] = []
+    reasons: list[str] = []
+    for s in specs:
+        if offline and not s.startswith(LOCAL_PREFIXES):
+            reasons.append(f"{s}: AGENTBUS_OFFLINE is set")
+            continue
+        try:
+            usable.append(_one(s, base_url=base_url, api_key=api_key))
+        except UserError as e:  # pydantic-ai's "set OPENAI_API_KEY …"
+            reasons.append(f"{s}: {e}".split(". ")[0])
+    if not usable:
+        return ResolvedModel(offline_model(), OFFLINE, True, "; ".join(reasons))
+    if reasons:
+        log.warning("models left out of the fallback chain", reasons=reasons)
+    model = usable[0] if len(usable) == 1 else FallbackModel(*usable)
+    name = " > ".join(f"{m.system}:{m.model_name}" for m in usable)
+    return ResolvedModel(model, name, False)

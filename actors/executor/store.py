@@ -1,0 +1,104 @@
+"""The executor's table: one row per run (executor.runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from bus.codec import decode_union, encode
+from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunRecord, RunRequest, RunStatus, Usage
+
+__all__ = ["Begun", "RunStore", "Terminal"]
+
+Terminal = RunCompleted | RunFailed | RunCancelled
+STATUS_OF: dict[type[Any], RunStatus] = {
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+    RunCancelled: RunStatus.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    attempt: int
+    cancel_requested: bool
+    terminal: Terminal | None  # set when the run already ended (a redelivery, or cancelled before it came)
+
+
+class RunStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def begin(self, req: RunRequest, *, tenant: str, model: str, offline: bool) -> Begun | None:
+        """Record the run as running (attempt + 1 if it was already); None if another tenant owns the id."""
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO runs (id, tenant, agent, model, offline, status, conversation_id, parent_run_id, started_at)
+            VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, now())
+            ON CONFLICT (id) DO UPDATE SET
+                attempt = CASE WHEN runs.status = 'running' THEN runs.attempt + 1 ELSE runs.attempt END,
+                agent = EXCLUDED.agent, model = EXCLUDED.model, offline = EXCLUDED.offline,
+                conversation_id = EXCLUDED.conversation_id, parent_run_id = EXCLUDED.parent_run_id,
+                started_at = COALESCE(runs.started_at, now())
+            WHERE runs.tenant = EXCLUDED.tenant
+            RETURNING attempt, cancel_requested, result
+            """,
+            req.run_id, tenant, req.agent, model, offline, req.conversation_id, req.parent_run_id,
+        )  # fmt: skip
+        if row is None:
+            return None
+        terminal = decode_union(row["result"], Terminal) if row["result"] is not None else None
+        return Begun(attempt=row["attempt"], cancel_requested=row["cancel_requested"], terminal=terminal)
+
+    async def finish(self, run_id: str, terminal: Terminal, usage: Usage) -> None:
+        error = terminal.error.message if isinstance(terminal, RunFailed) else None
+        await self.pool.execute(
+            """
+            UPDATE runs SET status = $2, usage = $3, error = $4, result = $5, finished_at = now()
+            WHERE id = $1 AND status = 'running'
+            """,
+            run_id, STATUS_OF[type(terminal)].value, msgspec.to_builtins(usage), error, encode(terminal),
+        )  # fmt: skip
+
+    async def request_cancel(self, run_id: str, tenant: str, reason: str) -> RunRecord | None:
+        """Mark a run for cancelling; a run not seen yet gets a tombstone, so it ends cancelled on arrival."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE runs SET cancel_requested = true WHERE id = $1 AND tenant = $2 RETURNING *", run_id, tenant
+            )
+            if row is None:
+                row = await conn.fetchrow(
+                    """
+                    INSERT INTO runs (id, tenant, agent, status, cancel_requested, error, result, finished_at)
+                    VALUES ($1, $2, '', 'cancelled', true, $3, $4, now())
+                    ON CONFLICT (id) DO NOTHING RETURNING *
+                    """,
+                    run_id, tenant, reason, encode(RunCancelled(run_id=run_id, reason=reason)),
+                )  # fmt: skip
+        return _record(row) if row is not None else None
+
+    async def get(self, run_id: str, tenant: str) -> RunRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
+        return _record(row) if row is not None else None
+
+
+def _record(row: asyncpg.Record) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        agent=row["agent"],
+        model=row["model"],
+        status=RunStatus(row["status"]),
+        conversation_id=row["conversation_id"],
+        parent_run_id=row["parent_run_id"],
+        offline=row["offline"],
+        attempt=row["attempt"],
+        usage=msgspec.convert(row["usage"], Usage),
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

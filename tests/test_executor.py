@@ -1,0 +1,324 @@
+"""The executor against a real nats-server and PostgreSQL; the test plays the conversation actor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.test import TestModel
+
+from actors.executor.actor import ExecutorActor
+from actors.executor.config import ExecutorConfig
+from bus import subjects
+from bus.client import Bus
+from bus.config import BusConfig
+from bus.errors import BusError
+from bus.headers import Header, Trace, new_id
+from bus.streams import DLQ, EXECUTOR_EVT, RUN_OUT
+from schemas.runs import (
+    TERMINAL_OUTPUTS,
+    CancelRun,
+    GetRun,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunFinished,
+    RunOutput,
+    RunRequest,
+    RunStarted,
+    RunStatus,
+    RunView,
+    TextDelta,
+    ToolCalled,
+    ToolReturned,
+)
+from tests.conftest import running, wait_until
+from tests.models import Gate, replying
+
+TENANT = "acme"
+TRACE = Trace(tenant=TENANT)
+
+
+@pytest.fixture
+async def bus(bus_config: BusConfig) -> AsyncIterator[Bus]:
+    b = await Bus.connect(bus_config)
+    yield b
+    await b.close()
+
+
+def executor(bus_config: BusConfig, database_url: str, model: Any = None, *, offline: bool = True) -> ExecutorActor:
+    return ExecutorActor(bus_config, ExecutorConfig(database_url=database_url, offline=offline), model_override=model)
+
+
+async def submit(bus: Bus, prompt: str = "hello", **fields: Any) -> str:
+    run_id = fields.pop("run_id", None) or new_id()
+    request = RunRequest(run_id=run_id, agent=fields.pop("agent", "assistant"), prompt=prompt, **fields)
+    await bus.publish(subjects.executor_command(TENANT, run_id), request, trace=TRACE, msg_id=run_id)
+    return run_id
+
+
+async def outputs(bus: Bus, run_id: str, *, timeout: float = 20.0, tenant: str = TENANT) -> list[Any]:
+    """The run's output stream from the start through the first terminal event."""
+    seen: list[Any] = []
+    async with asyncio.timeout(timeout):
+        async for env in bus.replay(
+            RUN_OUT.name,
+            subjects.run_output(tenant, run_id),
+            RunOutput,
+            until=lambda b: isinstance(b, TERMINAL_OUTPUTS),
+        ):
+            seen.append(env.body)
+    return seen
+
+
+async def get_run(bus: Bus, run_id: str, *, tenant: str = TENANT) -> RunView:
+    service = subjects.service(subjects.ActorName.EXECUTOR, "get_run")
+    return await bus.request(service, GetRun(run_id=run_id), RunView, trace=Trace(tenant=tenant))
+
+
+async def cancel(bus: Bus, request: CancelRun) -> RunView:
+    return await bus.request(subjects.service(subjects.ActorName.EXECUTOR, "cancel"), request, RunView, trace=TRACE)
+
+
+def text(events: list[Any]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def test_a_run_streams_its_text_in_order_and_is_recorded(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    model = TestModel(custom_output_text="one two three four five six")
+    async with running(executor(bus_config, database_url, model)):
+        finished = bus.replay(EXECUTOR_EVT.name, subjects.executor_finished_all(), RunFinished)
+        run_id = await submit(bus)
+        events = await outputs(bus, run_id)
+        assert isinstance(events[0], RunStarted) and events[0].attempt == 1 and events[0].model == "test"
+        assert text(events) == "one two three four five six"
+        done = events[-1]
+        assert isinstance(done, RunCompleted) and done.output == "one two three four five six"
+        history = ModelMessagesTypeAdapter.validate_json(bytes(done.new_messages))
+        assert isinstance(history[0], ModelRequest) and isinstance(history[-1], ModelResponse)
+        async with asyncio.timeout(10):
+            envelope = await anext(finished)
+        assert envelope.body.run_id == run_id and isinstance(envelope.body.result, RunCompleted)
+        view = await get_run(bus, run_id)
+        assert view.run.status is RunStatus.COMPLETED and view.run.usage.output_tokens > 0
+        assert view.run.finished_at is not None
+
+
+async def test_another_tenant_cannot_see_a_run(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    async with running(executor(bus_config, database_url, TestModel())):
+        run_id = await submit(bus)
+        await outputs(bus, run_id)
+        with pytest.raises(BusError) as caught:
+            await get_run(bus, run_id, tenant="other")
+        assert caught.value.code == "not_found"
+
+
+async def test_tool_calls_and_results_are_streamed(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        if not any(isinstance(p, ToolReturnPart) for m in messages for p in getattr(m, "parts", [])):
+            yield {0: DeltaToolCall(name="current_time", json_args='{"timezone": "Europe/Paris"}', tool_call_id="c1")}
+        else:
+            yield "it is late"
+
+    async with running(executor(bus_config, database_url, FunctionModel(stream_function=model))):
+        events = await outputs(bus, await submit(bus, "what time is it?"))
+    calls = [e for e in events if isinstance(e, ToolCalled)]
+    returns = [e for e in events if isinstance(e, ToolReturned)]
+    assert [(c.tool_name, json.loads(c.args)) for c in calls] == [("current_time", {"timezone": "Europe/Paris"})]
+    assert returns[0].tool_call_id == "c1" and "+0" in returns[0].content  # an ISO time with its offset
+    assert text(events) == "it is late"
+
+
+async def test_sidekick_sees_the_context_and_can_read_parts_of_it(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    seen_instructions: list[str] = []
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        seen_instructions.append(info.instructions or "")
+        if not any(isinstance(p, ToolReturnPart) for m in messages for p in getattr(m, "parts", [])):
+            yield {0: DeltaToolCall(name="read_context", json_args='{"path": "cart.items.1"}', tool_call_id="r1")}
+        else:
+            yield "done"
+
+    context: dict[str, object] = {"page": "checkout", "cart": {"items": ["apple", "pear"]}}
+    async with running(executor(bus_config, database_url, FunctionModel(stream_function=model))):
+        events = await outputs(bus, await submit(bus, "what is in my cart?", context=context))
+    assert "<application_state>" in seen_instructions[0] and '"checkout"' in seen_instructions[0]
+    assert [e.content for e in events if isinstance(e, ToolReturned)] == ['"pear"']
+
+
+async def test_read_context_is_offered_only_with_context(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    tools: list[list[str]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> str:
+        tools.append([t.name for t in info.function_tools])
+        return "ok"
+
+    async with running(executor(bus_config, database_url, replying(model))):
+        await outputs(bus, await submit(bus, "hi"))
+        await outputs(bus, await submit(bus, "hi", context={"a": 1}))
+    assert tools == [["current_time"], ["current_time", "read_context"]]
+
+
+async def test_history_is_loaded_back_into_the_model(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    prompts: list[list[str]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> str:
+        requests = [m for m in messages if isinstance(m, ModelRequest)]
+        prompts.append([str(p.content) for m in requests for p in m.parts if p.part_kind == "user-prompt"])
+        return f"reply {len(prompts)}"
+
+    async with running(executor(bus_config, database_url, replying(model))):
+        first = (await outputs(bus, await submit(bus, "first")))[-1]
+        assert isinstance(first, RunCompleted)
+        await outputs(bus, await submit(bus, "second", history=first.new_messages))
+    assert prompts == [["first"], ["first", "second"]]
+
+
+async def test_cancel_stops_a_running_model_and_is_recorded(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    gate = Gate(["partial "], ["never"])
+    async with running(executor(bus_config, database_url, gate.model())):
+        run_id = await submit(bus)
+        async with asyncio.timeout(10):
+            await gate.reached.wait()
+        view = await cancel(bus, CancelRun(run_id=run_id, reason="user left"))
+        assert view.run.id == run_id
+        events = await outputs(bus, run_id)
+        assert isinstance(events[-1], RunCancelled) and events[-1].reason == "user left"
+        assert text(events) == "partial "
+        record = await get_run(bus, run_id)
+        assert record.run.status is RunStatus.CANCELLED
+
+
+async def test_a_run_cancelled_before_it_arrives_ends_cancelled(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    calls: list[int] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> str:
+        calls.append(1)
+        return "ran anyway"
+
+    async with running(executor(bus_config, database_url, replying(model))):
+        run_id = new_id()
+        await cancel(bus, CancelRun(run_id=run_id))
+        await submit(bus, run_id=run_id)
+        events = await outputs(bus, run_id)
+    assert isinstance(events[-1], RunCancelled) and calls == []
+
+
+async def test_a_redelivered_finished_run_is_announced_again_not_rerun(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    calls: list[int] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> str:
+        calls.append(1)
+        return "once"
+
+    async with running(executor(bus_config, database_url, replying(model))):
+        run_id = await submit(bus)
+        await outputs(bus, run_id)
+        finished = bus.replay(EXECUTOR_EVT.name, subjects.executor_finished(TENANT, run_id), RunFinished)
+        # the same command again, as JetStream would redeliver it (a new message id, so not deduped)
+        await bus.publish(
+            subjects.executor_command(TENANT, run_id),
+            RunRequest(run_id=run_id, agent="assistant", prompt="hello"),
+            trace=TRACE,
+        )
+        async with asyncio.timeout(10):
+            assert isinstance((await anext(finished)).body.result, RunCompleted)
+        await wait_until(lambda: _consumer_idle(bus), what="the redelivery to be acked")
+    assert calls == [1]
+
+
+async def _consumer_idle(bus: Bus) -> bool:
+    info = await bus.js.consumer_info("AB_EXECUTOR_CMD", "executor-cmd")
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_unknown_agent_fails_the_run_with_a_reason(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    async with running(executor(bus_config, database_url, TestModel())):
+        events = await outputs(bus, await submit(bus, agent="nobody"))
+    assert isinstance(events[-1], RunFailed) and events[-1].error.code == "invalid"
+    assert "nobody" in events[-1].error.message
+
+
+async def test_a_failing_model_fails_the_run_and_the_actor_keeps_serving(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    def model(messages: list[ModelMessage], info: AgentInfo) -> str:
+        if "boom" in str(messages[-1]):
+            raise RuntimeError("provider exploded")
+        return "fine"
+
+    async with running(executor(bus_config, database_url, replying(model))):
+        failed = await outputs(bus, await submit(bus, "boom"))
+        ok = await outputs(bus, await submit(bus, "hello"))
+    assert isinstance(failed[-1], RunFailed) and "provider exploded" in failed[-1].error.message
+    assert isinstance(ok[-1], RunCompleted) and ok[-1].output.strip() == "fine"
+
+
+async def test_without_a_provider_the_offline_model_answers_and_says_so(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    async with running(executor(bus_config, database_url, None, offline=True)):
+        events = await outputs(bus, await submit(bus, "ping"))
+    started, done = events[0], events[-1]
+    assert isinstance(started, RunStarted) and started.offline and started.model == "offline"
+    assert isinstance(done, RunCompleted) and done.offline and done.output.startswith("[offline model")
+    assert done.output.rstrip().endswith("You said: ping")
+
+
+async def test_malformed_command_is_dead_lettered_and_the_executor_keeps_serving(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    async with running(executor(bus_config, database_url, TestModel(custom_output_text="alive"))):
+        dead = bus.nc.jetstream()
+        sub = await dead.subscribe(subjects.dead_letter(subjects.ActorName.EXECUTOR), stream=DLQ.name)
+        subject = subjects.executor_command(TENANT, "x1")
+        await bus.js.publish(subject, b'{"type": "run_request"}', headers=TRACE.headers())
+        msg = await sub.next_msg(timeout=10)
+        assert "undecodable" in (msg.headers or {})[Header.DEAD_REASON.value]
+        events = await outputs(bus, await submit(bus))
+        assert isinstance(events[-1], RunCompleted) and events[-1].output == "alive"
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_mid_run_restarts_the_run_on_another_executor(bus: Bus, spawn_actor: Callable[..., Any]) -> None:
+    env = {"AGENTBUS_MODEL": "function:tests.models:slow"}
+    first = spawn_actor("executor", env)
+    run_id = await submit(bus, "tell me a long story")
+    seen: list[Any] = []
+    async with asyncio.timeout(60):
+        async for env_ in bus.replay(RUN_OUT.name, subjects.run_output(TENANT, run_id), RunOutput):
+            seen.append(env_.body)
+            if isinstance(env_.body, TextDelta) and len(text(seen)) > 10:
+                break
+    first.kill()
+    spawn_actor("executor", env)
+    async with asyncio.timeout(60):
+        async for env_ in bus.replay(RUN_OUT.name, subjects.run_output(TENANT, run_id), RunOutput, after_seq=0):
+            if isinstance(env_.body, RunStarted) and env_.body.attempt == 2:
+                restarted_at = len(seen)
+            seen.append(env_.body)
+            if isinstance(env_.body, TERMINAL_OUTPUTS):
+                break
+    tail = seen[restarted_at:]
+    assert isinstance(tail[-1], RunCompleted) and text(tail) == "".join(f"w{i} " for i in range(40))
+    view = await get_run(bus, run_id)
+    assert view.run.status is RunStatus.COMPLETED and view.run.attempt == 2
