@@ -34,6 +34,7 @@ __all__ = [
 class Pattern(enum.StrEnum):
     CHATBOT = "chatbot"
     SIDEKICK = "sidekick"
+    TASK = "task"  # made by the scheduler for a task run (delegated, scheduled or triggered)
 
 
 class Policy(enum.StrEnum):
@@ -85,6 +86,7 @@ class PostMessage(Message, frozen=True, kw_only=True, tag="post_message"):
     run_id: str
     content: str
     metadata: dict[str, str] = {}
+    data: dict[str, object] | None = None  # an event payload: reaches the model as quoted data, never as instructions
 
 
 class SetContext(Message, frozen=True, kw_only=True, tag="set_context"):

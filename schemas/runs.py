@@ -64,6 +64,7 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     history: msgspec.Raw = msgspec.Raw(b"[]")
     conversation_id: str | None = None
     context: dict[str, object] | None = None  # sidekick application state, None for chatbots
+    data: dict[str, object] | None = None  # an event payload, given to the model as quoted JSON beside the prompt
     parent_run_id: str | None = None
     metadata: dict[str, str] = {}
 

@@ -230,6 +230,7 @@ class TaskView(Message, frozen=True, kw_only=True, tag="task"):
     task: Task
     last_runs: list[TaskRun] = []
     webhook_secret: str | None = None  # only in the reply that created a webhook-triggered task
+    notification_secret: str | None = None  # whsec_ key signing this task's webhook notifications; only on create
 
 
 class TaskList(Message, frozen=True, kw_only=True, tag="task_list"):
