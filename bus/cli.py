@@ -106,9 +106,9 @@ def curl_examples(gateway_url: str, key: str) -> list[str]:
         f"CONV=$(curl -s {h} -d '{{}}' {gateway_url}/v1/conversations"
         " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
         "# one chat turn: the reply as JSON",
-        f'curl -s {h} -d \'{{"content": "Hello!"}}\' {gateway_url}/v1/conversations/$CONV/messages',
+        f'curl -s {h} -d \'{{"message": "Hello!"}}\' {gateway_url}/v1/conversations/$CONV/messages',
         "# the same, streamed token by token (server-sent events)",
-        f'curl -N {h} -H "Accept: text/event-stream" -d \'{{"content": "Tell me more"}}\' '
+        f'curl -N {h} -d \'{{"message": "Tell me more", "stream": true}}\' '
         f"{gateway_url}/v1/conversations/$CONV/messages",
     ]
 
