@@ -97,6 +97,7 @@ class Actor:
         self._bus: Bus | None = None
         self._service: Service | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._pulls: list[JetStreamContext.PullSubscription] = []
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._owned: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -151,6 +152,7 @@ class Actor:
                     sub = await self.bus.js.pull_subscribe_bind(
                         durable=route.spec.durable, stream=route.spec.stream.name
                     )
+                    self._pulls.append(sub)
                     self._loops.append(asyncio.create_task(self._fetch_loop(route, sub)))
         self._log.info("actor started", instance=self.instance)
 
@@ -163,6 +165,9 @@ class Actor:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        for sub in self._pulls:  # messages a cancelled fetch left behind are redelivered; drain must not wait on them
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         if self._inflight:
             self._log.info("draining in-flight messages", count=len(self._inflight))
             _, pending = await asyncio.wait(list(self._inflight), timeout=self.drain_timeout_s)
