@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["database_url", "migrate", "open_pool"]
+__all__ = ["Conn", "database_url", "migrate", "open_pool"]
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A connection, or one borrowed from a pool: what the actors' SQL functions take."""
 
 
 def database_url() -> str:

@@ -36,11 +36,11 @@ __all__ = [
     "notifier_event",
     "notifier_events",
     "run_output",
+    "run_outputs",
     "scheduler_command",
     "scheduler_commands",
     "scheduler_event",
     "scheduler_events",
-    "run_outputs",
     "service",
     "token",
 ]

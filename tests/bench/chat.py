@@ -124,8 +124,9 @@ async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
                 out["commits_per_turn"] = (after[0] - before[0]) / TURNS_C32
                 out["msgs_per_turn"] = (after[1] - before[1]) / TURNS_C32
 
-        with processes({"executor-stream": commands["executor"]}, stream_env, logs), processes(
-            {k: v for k, v in commands.items() if k != "executor"}, stream_env, logs
+        with (
+            processes({"executor-stream": commands["executor"]}, stream_env, logs),
+            processes({k: v for k, v in commands.items() if k != "executor"}, stream_env, logs),
         ):
             await wait_http(f"{base}/health", timeout=60)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
@@ -201,7 +202,9 @@ async def run(infra: Infra, logs: Path) -> None:
                 f"p50 x{p.p50_ms / floor_p50:.2f}  p99 x{p.p99_ms / floor_p99:.2f}",
             )
         )
-    rows.append(("Agent.run(TestModel) in-process", f"{agent.p50_ms:.2f}", f"{agent.p99_ms:.2f}", f"{agent.per_s:.0f}", ""))
+    rows.append(
+        ("Agent.run(TestModel) in-process", f"{agent.p50_ms:.2f}", f"{agent.p99_ms:.2f}", f"{agent.per_s:.0f}", "")
+    )
     rows.append(("single-row INSERT", f"{insert.p50_ms:.2f}", f"{insert.p99_ms:.2f}", f"{insert.per_s:.0f}", ""))
     print_table("chat turn, non-streamed (ms)", ("path", "p50", "p99", "turns/s", "platform / floor"), rows)
     stream = platform["stream"]

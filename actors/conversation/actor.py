@@ -1,0 +1,322 @@
+"""The conversation actor: applies a conversation's commands in order and keeps its history.
+
+See docs/protocol.md, steps 2 and 4. Order across replicas: a command is applied only when it is
+the first message of its conversation still in the work-queue stream; a later one waits
+(`Retry`) until the earlier ones are acked. Within the database, the conversation's row lock
+serializes a command with the end of a run. Everything is published after the transaction
+commits, with message ids, so a redelivered command or event publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from nats.js.errors import NotFoundError
+
+from actors._postgres import Conn, open_pool
+from actors.conversation import store
+from actors.conversation.config import ConversationConfig
+from bus import subjects
+from bus.actor import Actor, Consumer, Delivery, Endpoint
+from bus.config import BusConfig
+from bus.errors import BusError, Retry
+from bus.headers import Trace, new_id
+from bus.streams import CONVERSATION_CMD, EXECUTOR_EVT, ConsumerSpec
+from schemas._base import Message
+from schemas.conversation import (
+    ContinueConversation,
+    Conversation,
+    ConversationCommand,
+    ConversationView,
+    CreateConversation,
+    GetConversation,
+    ListMessages,
+    MessageList,
+    Policy,
+    PostMessage,
+    Role,
+    SetContext,
+    StoredMessage,
+    TurnCompleted,
+    TurnFailed,
+)
+from schemas.errors import ErrorCode, ErrorReply
+from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunFailed, RunFinished, RunRequest, RunView
+
+__all__ = ["ConversationActor"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+ORDER_RETRY_S = 0.02
+
+
+@dataclass
+class Outcome:
+    """What a command decided, to publish once the transaction has committed."""
+
+    accepted: RunAccepted | None = None
+    failed: ErrorReply | None = None
+    start: RunRequest | None = None
+    cancel: str | None = None  # the run to interrupt
+    turn_event: TurnCompleted | TurnFailed | None = None
+    extra: list[RunRequest] = field(default_factory=list)
+
+
+class ConversationActor(Actor):
+    name = subjects.ActorName.CONVERSATION
+    description = "conversations, history and turn order"
+
+    def __init__(self, bus_config: BusConfig, config: ConversationConfig) -> None:
+        super().__init__(bus_config)
+        self.config = config
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("conversation actor is not started")
+        return self._pool
+
+    def routes(self) -> Sequence[Consumer[Any] | Endpoint[Any]]:
+        return (
+            Consumer(
+                ConsumerSpec(CONVERSATION_CMD, "conversation-cmd", subjects.conversation_commands()),
+                ConversationCommand,
+                self._on_command,
+            ),
+            Consumer(
+                ConsumerSpec(EXECUTOR_EVT, "conversation-runs", subjects.executor_finished_all()),
+                RunFinished,
+                self._on_run_finished,
+            ),
+            Endpoint("create", CreateConversation, self._create),
+            Endpoint("get", GetConversation, self._get),
+            Endpoint("messages", ListMessages, self._messages),
+            Endpoint("context", SetContext, self._context),
+            Endpoint("continue", ContinueConversation, self._continue),
+        )
+
+    async def on_start(self) -> None:
+        self._pool = await open_pool(self.config.database_url, schema="conversation", migrations=MIGRATIONS)
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def health_checks(self) -> dict[str, str]:
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except Exception as e:
+            return {"postgres": repr(e)}
+        return {"postgres": "ok"}
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def _on_command(self, command: PostMessage | SetContext, delivery: Delivery) -> None:
+        await self._wait_for_turn(delivery)
+        match command:
+            case PostMessage():
+                await self._post(command, delivery)
+            case SetContext():
+                async with self.pool.acquire() as conn:
+                    await store.set_context(conn, command.conversation_id, delivery.tenant, command.context)
+
+    async def _wait_for_turn(self, delivery: Delivery) -> None:
+        """Retry unless this is the earliest unacked command of its conversation."""
+        try:
+            first = await self.bus.js.get_msg(
+                CONVERSATION_CMD.name, seq=1, subject=delivery.subject, next=True, direct=True
+            )
+        except NotFoundError:
+            return
+        if first.seq is not None and first.seq < delivery.stream_seq:
+            raise Retry(f"waiting for command {first.seq} of this conversation", delay=ORDER_RETRY_S)
+
+    async def _post(self, cmd: PostMessage, delivery: Delivery) -> None:
+        tenant = delivery.tenant
+        structlog.contextvars.bind_contextvars(run_id=cmd.run_id, conversation_id=cmd.conversation_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            outcome = await self._decide(conn, cmd, tenant, delivery.stream_seq)
+        trace = delivery.trace.child(run_id=cmd.run_id)
+        await self._publish(outcome, tenant, cmd.conversation_id, cmd.run_id, trace)
+
+    async def _decide(self, conn: Conn, cmd: PostMessage, tenant: str, seq: int) -> Outcome:
+        conversation = await store.lock(conn, cmd.conversation_id, tenant)
+        if conversation is None:
+            error = ErrorReply(code=ErrorCode.NOT_FOUND, message=f"no conversation {cmd.conversation_id}")
+            return Outcome(failed=error)
+        turn = await store.get_turn(conn, cmd.run_id)
+        if turn is not None:  # a redelivery: say again what was said (the bus drops the duplicates)
+            if turn.status == "running":
+                accepted = RunAccepted(run_id=turn.run_id, position=0)
+                return Outcome(accepted=accepted, start=await store.run_request(conn, conversation, turn))
+            if turn.status == "queued":
+                return Outcome(accepted=RunAccepted(run_id=turn.run_id, position=await store.queued_ahead(conn, turn)))
+            return Outcome()
+        busy = conversation.active_run_id is not None or conversation.queued_runs > 0
+        if busy and conversation.policy is Policy.REJECT:
+            error = ErrorReply(
+                code=ErrorCode.CONFLICT,
+                message="a turn is running in this conversation and its policy is reject",
+                details={"active_run_id": conversation.active_run_id or ""},
+            )
+            return Outcome(failed=error)
+        await store.insert_turn(
+            conn,
+            conversation.id,
+            run_id=cmd.run_id,
+            seq=seq,
+            prompt=cmd.content,
+            data=cmd.data,
+            message_id=cmd.message_id,
+            metadata=cmd.metadata,
+        )
+        position = conversation.queued_runs + (1 if conversation.active_run_id else 0)
+        outcome = Outcome(accepted=RunAccepted(run_id=cmd.run_id, position=position))
+        outcome.start = await store.next_request(conn, conversation)
+        if conversation.policy is Policy.INTERRUPT and conversation.active_run_id is not None:
+            outcome.cancel = conversation.active_run_id
+        return outcome
+
+    async def _publish(self, outcome: Outcome, tenant: str, conversation_id: str, run_id: str, trace: Trace) -> None:
+        output = subjects.run_output(tenant, run_id)
+        if outcome.failed is not None:
+            failure = RunFailed(run_id=run_id, error=outcome.failed)
+            await self.bus.publish(output, failure, trace=trace, msg_id=f"{run_id}:end")
+            failed = TurnFailed(conversation_id=conversation_id, run_id=run_id, error=outcome.failed)
+            await self._turn_event(tenant, failed, trace)
+        if outcome.accepted is not None:
+            await self.bus.publish(output, outcome.accepted, trace=trace, msg_id=f"{run_id}:accepted")
+        if outcome.turn_event is not None:
+            await self._turn_event(tenant, outcome.turn_event, trace)
+        if outcome.start is not None:
+            await self._request_run(tenant, outcome.start, trace)
+        if outcome.cancel is not None:
+            await self._interrupt(outcome.cancel, trace)
+
+    async def _turn_event(self, tenant: str, event: TurnCompleted | TurnFailed, trace: Trace) -> None:
+        subject = subjects.conversation_event(tenant, event.conversation_id, "turn")
+        await self.bus.publish(subject, event, trace=trace, msg_id=f"{event.run_id}:turn")
+
+    async def _request_run(self, tenant: str, request: RunRequest, trace: Trace) -> None:
+        trace = trace.child(run_id=request.run_id)
+        subject = subjects.executor_command(tenant, request.run_id)
+        await self.bus.publish(subject, request, trace=trace, msg_id=request.run_id)
+
+    async def _interrupt(self, run_id: str, trace: Trace) -> None:
+        cancel = CancelRun(run_id=run_id, reason="interrupted by a new message")
+        try:
+            await self.bus.request(
+                subjects.service(subjects.ActorName.EXECUTOR, "cancel"), cancel, RunView, trace=trace
+            )
+        except BusError as e:  # the run ends on its own then; the queued turn follows it
+            self._log.warning("could not interrupt the running turn", run_id=run_id, error=str(e))
+
+    # --- run results -------------------------------------------------------------------------
+
+    async def _on_run_finished(self, finished: RunFinished, delivery: Delivery) -> None:
+        if finished.conversation_id is None:
+            return  # not a conversation's run (a research sub-run, say)
+        tenant = delivery.tenant
+        structlog.contextvars.bind_contextvars(run_id=finished.run_id, conversation_id=finished.conversation_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            conversation = await store.lock(conn, finished.conversation_id, tenant)
+            turn = await store.get_turn(conn, finished.run_id)
+            if conversation is None or turn is None or turn.conversation_id != conversation.id:
+                return
+            outcome = await self._finish(conn, conversation, turn, finished)
+        await self._publish(outcome, tenant, conversation.id, turn.run_id, delivery.trace.child(run_id=turn.run_id))
+
+    async def _finish(self, conn: Conn, conversation: Conversation, turn: store.Turn, finished: RunFinished) -> Outcome:
+        result = finished.result
+        if turn.status in ("queued", "running"):
+            if isinstance(result, RunCompleted):
+                reply = StoredMessage(
+                    id=new_id(),
+                    conversation_id=conversation.id,
+                    role=Role.ASSISTANT,
+                    content=result.output,
+                    run_id=turn.run_id,
+                    created_at=datetime.now(UTC),
+                    metadata={"model": result.model, "offline": str(result.offline).lower()},
+                )
+                await store.finish_turn(conn, turn, "completed", new_messages=bytes(result.new_messages), reply=reply)
+            else:
+                status = "failed" if isinstance(result, RunFailed) else "cancelled"
+                await store.finish_turn(conn, turn, status, new_messages=None, reply=None)
+        outcome = Outcome(turn_event=await self._turn_event_for(conn, turn, finished))
+        # the next queued turn; on a redelivery, the running one again (its request is deduped by the bus)
+        outcome.start = await store.next_request(conn, conversation)
+        if outcome.start is None and conversation.active_run_id not in (None, turn.run_id):
+            running = await store.get_turn(conn, conversation.active_run_id)
+            if running is not None:
+                outcome.start = await store.run_request(conn, conversation, running)
+        return outcome
+
+    async def _turn_event_for(self, conn: Conn, turn: store.Turn, finished: RunFinished) -> TurnCompleted | TurnFailed:
+        result = finished.result
+        if isinstance(result, RunCompleted):
+            reply = await store.reply_of(conn, turn.run_id)
+            if reply is not None:
+                return TurnCompleted(
+                    conversation_id=turn.conversation_id,
+                    run_id=turn.run_id,
+                    message=reply,
+                    model=result.model,
+                    offline=result.offline,
+                )
+        error = (
+            result.error
+            if isinstance(result, RunFailed)
+            else ErrorReply(code=ErrorCode.CONFLICT, message=getattr(result, "reason", "") or "cancelled")
+        )
+        return TurnFailed(conversation_id=turn.conversation_id, run_id=turn.run_id, error=error)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    async def _create(self, cmd: CreateConversation, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            conversation = await store.create(conn, trace.tenant, cmd, cmd.agent or self.config.default_agent)
+        if conversation is None:
+            raise BusError(ErrorCode.CONFLICT, f"conversation id {cmd.conversation_id} is taken")
+        return ConversationView(conversation=conversation)
+
+    async def _get(self, query: GetConversation, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            return ConversationView(conversation=await self._found(conn, query.conversation_id, trace.tenant))
+
+    async def _messages(self, query: ListMessages, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            await self._found(conn, query.conversation_id, trace.tenant)
+            limit = max(1, min(query.limit, 1000))
+            messages = await store.list_messages(conn, query.conversation_id, limit=limit, before=query.before)
+        return MessageList(messages=messages)
+
+    async def _context(self, cmd: SetContext, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            if not await store.set_context(conn, cmd.conversation_id, trace.tenant, cmd.context):
+                raise BusError(ErrorCode.NOT_FOUND, f"no conversation {cmd.conversation_id}")
+            return ConversationView(conversation=await self._found(conn, cmd.conversation_id, trace.tenant))
+
+    async def _continue(self, cmd: ContinueConversation, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn, conn.transaction():
+            parent = await self._found(conn, cmd.conversation_id, trace.tenant)
+            existing = await store.get(conn, cmd.new_conversation_id, trace.tenant)
+            if existing is not None:  # a retried continue
+                return ConversationView(conversation=existing)
+            child = await store.create(conn, trace.tenant, store.continued(cmd, parent), parent.agent, parent=parent)
+            if child is None:
+                raise BusError(ErrorCode.CONFLICT, f"conversation id {cmd.new_conversation_id} is taken")
+            await store.copy_messages(conn, parent.id, child.id)
+        return ConversationView(conversation=child)
+
+    async def _found(self, conn: Conn, conversation_id: str, tenant: str) -> Conversation:
+        conversation = await store.get(conn, conversation_id, tenant)
+        if conversation is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id}")
+        return conversation

@@ -1,0 +1,284 @@
+"""The conversation actor's tables. Every function runs on a connection the caller holds in a transaction.
+
+A conversation's row is locked (`FOR UPDATE`) by whatever changes its turns, so two replicas
+handling the same conversation serialize on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from actors._postgres import Conn
+from bus.headers import new_id
+from schemas.conversation import (
+    ContinueConversation,
+    Conversation,
+    CreateConversation,
+    Pattern,
+    Policy,
+    Role,
+    StoredMessage,
+)
+from schemas.runs import RunRequest
+
+__all__ = ["Turn", "create", "finish_turn", "get", "history", "insert_turn", "list_messages", "lock", "next_request"]
+
+CONVERSATION = """
+    SELECT c.*,
+        (SELECT run_id FROM turns t WHERE t.conversation_id = c.id AND t.status = 'running' LIMIT 1) AS active_run_id,
+        (SELECT count(*) FROM turns t WHERE t.conversation_id = c.id AND t.status = 'queued') AS queued_runs
+    FROM conversations c WHERE c.id = $1 AND c.tenant = $2
+"""
+
+
+def _conversation(row: asyncpg.Record) -> Conversation:
+    return Conversation(
+        id=row["id"],
+        tenant=row["tenant"],
+        pattern=Pattern(row["pattern"]),
+        agent=row["agent"],
+        policy=Policy(row["policy"]),
+        context=row["context"],
+        metadata=row["metadata"],
+        parent_id=row["parent_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        active_run_id=row["active_run_id"],
+        queued_runs=row["queued_runs"],
+    )
+
+
+def _message(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        role=Role(row["role"]),
+        content=row["content"],
+        run_id=row["run_id"],
+        created_at=row["created_at"],
+        metadata=row["metadata"],
+    )
+
+
+async def get(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
+    row = await conn.fetchrow(CONVERSATION, conversation_id, tenant)
+    return _conversation(row) if row is not None else None
+
+
+async def lock(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
+    """The conversation, its row locked until the transaction ends; None if it is not this tenant's."""
+    row = await conn.fetchrow(CONVERSATION + " FOR UPDATE OF c", conversation_id, tenant)
+    return _conversation(row) if row is not None else None
+
+
+async def create(
+    conn: Conn, tenant: str, cmd: CreateConversation, agent: str, *, parent: Conversation | None = None
+) -> Conversation | None:
+    """Create (or find: creating is idempotent on the id); None when another tenant owns the id."""
+    await conn.execute(
+        """
+        INSERT INTO conversations (id, tenant, pattern, agent, policy, context, metadata, parent_id, base_history)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING
+        """,
+        cmd.conversation_id, tenant, cmd.pattern.value, agent, cmd.policy.value, cmd.context, cmd.metadata,
+        parent.id if parent else None, await history(conn, parent) if parent else "[]",
+    )  # fmt: skip
+    return await get(conn, cmd.conversation_id, tenant)
+
+
+async def copy_messages(conn: Conn, parent_id: str, child_id: str) -> None:
+    """A continued conversation shows its parent's messages first (as copies with their own ids)."""
+    rows = await conn.fetch("SELECT * FROM messages WHERE conversation_id = $1 ORDER BY ordinal", parent_id)
+    await conn.executemany(
+        """
+        INSERT INTO messages (id, conversation_id, ordinal, role, content, metadata, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        [
+            (
+                new_id(),
+                child_id,
+                r["ordinal"],
+                r["role"],
+                r["content"],
+                {**r["metadata"], "copied_from": r["id"]},
+                r["created_at"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def continued(cmd: ContinueConversation, parent: Conversation) -> CreateConversation:
+    return CreateConversation(
+        conversation_id=cmd.new_conversation_id,
+        pattern=parent.pattern,
+        agent=parent.agent,
+        context=parent.context,
+        policy=parent.policy,
+        metadata=parent.metadata,
+    )
+
+
+async def set_context(conn: Conn, conversation_id: str, tenant: str, context: dict[str, Any]) -> bool:
+    status = await conn.execute(
+        "UPDATE conversations SET context = $3, updated_at = now() WHERE id = $1 AND tenant = $2",
+        conversation_id, tenant, context,
+    )  # fmt: skip
+    return status != "UPDATE 0"
+
+
+async def history(conn: Conn, conversation: Conversation) -> str:
+    """pydantic-ai JSON of every completed turn, in order, after what the conversation started from."""
+    row = await conn.fetchrow(
+        """
+        SELECT base_history, (
+            SELECT array_agg(new_messages ORDER BY seq) FROM turns
+            WHERE conversation_id = $1 AND status = 'completed' AND new_messages IS NOT NULL
+        ) AS turns
+        FROM conversations WHERE id = $1
+        """,
+        conversation.id,
+    )
+    parts: list[str] = [row["base_history"], *(row["turns"] or [])] if row is not None else []
+    inner = [p.strip()[1:-1].strip() for p in parts]  # each part is a JSON array: splice their items
+    return "[" + ",".join(p for p in inner if p) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    run_id: str
+    conversation_id: str
+    seq: int
+    status: str
+    prompt: str
+    data: dict[str, object] | None
+
+
+def _turn(row: asyncpg.Record) -> Turn:
+    return Turn(
+        run_id=row["run_id"],
+        conversation_id=row["conversation_id"],
+        seq=row["seq"],
+        status=row["status"],
+        prompt=row["prompt"],
+        data=row["data"],
+    )
+
+
+async def get_turn(conn: Conn, run_id: str) -> Turn | None:
+    row = await conn.fetchrow("SELECT * FROM turns WHERE run_id = $1", run_id)
+    return _turn(row) if row is not None else None
+
+
+async def conversation_of_run(conn: Conn, run_id: str) -> tuple[str, str] | None:
+    """(conversation id, tenant) of a turn, for RunFinished events that name only the run."""
+    row = await conn.fetchrow(
+        "SELECT c.id, c.tenant FROM turns t JOIN conversations c ON c.id = t.conversation_id WHERE t.run_id = $1",
+        run_id,
+    )
+    return (row["id"], row["tenant"]) if row is not None else None
+
+
+async def insert_turn(
+    conn: Conn,
+    conversation_id: str,
+    *,
+    run_id: str,
+    seq: int,
+    prompt: str,
+    data: dict[str, object] | None,
+    message_id: str,
+    metadata: dict[str, str],
+) -> None:
+    """A queued turn and the user's message."""
+    await conn.execute(
+        "INSERT INTO turns (run_id, conversation_id, seq, status, prompt, data) VALUES ($1, $2, $3, 'queued', $4, $5)",
+        run_id, conversation_id, seq, prompt, data,
+    )  # fmt: skip
+    await conn.execute(
+        """
+        INSERT INTO messages (id, conversation_id, ordinal, role, content, run_id, metadata)
+        VALUES ($1, $2, $3, 'user', $4, $5, $6) ON CONFLICT DO NOTHING
+        """,
+        message_id, conversation_id, 2 * seq, prompt, run_id, metadata,
+    )  # fmt: skip
+
+
+async def queued_ahead(conn: Conn, turn: Turn) -> int:
+    """How many turns run before this one (the running one included)."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM turns WHERE conversation_id = $1 AND status IN ('queued', 'running') AND seq < $2",
+        turn.conversation_id, turn.seq,
+    )  # fmt: skip
+    return int(count)
+
+
+async def next_request(conn: Conn, conversation: Conversation) -> RunRequest | None:
+    """Start the earliest queued turn if none is running: mark it running and build its RunRequest."""
+    running = await conn.fetchval(
+        "SELECT 1 FROM turns WHERE conversation_id = $1 AND status = 'running'", conversation.id
+    )
+    if running:
+        return None
+    row = await conn.fetchrow(
+        """
+        UPDATE turns SET status = 'running' WHERE run_id = (
+            SELECT run_id FROM turns WHERE conversation_id = $1 AND status = 'queued' ORDER BY seq LIMIT 1
+        ) RETURNING *
+        """,
+        conversation.id,
+    )
+    return await run_request(conn, conversation, _turn(row)) if row is not None else None
+
+
+async def run_request(conn: Conn, conversation: Conversation, turn: Turn) -> RunRequest:
+    return RunRequest(
+        run_id=turn.run_id,
+        agent=conversation.agent,
+        prompt=turn.prompt,
+        history=msgspec.Raw((await history(conn, conversation)).encode()),
+        conversation_id=conversation.id,
+        context=conversation.context if conversation.pattern is Pattern.SIDEKICK else None,
+        data=turn.data,
+    )
+
+
+async def finish_turn(
+    conn: Conn, turn: Turn, status: str, *, new_messages: bytes | None, reply: StoredMessage | None
+) -> None:
+    await conn.execute(
+        "UPDATE turns SET status = $2, new_messages = $3, finished_at = now() WHERE run_id = $1",
+        turn.run_id, status, new_messages.decode() if new_messages is not None else None,
+    )  # fmt: skip
+    if reply is not None:
+        await conn.execute(
+            """
+            INSERT INTO messages (id, conversation_id, ordinal, role, content, run_id, metadata, created_at)
+            VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7) ON CONFLICT DO NOTHING
+            """,
+            reply.id, turn.conversation_id, 2 * turn.seq + 1, reply.content, turn.run_id, reply.metadata,
+            reply.created_at,
+        )  # fmt: skip
+
+
+async def reply_of(conn: Conn, run_id: str) -> StoredMessage | None:
+    row = await conn.fetchrow("SELECT * FROM messages WHERE run_id = $1 AND role = 'assistant'", run_id)
+    return _message(row) if row is not None else None
+
+
+async def list_messages(conn: Conn, conversation_id: str, *, limit: int, before: str | None) -> list[StoredMessage]:
+    """The latest `limit` messages (before the message `before`, when given), oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM messages WHERE conversation_id = $1
+          AND ($2::text IS NULL OR ordinal < (SELECT ordinal FROM messages WHERE id = $2))
+        ORDER BY ordinal DESC LIMIT $3
+        """,
+        conversation_id, before, limit,
+    )  # fmt: skip
+    return [_message(r) for r in reversed(rows)]
