@@ -22,6 +22,7 @@ __all__ = [
     "conversation_event",
     "conversation_events",
     "conversation_events_all",
+    "conversation_turns_all",
     "dead_letter",
     "dead_letters",
     "executor_cancel",
@@ -96,6 +97,11 @@ def conversation_events(tenant: str, conversation_id: str) -> str:
 
 def conversation_events_all() -> str:
     return _join("conversation", "evt", ">")
+
+
+def conversation_turns_all() -> str:
+    """Every conversation's turn events (what a gateway waits on)."""
+    return _join("conversation", "evt", "*", "*", "turn")
 
 
 # --- executor ----------------------------------------------------------------------------------

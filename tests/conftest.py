@@ -13,14 +13,21 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pydantic_ai.models
 import pytest
+import uvicorn
+from pydantic_ai.models import Model
+from pydantic_ai.models.test import TestModel
 
+from bus import keys
 from bus.actor import Actor
+from bus.client import Bus
 from bus.config import BusConfig
-from bus.embedded import EmbeddedNats, EmbeddedPostgres
+from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 pydantic_ai.models.ALLOW_MODEL_REQUESTS = False
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +154,66 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class Platform:
+    """Conversation and executor actors plus the gateway (uvicorn), all in the test's event loop."""
+
+    def __init__(self, url: str, key: str, bus: Bus, executor: Any) -> None:
+        self.url = url
+        self.key = key
+        self.bus = bus
+        self.executor = executor
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key or self.key}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0, **kwargs)
+
+    async def key_for(self, tenant: str) -> str:
+        return await keys.create_key(self.bus, tenant=tenant, name="test")
+
+
+@pytest.fixture
+async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncIterator[Callable[..., Awaitable[Platform]]]:
+    """start_platform(model=TestModel(), **gateway_config) -> Platform; stopped after the test."""
+    from actors.conversation.actor import ConversationActor
+    from actors.conversation.config import ConversationConfig
+    from actors.executor.actor import ExecutorActor
+    from actors.executor.config import ExecutorConfig
+    from gateway.app import create_app
+    from gateway.config import GatewayConfig
+
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(model: Model | None = None, **gateway: Any) -> Platform:
+        executor = ExecutorActor(
+            bus_config, ExecutorConfig(database_url=database_url, offline=True), model_override=model or TestModel()
+        )
+        conversation = ConversationActor(bus_config, ConversationConfig(database_url=database_url))
+        await conversation.start()
+        cleanups.append(conversation.stop)
+        await executor.start()
+        cleanups.append(executor.stop)
+        port = free_port()
+        app = create_app(GatewayConfig(port=port, **gateway), bus_config)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        serving = asyncio.create_task(server.serve())
+
+        async def stop_server() -> None:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 15)
+
+        cleanups.append(stop_server)
+        await wait_until(lambda: _started(server), timeout=15, what="the gateway to start")
+        bus = await Bus.connect(bus_config)
+        cleanups.append(bus.close)
+        key = await keys.create_key(bus, tenant="t1", name="test")
+        return Platform(f"http://127.0.0.1:{port}", key, bus, executor)
+
+    yield start
+    for cleanup in reversed(cleanups):
+        await cleanup()
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started

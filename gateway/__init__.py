@@ -1,0 +1,1 @@
+"""The gateway: a thin Litestar app that turns HTTP and WebSocket requests into bus messages."""

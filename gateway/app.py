@@ -1,0 +1,61 @@
+"""The Litestar app: routes, auth, the one error shape, OpenAPI, and the bus connection's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from bus.client import Bus
+from bus.config import BusConfig
+from gateway.auth import presented_key
+from gateway.config import GatewayConfig
+from gateway.conversations import ConversationController
+from gateway.errors import exception_handlers
+from gateway.health import health
+from gateway.runs import RunController
+from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
+from gateway.ws import chat_socket
+
+__all__ = ["create_app"]
+
+
+async def provide_tenant(request: Request[Any, Any, Any], state: State) -> str:
+    """The tenant of the request's API key: everything the request sees is scoped to it."""
+    return await gateway_of(state).keys.tenant(presented_key(request))
+
+
+def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        bus = await Bus.connect(bus_config)
+        kv = await bus.key_value(IDEMPOTENCY_BUCKET, ttl_s=config.idempotency_ttl_s)
+        gateway = Gateway(config, bus, kv)
+        await gateway.turns.start()
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.turns.stop()
+            await bus.close()
+
+    return Litestar(
+        route_handlers=[ConversationController, RunController, chat_socket, health],
+        dependencies={"tenant": Provide(provide_tenant)},
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        request_max_body_size=config.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="agentbus",
+            version="0.1.0",
+            description="Run AI agents for your software: chat, sidekick, background tasks, research.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        ),
+    )

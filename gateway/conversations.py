@@ -1,0 +1,215 @@
+"""/v1/conversations: create, read, post a message (answered whole or streamed), context, continue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, put
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Stream
+
+from bus import subjects
+from bus.client import Envelope
+from bus.errors import BusError
+from bus.headers import Trace
+from gateway.auth import Tenant
+from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
+from gateway.errors import HTTP_STATUS, ApiError
+from gateway.sse import sse_response
+from gateway.state import Gateway, Stored, gateway_of, ident
+from schemas.conversation import (
+    ContinueConversation,
+    ConversationView,
+    CreateConversation,
+    GetConversation,
+    ListMessages,
+    MessageList,
+    Pattern,
+    PostMessage,
+    SetContext,
+    TurnCompleted,
+)
+from schemas.errors import ErrorCode
+from schemas.runs import RunFailed
+
+__all__ = ["ConversationController", "post_message", "start_turn"]
+
+CONVERSATION = subjects.ActorName.CONVERSATION
+
+
+def _json(status: int, body: bytes) -> Response[bytes]:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _replayed(stored: Stored) -> Response[bytes]:
+    response = _json(stored.status, stored.body)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def _query(gw: Gateway, verb: str, message: Any, reply: type[Any], trace: Trace) -> Any:
+    return await gw.bus.request(subjects.service(CONVERSATION, verb), message, reply, trace=trace)
+
+
+async def start_turn(
+    gw: Gateway, tenant: str, conversation_id: str, body: NewMessage, trace: Trace, *, run_id: str, message_id: str
+) -> None:
+    post_cmd = PostMessage(
+        conversation_id=conversation_id,
+        message_id=message_id,
+        run_id=run_id,
+        content=body.message,
+        metadata=body.metadata,
+    )
+    await gw.bus.publish(
+        subjects.conversation_command(tenant, conversation_id), post_cmd, trace=trace, msg_id=message_id
+    )
+
+
+async def post_message(
+    gw: Gateway, tenant: str, conversation_id: str, body: NewMessage, trace: Trace, digest: str | None
+) -> Response[Any]:
+    run_id, message_id = gw.make_id(digest, "run"), gw.make_id(digest, "message")
+    trace = trace.child(run_id=run_id)
+    if body.stream:
+        await start_turn(gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id)
+        await gw.remember(digest, Stored(status=200, stream_run_id=run_id))
+        return await _stream_run(gw, tenant, run_id)
+    with gw.turns.expect(run_id) as turn:
+        await start_turn(gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id)
+        try:
+            event = await asyncio.wait_for(turn, gw.config.reply_timeout_s)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.TIMEOUT,
+                "no reply in time; the run goes on: follow it at /v1/runs/{run_id}/events",
+                {"run_id": run_id},
+            ) from None
+    if isinstance(event, TurnCompleted):
+        reply = TurnReply(run_id=run_id, message=event.message, model=event.model, offline=event.offline)
+        stored = Stored(status=200, body=msgspec.json.encode(reply))
+    else:
+        error = {
+            "code": event.error.code,
+            "message": event.error.message,
+            "details": {**event.error.details, "run_id": run_id},
+        }
+        stored = Stored(status=HTTP_STATUS[event.error.code], body=msgspec.json.encode({"error": error}))
+    await gw.remember(digest, stored)
+    return _json(stored.status, stored.body)
+
+
+async def _stream_run(gw: Gateway, tenant: str, run_id: str) -> Response[Any] | Stream:
+    """SSE of the run, unless its first event says it never started (unknown conversation, rejected)."""
+    events = aiter(gw.run_output(tenant, run_id))
+    first: Envelope[Any] = await anext(events)
+    if isinstance(first.body, RunFailed) and first.body.error.code in (ErrorCode.NOT_FOUND, ErrorCode.CONFLICT):
+        await events.aclose()  # type: ignore[attr-defined]
+        error = first.body.error
+        raise ApiError(error.code, error.message, {**error.details, "run_id": run_id})
+    return sse_response(events, [first])
+
+
+class ConversationController(Controller):
+    path = "/v1/conversations"
+    tags = ["conversations"]
+
+    @post("/", status_code=201, summary="Create a conversation")
+    async def create(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, data: JSONBody[NewConversation]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        digest = gw.idempotency_digest(request, tenant)
+        if (stored := await gw.recall(digest)) is not None:
+            return _replayed(stored)
+        cmd = CreateConversation(
+            conversation_id=gw.make_id(digest, "conversation"),
+            pattern=Pattern(data.pattern),
+            agent=data.agent,
+            context=data.context,
+            policy=data.policy,
+            metadata=data.metadata,
+        )
+        view: ConversationView = await _query(gw, "create", cmd, ConversationView, gw.trace(tenant, request))
+        stored = Stored(status=201, body=msgspec.json.encode(view.conversation))
+        await gw.remember(digest, stored)
+        return _json(201, stored.body)
+
+    @get("/{conversation_id:str}", summary="Read a conversation")
+    async def read(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, conversation_id: FromPath[str]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        query = GetConversation(conversation_id=ident(conversation_id))
+        view: ConversationView = await _query(gw, "get", query, ConversationView, gw.trace(tenant, request))
+        return _json(200, msgspec.json.encode(view.conversation))
+
+    @get("/{conversation_id:str}/messages", summary="List a conversation's messages, oldest first")
+    async def messages(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        conversation_id: FromPath[str],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        before: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        query = ListMessages(conversation_id=ident(conversation_id), limit=limit, before=before)
+        listed: MessageList = await _query(gw, "messages", query, MessageList, gw.trace(tenant, request))
+        return _json(200, msgspec.json.encode({"messages": listed.messages}))
+
+    @post(
+        "/{conversation_id:str}/messages", status_code=200, summary="Send a message; the reply whole, or streamed (SSE)"
+    )
+    async def post_message(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        conversation_id: FromPath[str],
+        data: JSONBody[NewMessage],
+    ) -> Response[Any] | Stream:
+        gw = gateway_of(state)
+        digest = gw.idempotency_digest(request, tenant)
+        if (stored := await gw.recall(digest)) is not None:
+            return await _stream_run(gw, tenant, stored.stream_run_id) if stored.stream_run_id else _replayed(stored)
+        return await post_message(gw, tenant, ident(conversation_id), data, gw.trace(tenant, request), digest)
+
+    @put("/{conversation_id:str}/context", summary="Replace a sidekick's application state")
+    async def context(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        conversation_id: FromPath[str],
+        data: JSONBody[ContextBody],
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        cmd = SetContext(conversation_id=ident(conversation_id), context=data.context)
+        view: ConversationView = await _query(gw, "context", cmd, ConversationView, gw.trace(tenant, request))
+        return _json(200, msgspec.json.encode(view.conversation))
+
+    @post(
+        "/{conversation_id:str}/continue", status_code=201, summary="Start a new conversation from this one's history"
+    )
+    async def continue_(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, conversation_id: FromPath[str]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        digest = gw.idempotency_digest(request, tenant)
+        if (stored := await gw.recall(digest)) is not None:
+            return _replayed(stored)
+        cmd = ContinueConversation(
+            conversation_id=ident(conversation_id), new_conversation_id=gw.make_id(digest, "conversation")
+        )
+        try:
+            view: ConversationView = await _query(gw, "continue", cmd, ConversationView, gw.trace(tenant, request))
+        except BusError:
+            raise
+        stored = Stored(status=201, body=msgspec.json.encode(view.conversation))
+        await gw.remember(digest, stored)
+        return _json(201, stored.body)

@@ -1,0 +1,66 @@
+"""Run output as Server-Sent Events: `id:` the stream sequence (resume point), `event:` the type tag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar.response import Stream
+
+from bus.client import Envelope
+from bus.codec import encode
+
+__all__ = ["event_json", "sse_frame", "sse_response"]
+
+KEEPALIVE_S = 15.0
+
+
+def event_json(envelope: Envelope[Any]) -> tuple[str, bytes]:
+    body = envelope.body
+    return type(body).__struct_config__.tag, encode(body)
+
+
+def sse_frame(envelope: Envelope[Any]) -> bytes:
+    tag, data = event_json(envelope)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (envelope.seq, tag.encode(), data)
+
+
+async def _frames(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]]) -> AsyncIterator[bytes]:
+    """Frames of `first` then `rest`, with a comment line every 15 s of silence so proxies keep the stream."""
+    for head in first:
+        yield sse_frame(head)
+    queue: asyncio.Queue[Envelope[Any] | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for envelope in rest:
+                await queue.put(envelope)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            if item is None:
+                break
+            yield sse_frame(item)
+        task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def sse_response(rest: AsyncIterator[Envelope[Any]], first: list[Envelope[Any]] | None = None) -> Stream:
+    return Stream(
+        _frames(first or [], rest),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,157 @@
+"""What the gateway holds while it runs: the bus, key cache, idempotency store and turn waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.datastructures import State
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from bus import subjects
+from bus.client import Bus, Envelope
+from bus.codec import decode_union
+from bus.headers import Trace, new_id
+from bus.streams import RUN_OUT
+from gateway.auth import KeyCache
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError
+from schemas.conversation import TurnCompleted, TurnFailed
+from schemas.errors import ErrorCode
+from schemas.runs import TERMINAL_OUTPUTS, RunOutput
+
+__all__ = ["Gateway", "Stored", "gateway_of", "ident"]
+
+IDEMPOTENCY_BUCKET = "ab_idempotency"
+ID_NAMESPACE = uuid.UUID("6f1c1f1e-5b8a-4f57-9a39-0c7c2b0e8a11")
+
+
+def ident(value: str) -> str:
+    """An id from a URL; one that cannot exist (not a subject token) is simply not found."""
+    try:
+        return subjects.token(value)
+    except subjects.InvalidToken:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no such id: {value[:80]!r}") from None
+
+
+class Stored(msgspec.Struct, frozen=True):
+    """A POST's first answer, kept under its Idempotency-Key."""
+
+    status: int
+    body: bytes = b""
+    stream_run_id: str | None = None  # a streamed answer is replayed from the run's output
+
+
+class TurnWaiter:
+    """One subscription to every conversation's turn events; requests wait on their run id."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._waiting: dict[str, asyncio.Future[TurnCompleted | TurnFailed]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(subjects.conversation_turns_all(), cb=self._on_event)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    @contextlib.contextmanager
+    def expect(self, run_id: str) -> Any:
+        future: asyncio.Future[TurnCompleted | TurnFailed] = asyncio.get_running_loop().create_future()
+        self._waiting[run_id] = future
+        try:
+            yield future
+        finally:
+            self._waiting.pop(run_id, None)
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_union(msg.data, TurnCompleted | TurnFailed)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        future = self._waiting.get(event.run_id)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, bus: Bus, kv: KeyValue) -> None:
+        self.config = config
+        self.bus = bus
+        self.keys = KeyCache(bus, config.key_cache_s)
+        self.turns = TurnWaiter(bus)
+        self._kv = kv
+
+    # --- idempotency -------------------------------------------------------------------------
+
+    @staticmethod
+    def idempotency_digest(request: Request[Any, Any, Any], tenant: str) -> str | None:
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return None
+        if not 1 <= len(key) <= 255:
+            raise ApiError(ErrorCode.INVALID, "Idempotency-Key must be 1 to 255 characters")
+        return hashlib.sha256(f"{tenant}\n{request.method}\n{request.url.path}\n{key}".encode()).hexdigest()
+
+    @staticmethod
+    def make_id(digest: str | None, name: str) -> str:
+        """A new id, or with an Idempotency-Key the same id every time the request is retried."""
+        return new_id() if digest is None else str(uuid.uuid5(ID_NAMESPACE, f"{digest}:{name}"))
+
+    async def recall(self, digest: str | None) -> Stored | None:
+        if digest is None:
+            return None
+        try:
+            entry = await self._kv.get(digest)
+        except KeyNotFoundError:
+            return None
+        return msgspec.msgpack.decode(entry.value, type=Stored) if entry.value else None
+
+    async def remember(self, digest: str | None, stored: Stored) -> None:
+        if digest is not None:
+            await self._kv.put(digest, msgspec.msgpack.encode(stored))
+
+    # --- runs --------------------------------------------------------------------------------
+
+    async def run_has_output(self, tenant: str, run_id: str) -> bool:
+        try:
+            await self.bus.js.get_msg(
+                RUN_OUT.name, seq=1, subject=subjects.run_output(tenant, run_id), next=True, direct=True
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def run_output(self, tenant: str, run_id: str, after_seq: int = 0) -> AsyncIterator[Envelope[Any]]:
+        """The run's output from after `after_seq` through its terminal event."""
+        subject = subjects.run_output(tenant, run_id)
+        async for envelope in self.bus.replay(
+            RUN_OUT.name, subject, RunOutput, after_seq=after_seq, until=lambda b: isinstance(b, TERMINAL_OUTPUTS)
+        ):
+            yield envelope
+
+    @staticmethod
+    def trace(tenant: str, request: Request[Any, Any, Any] | None = None) -> Trace:
+        """A new trace for this request, continuing the caller's W3C traceparent when it sent one."""
+        parent = request.headers.get("traceparent") if request is not None else None
+        correlation = (request.headers.get("x-correlation-id") if request is not None else None) or new_id()
+        if parent and len(parent.split("-")) == 4:
+            return Trace(tenant=tenant, correlation_id=correlation, traceparent=parent).child()
+        return Trace(tenant=tenant, correlation_id=correlation)
+
+
+def gateway_of(state: State) -> Gateway:
+    gateway: Gateway = state.gateway
+    return gateway
