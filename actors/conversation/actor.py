@@ -9,7 +9,8 @@ commits, with message ids, so a redelivered command or event publishes nothing t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,20 +185,23 @@ class ConversationActor(Actor):
         return outcome
 
     async def _publish(self, outcome: Outcome, tenant: str, conversation_id: str, run_id: str, trace: Trace) -> None:
+        """Everything the outcome says, concurrently: each message is deduped by its id on a redelivery."""
         output = subjects.run_output(tenant, run_id)
+        sends: list[Awaitable[Any]] = []
         if outcome.failed is not None:
             failure = RunFailed(run_id=run_id, error=outcome.failed)
-            await self.bus.publish(output, failure, trace=trace, msg_id=f"{run_id}:end")
+            sends.append(self.bus.publish(output, failure, trace=trace, msg_id=f"{run_id}:end"))
             failed = TurnFailed(conversation_id=conversation_id, run_id=run_id, error=outcome.failed)
-            await self._turn_event(tenant, failed, trace)
+            sends.append(self._turn_event(tenant, failed, trace))
         if outcome.accepted is not None:
-            await self.bus.publish(output, outcome.accepted, trace=trace, msg_id=f"{run_id}:accepted")
+            sends.append(self.bus.publish(output, outcome.accepted, trace=trace, msg_id=f"{run_id}:accepted"))
         if outcome.turn_event is not None:
-            await self._turn_event(tenant, outcome.turn_event, trace)
+            sends.append(self._turn_event(tenant, outcome.turn_event, trace))
         if outcome.start is not None:
-            await self._request_run(tenant, outcome.start, trace)
+            sends.append(self._request_run(tenant, outcome.start, trace))
         if outcome.cancel is not None:
-            await self._interrupt(outcome.cancel, trace)
+            sends.append(self._interrupt(outcome.cancel, trace))
+        await asyncio.gather(*sends)
 
     async def _turn_event(self, tenant: str, event: TurnCompleted | TurnFailed, trace: Trace) -> None:
         subject = subjects.conversation_event(tenant, event.conversation_id, "turn")

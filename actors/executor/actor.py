@@ -8,6 +8,7 @@ plus a broadcast that reaches the replica running it, which cancels the agent ru
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,13 +179,16 @@ class ExecutorActor(Actor):
                         offline=runner.model.offline,
                         attempt=begun.attempt,
                     )
-                    await writer.publish(started, msg_id=f"{req.run_id}:started:{begun.attempt}")
+                    writer.emit(started)  # published by the writer while the model starts
                     terminal, usage = await self._execute(runner, req, tenant, token, writer)
-                await self.store.finish(req.run_id, terminal, usage)
-                await writer.publish(terminal, msg_id=f"{req.run_id}:end")
+                # all three at once: each is idempotent, and a redelivery finds whichever landed
+                await asyncio.gather(
+                    self.store.finish(req.run_id, terminal, usage),
+                    writer.publish(terminal, msg_id=f"{req.run_id}:end"),
+                    self._publish_finished(req, tenant, trace, terminal),
+                )
             finally:
                 await writer.close()
-            await self._publish_finished(req, tenant, trace, terminal)
         finally:
             self._active.pop(req.run_id, None)
             self._cancel_reasons.pop(req.run_id, None)

@@ -89,8 +89,11 @@ async def _counters(infra: Infra, conn: asyncpg.Connection) -> tuple[int, int]:
 
 async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
     port = free_port()
-    env = infra.env(AGENTBUS_MODEL="test", AGENTBUS_PORT=str(port))
-    stream_env = infra.env(AGENTBUS_MODEL="function:tests.bench.models:timed_stream", AGENTBUS_PORT=str(port))
+    # the same agent as the floor's Agent.run: TestModel, these instructions, no tools
+    agents = logs / "agents.toml"
+    agents.write_text('[agents.assistant]\ninstructions = "You are a helpful assistant."\ntools = []\n')
+    env = infra.env(AGENTBUS_MODEL="test", AGENTBUS_PORT=str(port), AGENTBUS_AGENTS_FILE=str(agents))
+    stream_env = {**env, "AGENTBUS_MODEL": "function:tests.bench.models:timed"}
     commands = {
         "conversation": ["-m", "actors.conversation"],
         "executor": ["-m", "actors.executor"],
@@ -107,14 +110,19 @@ async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
         with processes(commands, env, logs):
             await wait_http(f"{base}/health", timeout=60)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-                convs = []
-                for _ in range(32):
+                # a new conversation per turn, so every turn is the same work as the floor's Agent.run
+                # (no history to load); the conversations are made before the clock starts
+                fresh: list[str] = []
+
+                async def create(_: int) -> None:
                     r = await client.post("/v1/conversations", json={"pattern": "chatbot"})
                     r.raise_for_status()
-                    convs.append(r.json()["id"])
+                    fresh.append(r.json()["id"])
 
-                async def turn(worker: int) -> None:
-                    r = await client.post(f"/v1/conversations/{convs[worker]}/messages", json={"message": "hello"})
+                await measure(create, total=TURNS_C1 + TURNS_C32 + 40, concurrency=16, warmup=0)
+
+                async def turn(_: int) -> None:
+                    r = await client.post(f"/v1/conversations/{fresh.pop()}/messages", json={"message": "hello"})
                     r.raise_for_status()
 
                 out["c1"] = await measure(turn, total=TURNS_C1, concurrency=1)
@@ -222,11 +230,11 @@ async def run(infra: Infra, logs: Path) -> None:
         "per turn (c=32 run)",
         ("figure", "measured", "design minimum"),
         [
-            ("PostgreSQL commits", f"{commits:.2f}", "2 (user message accepted; reply stored)"),
+            ("PostgreSQL commits", f"{commits:.2f}", "4 (turn accepted; run recorded; run ended; reply stored)"),
             (
                 "NATS messages in (publishes, acks, pulls, requests)",
                 f"{float(platform['msgs_per_turn']):.1f}",  # type: ignore[arg-type]
-                "6 publishes (command, run request, output batch, terminal, finished, turn event)",
+                "14 (8 publishes: command, accepted, run request, started, text, end, finished, turn; 3 acks; 3 pulls)",
             ),
         ],
     )

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 from pydantic_ai.messages import ModelMessage
-from pydantic_ai.models.function import AgentInfo
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 STREAM_TOKENS = 200
 
@@ -16,3 +16,8 @@ async def timed_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIt
     yield f"{time.time_ns()} "
     for i in range(STREAM_TOKENS - 1):
         yield f"t{i} "
+
+
+def timed() -> FunctionModel:
+    """`function:tests.bench.models:timed`: the streaming model of the first-token benchmark."""
+    return FunctionModel(stream_function=timed_stream, model_name="timed")
