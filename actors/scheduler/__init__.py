@@ -1,0 +1,1 @@
+"""The scheduler actor: task definitions, their timing, and every firing as a task run."""

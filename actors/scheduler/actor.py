@@ -1,0 +1,532 @@
+"""The scheduler: owns tasks, fires them on time (or when told), and follows each firing to its end.
+
+A firing is a task run whose id is also the run id. It starts as a conversation turn (a new
+conversation per firing, or the task's one thread), so the executor runs it like any chat turn;
+its RunFinished ends the task run, announces TaskRunFinished (what chained tasks listen to) and
+asks the notifier for one delivery per channel.
+
+Exactly once per (task, scheduled time): replicas claim due tasks with `FOR UPDATE SKIP LOCKED`,
+and a timed run is unique on (task, scheduled_for). A run is recorded before it is started; one
+that was recorded but not started (a crash in between) is started again by the next tick, and
+starting is idempotent (the conversation is created by id, the message published with the run id
+as its message id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors._postgres import Conn, open_pool
+from actors.scheduler import store
+from actors.scheduler.clock import Clock, SystemClock
+from actors.scheduler.config import SchedulerConfig
+from actors.scheduler.timing import Timing, TimingError, validate
+from bus import subjects
+from bus.actor import Actor, Consumer, Delivery, Endpoint
+from bus.config import BusConfig
+from bus.errors import BusError
+from bus.headers import Trace, new_id
+from bus.streams import EXECUTOR_EVT, SCHEDULER_CMD, ConsumerSpec
+from schemas._base import Message
+from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
+from schemas.errors import ErrorCode
+from schemas.notifier import Channel, Deliver
+from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
+from schemas.tasks import (
+    CreateTask,
+    DeleteTask,
+    FiredBy,
+    FireTask,
+    GetTask,
+    GetTaskRun,
+    ListTaskRuns,
+    ListTasks,
+    MisfirePolicy,
+    OverlapPolicy,
+    RegisterTrigger,
+    SetTaskEnabled,
+    Task,
+    TaskChanged,
+    TaskList,
+    TaskRun,
+    TaskRunFinished,
+    TaskRunList,
+    TaskRunStatus,
+    TaskRunView,
+    TaskType,
+    TaskView,
+    TriggerConfig,
+    TriggerRegistered,
+    UnregisterTrigger,
+    UpdateTask,
+)
+
+__all__ = ["SchedulerActor"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = structlog.get_logger("scheduler")
+
+
+def _timing(task: Task) -> Timing:
+    return Timing(
+        schedule_expression=task.schedule_expression,
+        interval_seconds=task.interval_seconds,
+        run_at=task.run_at,
+        timezone=task.timezone,
+    )
+
+
+def _invalid(message: str) -> BusError:
+    return BusError(ErrorCode.INVALID, message)
+
+
+def _check_urls(task: Task) -> None:
+    config = task.notification_config
+    if config is None:
+        return
+    needs = {
+        Channel.EMAIL: config.email_address,
+        Channel.SLACK: config.slack_webhook_url,
+        Channel.WEBHOOK: config.webhook_url,
+    }
+    for channel in config.channels:
+        if channel in needs and not needs[channel]:
+            field = {
+                Channel.EMAIL: "email_address",
+                Channel.SLACK: "slack_webhook_url",
+                Channel.WEBHOOK: "webhook_url",
+            }[channel]
+            raise _invalid(f"notification channel {channel.value} needs {field}")
+    for url in (config.slack_webhook_url, config.webhook_url):
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise _invalid(f"not an http(s) URL: {url!r}")
+    if config.email_address is not None and "@" not in config.email_address:
+        raise _invalid(f"not an email address: {config.email_address!r}")
+
+
+class SchedulerActor(Actor):
+    name = subjects.ActorName.SCHEDULER
+    description = "tasks: delegated, scheduled and triggered firings"
+
+    def __init__(self, bus_config: BusConfig, config: SchedulerConfig, *, clock: Clock | None = None) -> None:
+        super().__init__(bus_config)
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._pool: Any = None
+        self._wake = asyncio.Event()
+
+    def routes(self) -> Sequence[Consumer[Any] | Endpoint[Any]]:
+        return (
+            Consumer(
+                ConsumerSpec(SCHEDULER_CMD, "scheduler-cmd", subjects.scheduler_commands()), FireTask, self._on_fire
+            ),
+            Consumer(
+                ConsumerSpec(EXECUTOR_EVT, "scheduler-runs", subjects.executor_finished_all()),
+                RunFinished,
+                self._on_finished,
+            ),
+            Endpoint("create", CreateTask, self._create),
+            Endpoint("get", GetTask, self._get),
+            Endpoint("list", ListTasks, self._list),
+            Endpoint("update", UpdateTask, self._update),
+            Endpoint("delete", DeleteTask, self._delete),
+            Endpoint("set_enabled", SetTaskEnabled, self._set_enabled),
+            Endpoint("list_runs", ListTaskRuns, self._list_runs),
+            Endpoint("get_run", GetTaskRun, self._get_run),
+        )
+
+    async def on_start(self) -> None:
+        self._pool = await open_pool(self.config.database_url, schema="scheduler", migrations=MIGRATIONS)
+        self.spawn(self._ticker(), name="scheduler-ticker")
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def health_checks(self) -> dict[str, str]:
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except Exception as e:
+            return {"postgres": repr(e)}
+        return {"postgres": "ok"}
+
+    # --- the ticker --------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.clock.now()
+            try:
+                busy = await self._tick(now)
+                next_due = await store.next_due(self._pool)
+            except Exception:
+                log.exception("tick failed")
+                busy, next_due = False, None
+            delay = 0.0 if busy else self.config.max_tick_s
+            if next_due is not None and not busy:
+                delay = min(delay, max((next_due - now).total_seconds(), 0.0))
+            await self.clock.sleep(delay, self._wake)
+
+    async def _tick(self, now: datetime) -> bool:
+        """Fire what is due; True if there may be more right away."""
+        grace = timedelta(seconds=self.config.misfire_grace_s)
+        fired: list[tuple[Task, TaskRun]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await store.due_tasks(conn, now, self.config.batch)
+            for row in due:
+                task = row.task
+                slot = task.next_run_at
+                assert slot is not None
+                timing = _timing(task)
+                missed = slot < now - grace
+                following = timing.next_after(slot)
+                if missed or (following is not None and following <= now):
+                    following = timing.next_after(now)  # jump the firings missed while down
+                await store.set_next(conn, task.id, following)
+                if missed and task.misfire_policy is MisfirePolicy.SKIP:
+                    log.info("misfire skipped", task_id=task.id, slot=slot.isoformat())
+                    continue
+                skip = task.overlap_policy is OverlapPolicy.SKIP and await store.has_open_run(conn, task.id)
+                status = TaskRunStatus.SKIPPED if skip else TaskRunStatus.QUEUED
+                run = await store.insert_run(
+                    conn,
+                    run_id=new_id(),
+                    task=task,
+                    fired_by=FiredBy.SCHEDULE,
+                    now=now,
+                    scheduled_for=slot,
+                    status=status,
+                )
+                if run is not None and not skip:
+                    fired.append((task, run))
+            stale = await store.unstarted_runs(
+                conn, now - timedelta(seconds=self.config.restart_after_s), self.config.batch
+            )
+        for task, run in fired:
+            await self._start(task, run)
+        for run in stale:
+            owner = await store.task_row(self._pool, run.task_id)
+            if owner is not None:
+                await self._start(owner.task, run)
+        return len(due) == self.config.batch
+
+    # --- starting a run ----------------------------------------------------------------------
+
+    async def _start(self, task: Task, run: TaskRun) -> None:
+        """Start the run as a conversation turn; idempotent, so a restart may call it again."""
+        trace = Trace(tenant=task.tenant, run_id=run.id)
+        conversation_id = f"thread-{task.id}" if task.thread else run.id
+        create = CreateConversation(
+            conversation_id=conversation_id,
+            pattern=Pattern.TASK,
+            agent=task.agent,
+            policy=Policy.ENQUEUE,
+            metadata={"task_id": task.id},
+        )
+        prompt = task.prompt
+        if task.inputs:
+            prompt += "\n\nInputs (JSON):\n" + json.dumps(task.inputs, ensure_ascii=False, indent=1, default=str)
+        message = PostMessage(
+            conversation_id=conversation_id,
+            message_id=f"{run.id}-prompt",
+            run_id=run.id,
+            content=prompt,
+            metadata={"task_id": task.id, "task_run_id": run.id},
+            data=run.event,
+        )
+        try:
+            await self.bus.request(
+                subjects.service(subjects.ActorName.CONVERSATION, "create"), create, ConversationView, trace=trace
+            )
+            subject = subjects.conversation_command(task.tenant, conversation_id)
+            await self.bus.publish(subject, message, trace=trace, msg_id=message.message_id)
+        except BusError as e:  # the next tick starts it again
+            log.warning("task run not started yet", task_run_id=run.id, error=str(e))
+            return
+        async with self._pool.acquire() as conn:
+            await store.mark_started(conn, run.id, conversation_id, self.clock.now())
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def _on_fire(self, cmd: FireTask, delivery: Delivery) -> None:
+        async with self._pool.acquire() as conn:
+            row = await store.get_task(conn, cmd.task_id, delivery.tenant)
+            if row is None or not row.task.enabled:
+                log.info("firing ignored: no such enabled task", task_id=cmd.task_id)
+                return
+            run_id = cmd.firing_id if _is_token(cmd.firing_id) else new_id()
+            run = await store.insert_run(
+                conn, run_id=run_id, task=row.task, fired_by=cmd.fired_by, now=self.clock.now(),
+                firing_id=cmd.firing_id, event=cmd.event,
+            )  # fmt: skip
+            if run is None:  # a redelivery: start it again if it never started
+                run = await store.get_run(conn, run_id, delivery.tenant)
+        if run is not None and run.status is TaskRunStatus.QUEUED:
+            await self._start(row.task, run)
+
+    async def _on_finished(self, finished: RunFinished, delivery: Delivery) -> None:
+        result = finished.result
+        status = {
+            RunCompleted: TaskRunStatus.COMPLETED,
+            RunFailed: TaskRunStatus.FAILED,
+            RunCancelled: TaskRunStatus.CANCELLED,
+        }[type(result)]
+        output = result.output if isinstance(result, RunCompleted) else None
+        error = result.error.message if isinstance(result, RunFailed) else getattr(result, "reason", None)
+        usage = result.usage if isinstance(result, RunCompleted) else None
+        async with self._pool.acquire() as conn:
+            done = await store.finish_run(
+                conn, finished.run_id, status, output=output, error=error, usage=usage or Usage(), now=self.clock.now()
+            )
+            if done is None:
+                return  # not a task run
+            run, _ = done
+            row = await store.task_row(conn, run.task_id)
+        trace = delivery.trace.child(run_id=run.id)
+        kind = "completed" if run.status is TaskRunStatus.COMPLETED else "failed"
+        await self.bus.publish(
+            subjects.scheduler_event(run.tenant, run.task_id, kind),
+            TaskRunFinished(run=run),
+            trace=trace,
+            msg_id=f"{run.id}:finished",
+        )
+        if row is not None:
+            await self._notify(row, run, trace)
+
+    async def _notify(self, row: store.TaskRow, run: TaskRun, trace: Trace) -> None:
+        config = row.task.notification_config
+        if config is None:
+            return
+        title = f"Task {row.task.id}: {run.status.value}"
+        body = run.output or run.error or ""
+        payload: dict[str, object] = msgspec.to_builtins(
+            {
+                "task_id": row.task.id,
+                "task_run_id": run.id,
+                "status": run.status,
+                "output": run.output,
+                "error": run.error,
+            }
+        )
+        targets = {
+            Channel.EMAIL: config.email_address,
+            Channel.SLACK: config.slack_webhook_url,
+            Channel.WEBHOOK: config.webhook_url,
+        }
+        for channel in config.channels:
+            delivery_id = f"{run.id}-{channel.value}"
+            target = targets.get(channel) or subjects.notifier_event(run.tenant, delivery_id, "in_app")
+            deliver = Deliver(
+                delivery_id=delivery_id,
+                task_run_id=run.id,
+                task_id=row.task.id,
+                channel=channel,
+                target=target,
+                title=title,
+                body=body,
+                payload=payload,
+                signing_secret=row.notification_secret if channel is Channel.WEBHOOK else None,
+            )
+            subject = subjects.notifier_command(run.tenant, delivery_id)
+            await self.bus.publish(subject, deliver, trace=trace, msg_id=delivery_id)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    async def _changed(self, task: Task, trace: Trace, *, deleted: bool = False) -> None:
+        self._wake.set()
+        subject = subjects.scheduler_event(task.tenant, task.id, "changed")
+        await self.bus.publish(subject, TaskChanged(task=task, deleted=deleted), trace=trace)
+
+    def _validated(self, task: Task) -> Task:
+        """The task with next_run_at set, or BusError(invalid) saying what is wrong."""
+        _check_urls(task)
+        if task.task_type is TaskType.SCHEDULED:
+            try:
+                timing = validate(
+                    schedule_expression=task.schedule_expression,
+                    interval_seconds=task.interval_seconds,
+                    run_at=task.run_at,
+                    timezone=task.timezone,
+                )
+            except TimingError as e:
+                raise _invalid(str(e)) from e
+            now = self.clock.now()
+            if task.run_at is not None and task.run_at < now - timedelta(seconds=self.config.misfire_grace_s):
+                raise _invalid("run_at is in the past")
+            nxt = task.run_at if task.run_at is not None else timing.next_after(now)
+            return replace_task(task, next_run_at=nxt)
+        try:
+            Timing(schedule_expression=None, interval_seconds=None, run_at=None, timezone=task.timezone)
+        except TimingError as e:
+            raise _invalid(str(e)) from e
+        return replace_task(task, next_run_at=None)
+
+    async def _create(self, cmd: CreateTask, trace: Trace) -> Message:
+        now = self.clock.now()
+        if not _is_token(cmd.task_id):
+            raise _invalid("task_id must be 1-128 of A-Z a-z 0-9 _ -")
+        task = self._validated(
+            Task(
+                id=cmd.task_id,
+                tenant=trace.tenant,
+                task_type=cmd.task_type,
+                prompt=cmd.prompt,
+                agent=cmd.agent or "assistant",
+                pipeline=cmd.pipeline,
+                inputs=cmd.inputs,
+                schedule_expression=cmd.schedule_expression,
+                interval_seconds=cmd.interval_seconds,
+                run_at=cmd.run_at,
+                timezone=cmd.timezone,
+                trigger_config=cmd.trigger_config or (TriggerConfig() if cmd.task_type is TaskType.TRIGGERED else None),
+                notification_config=cmd.notification_config,
+                thread=cmd.thread,
+                misfire_policy=cmd.misfire_policy,
+                overlap_policy=cmd.overlap_policy,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        secret = "whsec_" + _b64(secrets.token_bytes(24))
+        webhook_secret: str | None = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await store.insert_task(conn, task, secret)
+            if row is None:
+                existing = await store.get_task(conn, task.id, trace.tenant)
+                if existing is None:
+                    raise BusError(ErrorCode.CONFLICT, f"task id {task.id} is taken")
+                return TaskView(task=existing.task)  # a retried create
+            if task.task_type is TaskType.TRIGGERED and task.trigger_config is not None:
+                registered = await self.bus.request(
+                    subjects.service(subjects.ActorName.TRIGGER, "register"),
+                    RegisterTrigger(task_id=task.id, config=task.trigger_config),
+                    TriggerRegistered,
+                    trace=trace,
+                )
+                webhook_secret = registered.webhook_secret
+            run: TaskRun | None = None
+            if task.task_type is TaskType.DELEGATION:
+                run = await store.insert_run(
+                    conn, run_id=new_id(), task=task, fired_by=FiredBy.NOW, now=now, firing_id=f"{task.id}-now"
+                )
+        await self._changed(row.task, trace)
+        if run is not None:
+            await self._start(row.task, run)
+        return TaskView(
+            task=row.task, webhook_secret=webhook_secret, notification_secret=secret, last_runs=[run] if run else []
+        )
+
+    async def _found(self, conn: Conn, task_id: str, tenant: str, *, lock: bool = False) -> store.TaskRow:
+        row = await store.get_task(conn, task_id, tenant, lock=lock)
+        if row is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no task {task_id}")
+        return row
+
+    async def _get(self, query: GetTask, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn:
+            row = await self._found(conn, query.task_id, trace.tenant)
+            runs = await store.list_runs(conn, row.task.id, limit=max(0, min(query.last_runs, 50)))
+        return TaskView(task=row.task, last_runs=runs)
+
+    async def _list(self, query: ListTasks, trace: Trace) -> Message:
+        limit = max(1, min(query.limit, 200))
+        async with self._pool.acquire() as conn:
+            tasks = await store.list_tasks(
+                conn, trace.tenant, task_type=query.task_type.value if query.task_type else None,
+                enabled=query.enabled, limit=limit, after=query.after,
+            )  # fmt: skip
+        return TaskList(tasks=tasks, next_after=tasks[-1].id if len(tasks) == limit else None)
+
+    async def _update(self, cmd: UpdateTask, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._found(conn, cmd.task_id, trace.tenant, lock=True)
+            changes = {f: getattr(cmd, f) for f in UPDATABLE if getattr(cmd, f) is not None}
+            timing_changed = bool(changes.keys() & {"schedule_expression", "interval_seconds", "run_at", "timezone"})
+            if timing_changed:  # a new timing replaces the old one whole
+                for field in ("schedule_expression", "interval_seconds", "run_at"):
+                    changes.setdefault(field, None)
+            updated = replace_task(row.task, updated_at=self.clock.now(), **changes)
+            if timing_changed:
+                updated = self._validated(updated)
+            _check_urls(updated)
+            task = updated
+            row = await store.save_task(conn, task)
+        await self._changed(row.task, trace)
+        return TaskView(task=row.task)
+
+    async def _delete(self, cmd: DeleteTask, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn:
+            row = await store.delete_task(conn, cmd.task_id, trace.tenant)
+        if row is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no task {cmd.task_id}")
+        await self._changed(row.task, trace, deleted=True)
+        if row.task.task_type is TaskType.TRIGGERED:
+            try:
+                await self.bus.request(
+                    subjects.service(subjects.ActorName.TRIGGER, "unregister"),
+                    UnregisterTrigger(task_id=row.task.id),
+                    TriggerRegistered,
+                    trace=trace,
+                )
+            except BusError as e:  # the trigger actor also drops it on the TaskChanged(deleted) event
+                log.warning("unregister failed", task_id=row.task.id, error=str(e))
+        return TaskView(task=row.task)
+
+    async def _set_enabled(self, cmd: SetTaskEnabled, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._found(conn, cmd.task_id, trace.tenant, lock=True)
+            task = row.task
+            nxt = task.next_run_at
+            now = self.clock.now()
+            paused_over_slot = nxt is not None and nxt < now and cmd.enabled and not task.enabled
+            if paused_over_slot and task.misfire_policy is MisfirePolicy.SKIP:  # resume at the next slot
+                nxt = _timing(task).next_after(now)
+            row = await store.save_task(conn, replace_task(task, enabled=cmd.enabled, next_run_at=nxt, updated_at=now))
+        await self._changed(row.task, trace)
+        return TaskView(task=row.task)
+
+    async def _list_runs(self, query: ListTaskRuns, trace: Trace) -> Message:
+        limit = max(1, min(query.limit, 200))
+        async with self._pool.acquire() as conn:
+            await self._found(conn, query.task_id, trace.tenant)
+            runs = await store.list_runs(conn, query.task_id, limit=limit, after=query.after)
+        return TaskRunList(runs=runs, next_after=runs[-1].id if len(runs) == limit else None)
+
+    async def _get_run(self, query: GetTaskRun, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn:
+            run = await store.get_run(conn, query.task_run_id, trace.tenant)
+        if run is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no task run {query.task_run_id}")
+        return TaskRunView(run=run)
+
+
+UPDATABLE = (
+    "prompt", "agent", "inputs", "schedule_expression", "interval_seconds", "run_at", "timezone",
+    "trigger_config", "notification_config", "thread", "misfire_policy", "overlap_policy",
+)  # fmt: skip
+
+
+def replace_task(task: Task, **changes: Any) -> Task:
+    return msgspec.structs.replace(task, **changes)
+
+
+def _is_token(value: str) -> bool:
+    try:
+        subjects.token(value)
+    except subjects.InvalidToken:
+        return False
+    return True
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()

@@ -1,0 +1,27 @@
+"""Scheduler settings, from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from actors._postgres import database_url
+
+__all__ = ["SchedulerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    database_url: str
+    max_tick_s: float = 1.0  # the ticker looks at least this often, and at once when a task changes
+    misfire_grace_s: float = 5.0  # a slot later than this is a misfire (the scheduler was down)
+    restart_after_s: float = 10.0  # a task run fired but not started for this long is started again
+    batch: int = 100
+
+    @classmethod
+    def from_env(cls) -> SchedulerConfig:
+        return cls(
+            database_url=database_url(),
+            max_tick_s=float(os.environ.get("AGENTBUS_SCHEDULER_TICK", "1.0")),
+            misfire_grace_s=float(os.environ.get("AGENTBUS_MISFIRE_GRACE", "5.0")),
+        )
