@@ -137,7 +137,7 @@ def test_cron_times_follow_the_time_zone_across_dst() -> None:
 
 async def test_invalid_tasks_are_refused_with_reasons(scheduling: Callable[..., Any]) -> None:
     s: Scheduling = await scheduling()
-    cases = [
+    cases: list[dict[str, Any]] = [
         {"schedule_expression": "every day"},
         {"schedule_expression": "* * * * *", "interval_seconds": 5},
         {},
