@@ -38,6 +38,7 @@ __all__ = [
     "notifier_events",
     "run_output",
     "run_outputs",
+    "scheduler_changes_all",
     "scheduler_command",
     "scheduler_commands",
     "scheduler_event",
@@ -148,6 +149,11 @@ def scheduler_commands() -> str:
 
 def scheduler_event(tenant: str, task_id: str, kind: str) -> str:
     return _join("scheduler", "evt", token(tenant), token(task_id), token(kind))
+
+
+def scheduler_changes_all() -> str:
+    """Every task's `changed` event (what the trigger actor follows)."""
+    return _join("scheduler", "evt", "*", "*", "changed")
 
 
 def scheduler_events() -> str:

@@ -1,0 +1,1 @@
+"""The trigger actor: signed webhooks and bus subjects that fire triggered tasks."""
