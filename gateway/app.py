@@ -21,6 +21,7 @@ from gateway.errors import exception_handlers
 from gateway.health import health
 from gateway.runs import RunController
 from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
+from gateway.tasks import TaskController, TaskRunController, webhook
 from gateway.ws import chat_socket
 
 __all__ = ["create_app"]
@@ -46,7 +47,15 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             await bus.close()
 
     return Litestar(
-        route_handlers=[ConversationController, RunController, chat_socket, health],
+        route_handlers=[
+            ConversationController,
+            RunController,
+            TaskController,
+            TaskRunController,
+            webhook,
+            chat_socket,
+            health,
+        ],
         dependencies={"tenant": Provide(provide_tenant)},
         exception_handlers=exception_handlers,
         lifespan=[lifespan],

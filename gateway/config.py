@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["GatewayConfig"]
 
-DEFAULT_ACTORS = ("conversation", "executor")
+DEFAULT_ACTORS = ("conversation", "executor", "scheduler", "trigger", "notifier")
 
 
 @dataclass(frozen=True, slots=True)

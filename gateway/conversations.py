@@ -20,6 +20,7 @@ from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
 from gateway.errors import HTTP_STATUS, ApiError
 from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, gateway_of, ident
+from gateway.views import full_json
 from schemas.conversation import (
     ContinueConversation,
     ConversationView,
@@ -90,7 +91,7 @@ async def post_message(
             ) from None
     if isinstance(event, TurnCompleted):
         reply = TurnReply(run_id=run_id, message=event.message, model=event.model, offline=event.offline)
-        stored = Stored(status=200, body=msgspec.json.encode(reply))
+        stored = Stored(status=200, body=full_json(reply))
     else:
         error = {
             "code": event.error.code,
@@ -134,7 +135,7 @@ class ConversationController(Controller):
             metadata=data.metadata,
         )
         view: ConversationView = await _query(gw, "create", cmd, ConversationView, gw.trace(tenant, request))
-        stored = Stored(status=201, body=msgspec.json.encode(view.conversation))
+        stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
         return _json(201, stored.body)
 
@@ -145,7 +146,7 @@ class ConversationController(Controller):
         gw = gateway_of(state)
         query = GetConversation(conversation_id=ident(conversation_id))
         view: ConversationView = await _query(gw, "get", query, ConversationView, gw.trace(tenant, request))
-        return _json(200, msgspec.json.encode(view.conversation))
+        return _json(200, full_json(view.conversation))
 
     @get("/{conversation_id:str}/messages", summary="List a conversation's messages, oldest first")
     async def messages(
@@ -160,7 +161,7 @@ class ConversationController(Controller):
         gw = gateway_of(state)
         query = ListMessages(conversation_id=ident(conversation_id), limit=limit, before=before)
         listed: MessageList = await _query(gw, "messages", query, MessageList, gw.trace(tenant, request))
-        return _json(200, msgspec.json.encode({"messages": listed.messages}))
+        return _json(200, full_json({"messages": listed.messages}))
 
     @post(
         "/{conversation_id:str}/messages", status_code=200, summary="Send a message; the reply whole, or streamed (SSE)"
@@ -191,7 +192,7 @@ class ConversationController(Controller):
         gw = gateway_of(state)
         cmd = SetContext(conversation_id=ident(conversation_id), context=data.context)
         view: ConversationView = await _query(gw, "context", cmd, ConversationView, gw.trace(tenant, request))
-        return _json(200, msgspec.json.encode(view.conversation))
+        return _json(200, full_json(view.conversation))
 
     @post(
         "/{conversation_id:str}/continue", status_code=201, summary="Start a new conversation from this one's history"
@@ -210,6 +211,6 @@ class ConversationController(Controller):
             view: ConversationView = await _query(gw, "continue", cmd, ConversationView, gw.trace(tenant, request))
         except BusError:
             raise
-        stored = Stored(status=201, body=msgspec.json.encode(view.conversation))
+        stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
         return _json(201, stored.body)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
@@ -17,6 +16,7 @@ from gateway.auth import Tenant
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import Gateway, gateway_of, ident
+from gateway.views import full_json
 from schemas.errors import ErrorCode
 from schemas.runs import CancelRun, GetRun, RunRecord, RunStatus, RunView
 
@@ -50,7 +50,7 @@ class RunController(Controller):
     ) -> Response[Any]:
         gw = gateway_of(state)
         record = await _record(gw, request, tenant, ident(run_id))
-        return Response(msgspec.json.encode(record), media_type="application/json")
+        return Response(full_json(record), media_type="application/json")
 
     @get("/{run_id:str}/events", summary="The run's output as server-sent events; Last-Event-ID resumes after it")
     async def events(
@@ -76,4 +76,4 @@ class RunController(Controller):
         view = await gw.bus.request(
             subjects.service(EXECUTOR, "cancel"), CancelRun(run_id=run_id), RunView, trace=gw.trace(tenant, request)
         )
-        return Response(msgspec.json.encode(view.run), status_code=202, media_type="application/json")
+        return Response(full_json(view.run), status_code=202, media_type="application/json")

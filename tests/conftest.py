@@ -185,7 +185,10 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
 
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(model: Model | None = None, **gateway: Any) -> Platform:
+    async def start(
+        model: Model | None = None, *, background: bool = False, smtp_port: int = 1, **gateway: Any
+    ) -> Platform:
+        """`background`: also the scheduler, trigger and notifier (SMTP on `smtp_port`, 127.0.0.1 allowed)."""
         executor = ExecutorActor(
             bus_config, ExecutorConfig(database_url=database_url, offline=True), model_override=model or TestModel()
         )
@@ -194,6 +197,31 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
         cleanups.append(conversation.stop)
         await executor.start()
         cleanups.append(executor.stop)
+        if background:
+            from actors._outbound import Allowlist
+            from actors.notifier.actor import NotifierActor
+            from actors.notifier.config import NotifierConfig
+            from actors.scheduler.actor import SchedulerActor
+            from actors.scheduler.config import SchedulerConfig
+            from actors.trigger.actor import TriggerActor
+            from actors.trigger.config import TriggerActorConfig
+
+            notifier = NotifierConfig(
+                database_url=database_url,
+                smtp_host="127.0.0.1",
+                smtp_port=smtp_port,
+                allow=Allowlist.parse("127.0.0.1"),
+                retry_schedule_s=(0.3, 0.3, 0.3),
+            )
+            for actor in (
+                SchedulerActor(bus_config, SchedulerConfig(database_url=database_url, max_tick_s=0.2)),
+                TriggerActor(bus_config, TriggerActorConfig(database_url=database_url)),
+                NotifierActor(bus_config, notifier),
+            ):
+                await actor.start()
+                cleanups.append(actor.stop)
+        else:
+            gateway.setdefault("actors", ("conversation", "executor"))
         port = free_port()
         app = create_app(GatewayConfig(port=port, **gateway), bus_config)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
