@@ -274,3 +274,45 @@ async def test_thread_mode_continues_one_conversation(scheduling: Callable[..., 
 
 async def _done(s: Scheduling, task_id: str, expected: int) -> bool:
     return sum(r.status is TaskRunStatus.COMPLETED for r in await s.runs(task_id)) == expected
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_over_a_missed_firing_applies_the_misfire_policy_on_restart(
+    bus_config: BusConfig, spawn_actor: Callable[..., Any]
+) -> None:
+    env = {"AGENTBUS_MISFIRE_GRACE": "1", "AGENTBUS_SCHEDULER_TICK": "0.2"}
+    bus = await Bus.connect(bus_config)
+    s = Scheduling(bus, FakeClock(START))  # only its request helpers: the processes use the real clock
+    try:
+        first = spawn_actor("scheduler", env)
+        run_at = datetime.now(UTC) + timedelta(seconds=4)
+
+        views: list[TaskView] = []
+
+        async def created() -> bool:
+            try:
+                views.append(await s.create(run_at=run_at, misfire_policy=MisfirePolicy.RUN_ONCE))
+            except BusError:  # the scheduler process is still starting
+                return False
+            return True
+
+        await wait_until(created, timeout=30, what="the scheduler to take the task")
+        task_id = views[0].task.id
+        first.kill()  # down over the firing time
+        await asyncio.sleep(max((run_at - datetime.now(UTC)).total_seconds(), 0) + 2.5)
+        spawn_actor("scheduler", env)
+
+        async def fired() -> bool:
+            try:
+                return len(await s.runs(task_id)) == 1
+            except BusError:
+                return False
+
+        await wait_until(fired, timeout=30, what="the catch-up firing")
+        await asyncio.sleep(1.0)
+        (run,) = await s.runs(task_id)
+        assert run.scheduled_for == run_at and run.fired_by is FiredBy.SCHEDULE
+        task = (await s.ask("get", GetTask(task_id=task_id), TaskView)).task
+        assert task.next_run_at is None  # a one-shot task has nothing left to fire
+    finally:
+        await bus.close()
