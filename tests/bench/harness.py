@@ -103,14 +103,16 @@ def infra() -> Iterator[Infra]:
 
 
 @contextmanager
-def processes(commands: Mapping[str, list[str]], env: Mapping[str, str], logs: Path) -> Iterator[None]:
+def processes(
+    commands: Mapping[str, list[str]], env: Mapping[str, str], logs: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start each command as a child process; SIGTERM (then SIGKILL) all of them on exit."""
     children: list[subprocess.Popen[bytes]] = []
     try:
         for name, argv in commands.items():
             log = (logs / f"{name}.log").open("ab")
             children.append(subprocess.Popen([sys.executable, *argv], env=dict(env), cwd=ROOT, stdout=log, stderr=log))
-        yield
+        yield children
     finally:
         for child in children:
             child.terminate()
@@ -120,6 +122,12 @@ def processes(commands: Mapping[str, list[str]], env: Mapping[str, str], logs: P
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_http(url: str, *, timeout: float = 30.0) -> None:
@@ -135,4 +143,4 @@ async def wait_http(url: str, *, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} not ready")
 
 
-__all__ += ["free_port", "infra"]
+__all__ += ["cpu_seconds", "free_port", "infra"]
