@@ -135,6 +135,29 @@ def test_cron_times_follow_the_time_zone_across_dst() -> None:
     ]
 
 
+async def test_the_ticker_fires_at_the_right_instants_across_a_dst_change(
+    bus_config: BusConfig, database_url: str
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 28, 12, tzinfo=UTC))  # the day before Berlin springs forward
+    bus = await Bus.connect(bus_config)
+    s = Scheduling(bus, clock)
+    try:
+        async with running(SchedulerActor(bus_config, SchedulerConfig(database_url=database_url), clock=clock)):
+            view = await s.create(
+                schedule_expression="30 2 * * *", timezone="Europe/Berlin", overlap_policy=OverlapPolicy.ALLOW
+            )
+            await s.advance(3 * 24 * 3600, step=1800)  # three days, half an hour at a time
+            await wait_until(lambda: _count(s, view.task.id, 3), what="three daily firings")
+            runs = await s.runs(view.task.id)
+    finally:
+        await bus.close()
+    assert [r.scheduled_for for r in runs] == [
+        datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # 02:30 does not exist that night: 03:00 CEST
+        datetime(2026, 3, 30, 0, 30, tzinfo=UTC),  # 02:30 CEST
+        datetime(2026, 3, 31, 0, 30, tzinfo=UTC),
+    ]
+
+
 async def test_invalid_tasks_are_refused_with_reasons(scheduling: Callable[..., Any]) -> None:
     s: Scheduling = await scheduling()
     cases: list[dict[str, Any]] = [
