@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["Conn", "database_url", "migrate", "open_pool"]
+__all__ = ["Conn", "database_url", "health", "migrate", "open_pool"]
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection, or one borrowed from a pool: what the actors' SQL functions take."""
@@ -83,3 +83,14 @@ async def migrate(conn: asyncpg.Connection, *, schema: str, migrations: Path) ->
             await conn.execute(f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)', path.name)
             applied.append(path.name)
     return applied
+
+
+async def health(pool: asyncpg.Pool | None) -> dict[str, str]:
+    """What an actor's `health` endpoint says of its PostgreSQL."""
+    if pool is None:
+        return {"postgres": "not connected"}
+    try:
+        await pool.fetchval("SELECT 1")
+    except Exception as e:
+        return {"postgres": repr(e)}
+    return {"postgres": "ok"}

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 import structlog
+import uvloop
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -36,12 +37,13 @@ from bus.codec import decode_union, encode
 from bus.config import BusConfig
 from bus.errors import BusError, Reject, Retry
 from bus.headers import Header, Trace, use_trace
+from bus.logging import configure_logging
 from bus.streams import ConsumerSpec, ensure_consumer
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.health import HealthCheck, HealthReport
 
-__all__ = ["Actor", "Consumer", "Delivery", "Endpoint"]
+__all__ = ["Actor", "Consumer", "Delivery", "Endpoint", "main"]
 
 T = TypeVar("T")
 log = structlog.get_logger("actor")
@@ -334,3 +336,10 @@ class Actor:
             ok=all(v == "ok" for v in checks.values()),
             checks=checks,
         )
+
+
+def main(name: str, make: Callable[[BusConfig], Actor]) -> None:
+    """What `python -m actors.<name>` does: log as `name`, run the actor under uvloop until SIGTERM."""
+    configure_logging(name)
+    uvloop.install()
+    asyncio.run(make(BusConfig.from_env()).run())

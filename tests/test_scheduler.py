@@ -85,7 +85,8 @@ async def scheduling(bus_config: BusConfig, database_url: str) -> AsyncIterator[
     clock = FakeClock(START)
 
     async def start(replicas: int = 1, platform: bool = False) -> Scheduling:
-        config = SchedulerConfig(database_url=database_url, misfire_grace_s=5.0)
+        # a loaded test machine may run the ticker late in fake time: no firing counts as missed here
+        config = SchedulerConfig(database_url=database_url, misfire_grace_s=365 * 24 * 3600.0)
         actors: list[Actor] = [SchedulerActor(bus_config, config, clock=clock) for _ in range(replicas)]
         if platform:
             actors.append(ConversationActor(bus_config, ConversationConfig(database_url=database_url)))
@@ -142,7 +143,8 @@ async def test_the_ticker_fires_at_the_right_instants_across_a_dst_change(
     bus = await Bus.connect(bus_config)
     s = Scheduling(bus, clock)
     try:
-        async with running(SchedulerActor(bus_config, SchedulerConfig(database_url=database_url), clock=clock)):
+        config = SchedulerConfig(database_url=database_url, misfire_grace_s=365 * 24 * 3600.0)
+        async with running(SchedulerActor(bus_config, config, clock=clock)):
             view = await s.create(
                 schedule_expression="30 2 * * *", timezone="Europe/Berlin", overlap_policy=OverlapPolicy.ALLOW
             )

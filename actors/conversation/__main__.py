@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import uvloop
-
 from actors.conversation.actor import ConversationActor
 from actors.conversation.config import ConversationConfig
-from bus.config import BusConfig
-from bus.logging import configure_logging
-
-
-def main() -> None:
-    configure_logging("conversation")
-    uvloop.install()
-    asyncio.run(ConversationActor(BusConfig.from_env(), ConversationConfig.from_env()).run())
-
+from bus.actor import main
 
 if __name__ == "__main__":
-    main()
+    main("conversation", lambda bus: ConversationActor(bus, ConversationConfig.from_env()))

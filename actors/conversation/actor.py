@@ -21,6 +21,7 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from actors._postgres import Conn, open_pool
+from actors._postgres import health as postgres_health
 from actors.conversation import store
 from actors.conversation.config import ConversationConfig
 from bus import subjects
@@ -110,11 +111,7 @@ class ConversationActor(Actor):
             await self._pool.close()
 
     async def health_checks(self) -> dict[str, str]:
-        try:
-            await self.pool.fetchval("SELECT 1")
-        except Exception as e:
-            return {"postgres": repr(e)}
-        return {"postgres": "ok"}
+        return await postgres_health(self._pool)
 
     # --- commands ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model
 
+from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.config import ExecutorConfig
@@ -126,11 +127,7 @@ class ExecutorActor(Actor):
             await self._store.pool.close()
 
     async def health_checks(self) -> dict[str, str]:
-        try:
-            await self.store.pool.fetchval("SELECT 1")
-        except Exception as e:
-            return {"postgres": repr(e)}
-        return {"postgres": "ok"}
+        return await postgres_health(self._store.pool if self._store else None)
 
     # --- commands ----------------------------------------------------------------------------
 

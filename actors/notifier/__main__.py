@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import uvloop
-
 from actors.notifier.actor import NotifierActor
 from actors.notifier.config import NotifierConfig
-from bus.config import BusConfig
-from bus.logging import configure_logging
-
-
-def main() -> None:
-    configure_logging("notifier")
-    uvloop.install()
-    asyncio.run(NotifierActor(BusConfig.from_env(), NotifierConfig.from_env()).run())
-
+from bus.actor import main
 
 if __name__ == "__main__":
-    main()
+    main("notifier", lambda bus: NotifierActor(bus, NotifierConfig.from_env()))

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
 from actors.notifier.channels import Outcome, send_email, send_http
 from actors.notifier.config import NotifierConfig
@@ -99,11 +100,7 @@ class NotifierActor(Actor):
             await self._pool.close()
 
     async def health_checks(self) -> dict[str, str]:
-        try:
-            await self._pool.fetchval("SELECT 1")
-        except Exception as e:
-            return {"postgres": repr(e)}
-        return {"postgres": "ok"}
+        return await postgres_health(self._pool)
 
     # --- delivering --------------------------------------------------------------------------
 

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import uvloop
-
 from actors.scheduler.actor import SchedulerActor
 from actors.scheduler.config import SchedulerConfig
-from bus.config import BusConfig
-from bus.logging import configure_logging
-
-
-def main() -> None:
-    configure_logging("scheduler")
-    uvloop.install()
-    asyncio.run(SchedulerActor(BusConfig.from_env(), SchedulerConfig.from_env()).run())
-
+from bus.actor import main
 
 if __name__ == "__main__":
-    main()
+    main("scheduler", lambda bus: SchedulerActor(bus, SchedulerConfig.from_env()))

@@ -27,6 +27,7 @@ import msgspec
 import structlog
 
 from actors._postgres import Conn, open_pool
+from actors._postgres import health as postgres_health
 from actors.scheduler import store
 from actors.scheduler.clock import Clock, SystemClock
 from actors.scheduler.config import SchedulerConfig
@@ -74,6 +75,7 @@ from schemas.tasks import (
 __all__ = ["SchedulerActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+PAST_RUN_AT = timedelta(minutes=1)  # a one-shot time further back than this is refused as a mistake
 log = structlog.get_logger("scheduler")
 
 
@@ -154,11 +156,7 @@ class SchedulerActor(Actor):
             await self._pool.close()
 
     async def health_checks(self) -> dict[str, str]:
-        try:
-            await self._pool.fetchval("SELECT 1")
-        except Exception as e:
-            return {"postgres": repr(e)}
-        return {"postgres": "ok"}
+        return await postgres_health(self._pool)
 
     # --- the ticker --------------------------------------------------------------------------
 
@@ -190,8 +188,8 @@ class SchedulerActor(Actor):
                 timing = _timing(task)
                 missed = slot < now - grace
                 following = timing.next_after(slot)
-                if missed or (following is not None and following <= now):
-                    following = timing.next_after(now)  # jump the firings missed while down
+                if missed:
+                    following = timing.next_after(now)  # jump the other firings missed while down
                 await store.set_next(conn, task.id, following)
                 if missed and task.misfire_policy is MisfirePolicy.SKIP:
                     log.info("misfire skipped", task_id=task.id, slot=slot.isoformat())
@@ -361,7 +359,7 @@ class SchedulerActor(Actor):
             except TimingError as e:
                 raise _invalid(str(e)) from e
             now = self.clock.now()
-            if task.run_at is not None and task.run_at < now - timedelta(seconds=self.config.misfire_grace_s):
+            if task.run_at is not None and task.run_at < now - PAST_RUN_AT:
                 raise _invalid("run_at is in the past")
             nxt = task.run_at if task.run_at is not None else timing.next_after(now)
             return replace_task(task, next_run_at=nxt)

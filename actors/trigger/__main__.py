@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import uvloop
-
 from actors.trigger.actor import TriggerActor
 from actors.trigger.config import TriggerActorConfig
-from bus.config import BusConfig
-from bus.logging import configure_logging
-
-
-def main() -> None:
-    configure_logging("trigger")
-    uvloop.install()
-    asyncio.run(TriggerActor(BusConfig.from_env(), TriggerActorConfig.from_env()).run())
-
+from bus.actor import main
 
 if __name__ == "__main__":
-    main()
+    main("trigger", lambda bus: TriggerActor(bus, TriggerActorConfig.from_env()))

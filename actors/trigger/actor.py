@@ -27,6 +27,7 @@ import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
 from actors.trigger.config import TriggerActorConfig
 from actors.trigger.signatures import new_secret, verify
@@ -145,11 +146,7 @@ class TriggerActor(Actor):
             await self._pool.close()
 
     async def health_checks(self) -> dict[str, str]:
-        try:
-            await self._pool.fetchval("SELECT 1")
-        except Exception as e:
-            return {"postgres": repr(e)}
-        return {"postgres": "ok"}
+        return await postgres_health(self._pool)
 
     # --- registration ------------------------------------------------------------------------
 
