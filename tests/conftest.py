@@ -214,7 +214,10 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
                 retry_schedule_s=(0.3, 0.3, 0.3),
             )
             for actor in (
-                SchedulerActor(bus_config, SchedulerConfig(database_url=database_url, max_tick_s=0.2)),
+                SchedulerActor(
+                    bus_config,
+                    SchedulerConfig(database_url=database_url, max_tick_s=0.2, allow=Allowlist.parse("127.0.0.1")),
+                ),
                 TriggerActor(bus_config, TriggerActorConfig(database_url=database_url)),
                 NotifierActor(bus_config, notifier),
             ):

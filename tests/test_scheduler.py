@@ -170,6 +170,8 @@ async def test_invalid_tasks_are_refused_with_reasons(scheduling: Callable[..., 
         {"interval_seconds": 5, "timezone": "Mars/Olympus"},
         {"run_at": START - timedelta(hours=1)},
         {"interval_seconds": 5, "notification_config": {"channels": ["email"]}},
+        {"interval_seconds": 5, "notification_config": {"channels": ["webhook"], "webhook_url": "http://10.0.0.1/x"}},
+        {"interval_seconds": 5, "notification_config": {"channels": ["slack"], "slack_webhook_url": "file:///etc"}},
     ]
     for fields in cases:
         with pytest.raises(BusError) as caught:

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from actors._outbound import Allowlist, UnsafeURL, check_url
 from actors._postgres import Conn, open_pool
 from actors._postgres import health as postgres_health
 from actors.scheduler import store
@@ -41,7 +42,7 @@ from bus.streams import EXECUTOR_EVT, SCHEDULER_CMD, ConsumerSpec
 from schemas._base import Message
 from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
 from schemas.errors import ErrorCode
-from schemas.notifier import Channel, Deliver
+from schemas.notifier import Channel, Deliver, NotificationConfig
 from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
 from schemas.tasks import (
     CreateTask,
@@ -92,6 +93,16 @@ def _invalid(message: str) -> BusError:
     return BusError(ErrorCode.INVALID, message)
 
 
+async def _check_outbound(config: NotificationConfig | None, allow: Allowlist) -> None:
+    """The notification URLs must be public http(s) addresses now (the notifier checks again at send time)."""
+    for url in (config.slack_webhook_url, config.webhook_url) if config is not None else ():
+        if url is not None:
+            try:
+                await check_url(url, allow)
+            except UnsafeURL as e:
+                raise _invalid(f"{url}: {e}") from e
+
+
 def _check_urls(task: Task) -> None:
     config = task.notification_config
     if config is None:
@@ -109,9 +120,6 @@ def _check_urls(task: Task) -> None:
                 Channel.WEBHOOK: "webhook_url",
             }[channel]
             raise _invalid(f"notification channel {channel.value} needs {field}")
-    for url in (config.slack_webhook_url, config.webhook_url):
-        if url is not None and not url.startswith(("https://", "http://")):
-            raise _invalid(f"not an http(s) URL: {url!r}")
     if config.email_address is not None and "@" not in config.email_address:
         raise _invalid(f"not an email address: {config.email_address!r}")
 
@@ -373,6 +381,7 @@ class SchedulerActor(Actor):
         now = self.clock.now()
         if not _is_token(cmd.task_id):
             raise _invalid("task_id must be 1-128 of A-Z a-z 0-9 _ -")
+        await _check_outbound(cmd.notification_config, self.config.allow)
         task = self._validated(
             Task(
                 id=cmd.task_id,
@@ -446,6 +455,7 @@ class SchedulerActor(Actor):
         return TaskList(tasks=tasks, next_after=tasks[-1].id if len(tasks) == limit else None)
 
     async def _update(self, cmd: UpdateTask, trace: Trace) -> Message:
+        await _check_outbound(cmd.notification_config, self.config.allow)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._found(conn, cmd.task_id, trace.tenant, lock=True)
             changes = {f: getattr(cmd, f) for f in UPDATABLE if getattr(cmd, f) is not None}

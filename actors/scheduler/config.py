@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from actors._outbound import Allowlist
 from actors._postgres import database_url
 
 __all__ = ["SchedulerConfig"]
@@ -17,6 +18,7 @@ class SchedulerConfig:
     misfire_grace_s: float = 5.0  # a slot later than this is a misfire (the scheduler was down)
     restart_after_s: float = 10.0  # a task run fired but not started for this long is started again
     batch: int = 100
+    allow: Allowlist = field(default_factory=Allowlist)  # AGENTBUS_OUTBOUND_ALLOW, as the notifier
 
     @classmethod
     def from_env(cls) -> SchedulerConfig:
@@ -24,4 +26,5 @@ class SchedulerConfig:
             database_url=database_url(),
             max_tick_s=float(os.environ.get("AGENTBUS_SCHEDULER_TICK", "1.0")),
             misfire_grace_s=float(os.environ.get("AGENTBUS_MISFIRE_GRACE", "5.0")),
+            allow=Allowlist.from_env(),
         )

@@ -92,7 +92,12 @@ async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
     # the same agent as the floor's Agent.run: TestModel, these instructions, no tools
     agents = logs / "agents.toml"
     agents.write_text('[agents.assistant]\ninstructions = "You are a helpful assistant."\ntools = []\n')
-    env = infra.env(AGENTBUS_MODEL="test", AGENTBUS_PORT=str(port), AGENTBUS_AGENTS_FILE=str(agents))
+    env = infra.env(
+        AGENTBUS_MODEL="test",
+        AGENTBUS_PORT=str(port),
+        AGENTBUS_AGENTS_FILE=str(agents),
+        AGENTBUS_ACTORS="conversation,executor",
+    )
     stream_env = {**env, "AGENTBUS_MODEL": "function:tests.bench.models:timed"}
     commands = {
         "conversation": ["-m", "actors.conversation"],
