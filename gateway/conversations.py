@@ -106,7 +106,14 @@ async def post_message(
 async def _stream_run(gw: Gateway, tenant: str, run_id: str) -> Response[Any] | Stream:
     """SSE of the run, unless its first event says it never started (unknown conversation, rejected)."""
     events = aiter(gw.run_output(tenant, run_id))
-    first: Envelope[Any] = await anext(events)
+    try:  # accepted within the reply timeout, or the conversation actor is not answering
+        first: Envelope[Any] = await asyncio.wait_for(anext(events), gw.config.reply_timeout_s)
+    except TimeoutError:
+        raise ApiError(
+            ErrorCode.TIMEOUT,
+            "the turn was not accepted in time; follow it at /v1/runs/{run_id}/events",
+            {"run_id": run_id},
+        ) from None
     if isinstance(first.body, RunFailed) and first.body.error.code in (ErrorCode.NOT_FOUND, ErrorCode.CONFLICT):
         await events.aclose()  # type: ignore[attr-defined]
         error = first.body.error

@@ -10,6 +10,7 @@ import pytest
 from pydantic_ai.models.test import TestModel
 
 from tests.conftest import Platform
+from tests.models import Gate
 
 Start = Callable[..., Awaitable[Platform]]
 
@@ -133,3 +134,16 @@ async def test_health_lists_nats_and_every_actor(start_platform: Start) -> None:
         "conversation": {"postgres": "ok"},
         "executor": {"postgres": "ok"},
     }
+
+
+async def test_a_reply_that_takes_too_long_answers_504_with_the_run_to_follow(start_platform: Start) -> None:
+    gate = Gate(["thinking "], ["done"])
+    platform = await start_platform(gate.model(), reply_timeout_s=1.0)
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        response = await client.post(f"/v1/conversations/{conversation_id}/messages", json={"message": "slow"})
+        error = assert_error(response, 504, "timeout")
+        run_id = error["details"]["run_id"]
+        gate.opened.set()  # the run goes on and can be followed
+        events = await client.get(f"/v1/runs/{run_id}/events")
+        assert events.status_code == 200 and "event: completed" in events.text
