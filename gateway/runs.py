@@ -16,9 +16,9 @@ from gateway.auth import Tenant
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import Gateway, gateway_of, ident
-from gateway.views import full_json
+from gateway.views import full, full_json
 from schemas.errors import ErrorCode
-from schemas.runs import CancelRun, GetRun, RunRecord, RunStatus, RunView
+from schemas.runs import CancelRun, GetRun, GetRunTree, RunRecord, RunStatus, RunTree, RunView
 
 __all__ = ["RunController"]
 
@@ -51,6 +51,22 @@ class RunController(Controller):
         gw = gateway_of(state)
         record = await _record(gw, request, tenant, ident(run_id))
         return Response(full_json(record), media_type="application/json")
+
+    @get("/{run_id:str}/tree", summary="The run and every run started under it, as a tree")
+    async def tree(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, run_id: FromPath[str]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        query = GetRunTree(run_id=ident(run_id))
+        found = await gw.bus.request(
+            subjects.service(EXECUTOR, "tree"), query, RunTree, trace=gw.trace(tenant, request)
+        )
+        nodes = {r.id: {**full(r), "children": []} for r in found.runs}
+        for record in found.runs[1:]:
+            parent = nodes.get(record.parent_run_id or "")
+            if parent is not None:
+                parent["children"].append(nodes[record.id])
+        return Response(full_json(nodes[found.runs[0].id]), media_type="application/json")
 
     @get("/{run_id:str}/events", summary="The run's output as server-sent events; Last-Event-ID resumes after it")
     async def events(

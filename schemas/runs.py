@@ -17,6 +17,7 @@ __all__ = [
     "ExecutorQuery",
     "ExecutorReply",
     "GetRun",
+    "GetRunTree",
     "RunAccepted",
     "RunCancelled",
     "RunCompleted",
@@ -27,6 +28,7 @@ __all__ = [
     "RunRequest",
     "RunStarted",
     "RunStatus",
+    "RunTree",
     "RunView",
     "TextDelta",
     "ToolCalled",
@@ -198,11 +200,23 @@ class GetRun(Message, frozen=True, kw_only=True, tag="get_run"):
     run_id: str
 
 
-ExecutorQuery = GetRun | CancelRun
+class GetRunTree(Message, frozen=True, kw_only=True, tag="get_run_tree"):
+    """A run and every run started under it (sub-runs of a research job, a pipeline, a subagent)."""
+
+    run_id: str
+
+
+ExecutorQuery = GetRun | CancelRun | GetRunTree
 
 
 class RunView(Message, frozen=True, kw_only=True, tag="run"):
     run: RunRecord
 
 
-ExecutorReply = RunView | ErrorReply
+class RunTree(Message, frozen=True, kw_only=True, tag="run_tree"):
+    """The root first, then its descendants; each names its parent in `parent_run_id`."""
+
+    runs: list[RunRecord]
+
+
+ExecutorReply = RunView | RunTree | ErrorReply

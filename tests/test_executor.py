@@ -30,6 +30,7 @@ from schemas.runs import (
     TERMINAL_OUTPUTS,
     CancelRun,
     GetRun,
+    GetRunTree,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -38,6 +39,7 @@ from schemas.runs import (
     RunRequest,
     RunStarted,
     RunStatus,
+    RunTree,
     RunView,
     TextDelta,
     ToolCalled,
@@ -322,3 +324,21 @@ async def test_kill_9_mid_run_restarts_the_run_on_another_executor(bus: Bus, spa
     assert isinstance(tail[-1], RunCompleted) and text(tail) == "".join(f"w{i} " for i in range(40))
     view = await get_run(bus, run_id)
     assert view.run.status is RunStatus.COMPLETED and view.run.attempt == 2
+
+
+async def test_runs_record_their_parent_and_form_a_tree(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    async with running(executor(bus_config, database_url, TestModel(call_tools=[]))):
+        root = await submit(bus, "root")
+        await outputs(bus, root)
+        children = [await submit(bus, f"child {i}", parent_run_id=root) for i in range(2)]
+        for child in children:
+            await outputs(bus, child)
+        grandchild = await submit(bus, "grandchild", parent_run_id=children[0])
+        await outputs(bus, grandchild)
+        await outputs(bus, await submit(bus, "unrelated"))
+        service = subjects.service(subjects.ActorName.EXECUTOR, "tree")
+        tree = await bus.request(service, GetRunTree(run_id=root), RunTree, trace=TRACE)
+        with pytest.raises(BusError):
+            await bus.request(service, GetRunTree(run_id=root), RunTree, trace=Trace(tenant="other"))
+    assert [r.id for r in tree.runs] == [root, *children, grandchild]
+    assert [r.parent_run_id for r in tree.runs] == [None, root, root, children[0]]

@@ -14,6 +14,9 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
+from bus import subjects
+from bus.headers import Trace, new_id
+from schemas.runs import RunRequest
 from tests.conftest import Platform
 from tests.models import Gate, replying
 
@@ -190,3 +193,18 @@ async def test_continue_makes_a_new_conversation_with_the_history(start_platform
         assert child["parent_id"] == conversation_id and child["id"] != conversation_id
         listed = (await client.get(f"/v1/conversations/{child['id']}/messages")).json()["messages"]
         assert [m["content"] for m in listed] == ["remember 7", "noted"]
+
+
+async def test_a_runs_tree_nests_its_sub_runs(start_platform: Start) -> None:
+    platform = await start_platform(TestModel(custom_output_text="ok", call_tools=[]))
+    async with platform.client() as client:
+        conversation_id = await new_conversation(client)
+        root = (await client.post(f"/v1/conversations/{conversation_id}/messages", json={"message": "plan"})).json()
+        child = new_id()
+        request = RunRequest(run_id=child, agent="assistant", prompt="sub-question", parent_run_id=root["run_id"])
+        await platform.bus.publish(subjects.executor_command("t1", child), request, trace=Trace(tenant="t1"))
+        events = await sse_events(client, "GET", f"/v1/runs/{child}/events")
+        assert events[-1]["event"] == "completed"
+        tree = (await client.get(f"/v1/runs/{root['run_id']}/tree")).json()
+    assert tree["id"] == root["run_id"] and tree["conversation_id"] == conversation_id
+    assert [(c["id"], c["parent_run_id"], c["children"]) for c in tree["children"]] == [(child, root["run_id"], [])]

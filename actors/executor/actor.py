@@ -52,12 +52,14 @@ from schemas.runs import (
     CancelRun,
     ExecutorCommand,
     GetRun,
+    GetRunTree,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunFinished,
     RunRequest,
     RunStarted,
+    RunTree,
     RunView,
     TextDelta,
     ToolCalled,
@@ -101,6 +103,7 @@ class ExecutorActor(Actor):
             ),
             Endpoint("get_run", GetRun, self._get_run),
             Endpoint("cancel", CancelRun, self._cancel),
+            Endpoint("tree", GetRunTree, self._tree),
         )
 
     async def on_start(self) -> None:
@@ -300,6 +303,12 @@ class ExecutorActor(Actor):
             active[1].cancel()
 
     # --- queries -----------------------------------------------------------------------------
+
+    async def _tree(self, query: GetRunTree, trace: Trace) -> Message:
+        runs = await self.store.tree(query.run_id, trace.tenant)
+        if not runs:
+            raise BusError(ErrorCode.NOT_FOUND, f"no run {query.run_id}")
+        return RunTree(runs=runs)
 
     async def _get_run(self, query: GetRun, trace: Trace) -> Message:
         record = await self.store.get(query.run_id, trace.tenant)

@@ -80,6 +80,21 @@ class RunStore:
                 )  # fmt: skip
         return _record(row) if row is not None else None
 
+    async def tree(self, run_id: str, tenant: str) -> list[RunRecord]:
+        """The run and all its descendants, breadth first (empty if the run is not this tenant's)."""
+        rows = await self.pool.fetch(
+            """
+            WITH RECURSIVE tree AS (
+                SELECT runs.*, 0 AS depth FROM runs WHERE id = $1 AND tenant = $2
+                UNION ALL
+                SELECT r.*, t.depth + 1 FROM runs r JOIN tree t ON r.parent_run_id = t.id WHERE r.tenant = $2
+            )
+            SELECT * FROM tree ORDER BY depth, created_at, id
+            """,
+            run_id, tenant,
+        )  # fmt: skip
+        return [_record(r) for r in rows]
+
     async def get(self, run_id: str, tenant: str) -> RunRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
         return _record(row) if row is not None else None
