@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -342,3 +343,65 @@ async def test_runs_record_their_parent_and_form_a_tree(bus_config: BusConfig, d
             await bus.request(service, GetRunTree(run_id=root), RunTree, trace=Trace(tenant="other"))
     assert [r.id for r in tree.runs] == [root, *children, grandchild]
     assert [r.parent_run_id for r in tree.runs] == [None, root, root, children[0]]
+
+
+SUBAGENTS_TOML = """
+[agents.boss]
+tools = []
+subagents = ["helper", "boss"]
+
+[agents.helper]
+tools = []
+"""
+
+
+def _delegating(target: str) -> FunctionModel:
+    """Asks `target` through ask_agent when it may, then answers with what came back."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        returned = [p for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)]
+        if returned:
+            yield f"done: {returned[-1].content}"
+        elif any(t.name == "ask_agent" for t in info.function_tools):
+            args = json.dumps({"agent": target, "task": "what is 6 * 7?"})
+            yield {0: DeltaToolCall(name="ask_agent", json_args=args, tool_call_id="a1")}
+        else:
+            yield "42"
+
+    return FunctionModel(stream_function=stream)
+
+
+async def test_an_agent_hands_a_sub_problem_to_another_as_its_own_run(
+    bus_config: BusConfig, database_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(SUBAGENTS_TOML)
+    config = ExecutorConfig(database_url=database_url, agents_file=agents, offline=True)
+    async with running(ExecutorActor(bus_config, config, model_override=_delegating("helper"))):
+        root = await submit(bus, "delegate it", agent="boss")
+        done = (await outputs(bus, root))[-1]
+        tree = await bus.request(
+            subjects.service(subjects.ActorName.EXECUTOR, "tree"), GetRunTree(run_id=root), RunTree, trace=TRACE
+        )
+    assert isinstance(done, RunCompleted) and done.output == "done: 42"
+    assert [(r.agent, r.parent_run_id, r.status) for r in tree.runs] == [
+        ("boss", None, RunStatus.COMPLETED),
+        ("helper", root, RunStatus.COMPLETED),
+    ]
+
+
+async def test_the_subagent_depth_limit_is_enforced(
+    bus_config: BusConfig, database_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(SUBAGENTS_TOML)
+    config = ExecutorConfig(database_url=database_url, agents_file=agents, offline=True, max_subagent_depth=2)
+    async with running(ExecutorActor(bus_config, config, model_override=_delegating("boss"))):
+        root = await submit(bus, "recurse", agent="boss")
+        done = (await outputs(bus, root))[-1]
+        tree = await bus.request(
+            subjects.service(subjects.ActorName.EXECUTOR, "tree"), GetRunTree(run_id=root), RunTree, trace=TRACE
+        )
+    assert [r.agent for r in tree.runs] == ["boss", "boss", "boss"]  # the root, depth 1, depth 2
+    assert [r.parent_run_id for r in tree.runs][1:] == [tree.runs[0].id, tree.runs[1].id]
+    assert isinstance(done, RunCompleted) and "depth limit (2) reached" in done.output

@@ -9,6 +9,7 @@ plus a broadcast that reaches the replica running it, which cancels the agent ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +45,8 @@ from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.codec import decode
 from bus.errors import BusError, Reject
-from bus.headers import Trace
-from bus.streams import EXECUTOR_CMD, ConsumerSpec
+from bus.headers import Trace, new_id
+from bus.streams import EXECUTOR_CMD, EXECUTOR_EVT, ConsumerSpec
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.runs import (
@@ -202,7 +203,16 @@ class ExecutorActor(Actor):
         except ValueError as e:
             error = ErrorReply(code=ErrorCode.INVALID, message=f"history is not pydantic-ai message JSON: {e}")
             return RunFailed(run_id=run_id, error=error), Usage()
-        deps = RunDeps(run_id=run_id, tenant=tenant, context=req.context)
+        depth = int(req.metadata.get("depth", "0") or 0)
+        deps = RunDeps(
+            run_id=run_id,
+            tenant=tenant,
+            context=req.context,
+            depth=depth,
+            subagents=runner.subagents,
+            max_depth=self.config.max_subagent_depth,
+            subrun=lambda agent, task: self._subrun(req, tenant, depth + 1, agent, task),
+        )
         result: AgentRunResult[Any] | None = None
         try:
             async with runner.agent.run_stream_events(
@@ -257,6 +267,31 @@ class ExecutorActor(Actor):
             offline=runner.model.offline,
         )
         return completed, usage
+
+    async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> str:
+        """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer."""
+        child = new_id()
+        request = RunRequest(
+            run_id=child, agent=agent, prompt=task, parent_run_id=parent.run_id, metadata={"depth": str(depth)}
+        )
+        finished = aiter(self.bus.replay(EXECUTOR_EVT.name, subjects.executor_finished(tenant, child), RunFinished))
+        trace = Trace(tenant=tenant, run_id=child)
+        try:
+            await self.bus.publish(subjects.executor_command(tenant, child), request, trace=trace, msg_id=child)
+            result = (await anext(finished)).body.result
+        except asyncio.CancelledError:  # the parent was cancelled: so is its sub-run
+            with contextlib.suppress(Exception):
+                await self._request_cancel(CancelRun(run_id=child, reason="its parent run was cancelled"), tenant)
+            raise
+        finally:
+            await finished.aclose()  # type: ignore[attr-defined]
+        match result:
+            case RunCompleted():
+                return result.output
+            case RunFailed():
+                return f"the {agent} agent failed: {result.error.message}"
+            case _:
+                return f"the {agent} agent's run was cancelled"
 
     async def _announce(self, req: RunRequest, tenant: str, trace: Trace, terminal: Terminal) -> None:
         """Re-announce a run that already ended: its terminal output (deduped) and RunFinished."""

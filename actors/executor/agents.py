@@ -19,7 +19,7 @@ import importlib
 import json
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     instructions: str = DEFAULT_INSTRUCTIONS
     tools: list[str] = []
     output: str | dict[str, Any] = "text"  # "text", or a JSON schema (type object) for structured output
+    subagents: list[str] = []  # agents this one may hand sub-problems to (the ask_agent tool), each its own run
     base_url: str | None = None
     api_key_env: str | None = None
 
@@ -70,6 +71,10 @@ class RunDeps:
     run_id: str
     tenant: str
     context: dict[str, object] | None  # sidekick application state; None for other patterns
+    depth: int = 0  # how many subagent hand-offs above this run
+    subagents: tuple[str, ...] = ()  # the agents this one may hand a sub-problem to
+    max_depth: int = 2
+    subrun: Callable[[str, str], Awaitable[str]] | None = None  # (agent, task) -> the sub-run's answer
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -95,6 +100,27 @@ def read_context(ctx: RunContext[RunDeps], path: str = "") -> str:
         else:
             return f"nothing at {path!r}"
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+async def ask_agent(ctx: RunContext[RunDeps], agent: str, task: str) -> str:
+    """Hand a self-contained sub-problem to another agent and get its answer. `agent` is one of the
+    agents named in these instructions; `task` must say everything that agent needs to know."""
+    deps = ctx.deps
+    if agent not in deps.subagents:
+        return f"refused: {agent!r} is not one of the agents you may ask ({', '.join(deps.subagents)})"
+    if deps.depth >= deps.max_depth or deps.subrun is None:
+        return f"refused: sub-agent depth limit ({deps.max_depth}) reached; answer with what you have"
+    return await deps.subrun(agent, task)
+
+
+async def _only_with_subagents(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
+    return tool if ctx.deps.subagents else None
+
+
+def subagent_instructions(ctx: RunContext[RunDeps]) -> str:
+    if not ctx.deps.subagents:
+        return ""
+    return f"You may hand sub-problems to these agents with the ask_agent tool: {', '.join(ctx.deps.subagents)}."
 
 
 async def _only_with_context(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
@@ -138,21 +164,25 @@ class Runner:
     agent: Agent[RunDeps, Any]
     model: ResolvedModel
     structured: bool
+    subagents: tuple[str, ...] = ()
 
 
 def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
     structured = isinstance(spec.output, dict)
     output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
-    tools = [_tool(t) for t in spec.tools] + [Tool[RunDeps](read_context, takes_ctx=True, prepare=_only_with_context)]
+    tools = [_tool(t) for t in spec.tools] + [
+        Tool[RunDeps](read_context, takes_ctx=True, prepare=_only_with_context),
+        Tool[RunDeps](ask_agent, takes_ctx=True, prepare=_only_with_subagents),
+    ]
     agent: Agent[RunDeps, Any] = Agent(
         model.model,
         name=name,
         deps_type=RunDeps,
         output_type=output_type,
-        instructions=[spec.instructions, context_instructions],
+        instructions=[spec.instructions, context_instructions, subagent_instructions],
         tools=tools,
     )
-    return Runner(name=name, agent=agent, model=model, structured=structured)
+    return Runner(name=name, agent=agent, model=model, structured=structured, subagents=tuple(spec.subagents))
 
 
 def build_runners(

@@ -18,6 +18,7 @@ class ExecutorConfig:
     default_model: str | None = None  # a pydantic-ai model string for agents that name none
     offline: bool = False  # force the offline model for every provider model (tests, demos)
     max_concurrent_runs: int = 32
+    max_subagent_depth: int = 2  # how deep agents may hand sub-problems to other agents
 
     @classmethod
     def from_env(cls) -> ExecutorConfig:
@@ -28,4 +29,5 @@ class ExecutorConfig:
             default_model=os.environ.get("AGENTBUS_MODEL") or None,
             offline=os.environ.get("AGENTBUS_OFFLINE", "") not in ("", "0", "false"),
             max_concurrent_runs=int(os.environ.get("AGENTBUS_MAX_RUNS", "32")),
+            max_subagent_depth=int(os.environ.get("AGENTBUS_SUBAGENT_DEPTH", "2")),
         )
