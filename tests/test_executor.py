@@ -405,3 +405,35 @@ async def test_the_subagent_depth_limit_is_enforced(
     assert [r.agent for r in tree.runs] == ["boss", "boss", "boss"]  # the root, depth 1, depth 2
     assert [r.parent_run_id for r in tree.runs][1:] == [tree.runs[0].id, tree.runs[1].id]
     assert isinstance(done, RunCompleted) and "depth limit (2) reached" in done.output
+
+
+async def test_cancelling_a_parent_cancels_its_sub_run(
+    bus_config: BusConfig, database_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(SUBAGENTS_TOML)
+    helper_started = asyncio.Event()
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        if any(t.name == "ask_agent" for t in info.function_tools):
+            args = json.dumps({"agent": "helper", "task": "think forever"})
+            yield {0: DeltaToolCall(name="ask_agent", json_args=args, tool_call_id="a1")}
+        else:
+            helper_started.set()
+            yield "thinking "
+            await asyncio.Event().wait()
+
+    config = ExecutorConfig(database_url=database_url, agents_file=agents, offline=True)
+    async with running(ExecutorActor(bus_config, config, model_override=FunctionModel(stream_function=stream))):
+        root = await submit(bus, "go", agent="boss")
+        async with asyncio.timeout(10):
+            await helper_started.wait()
+        await cancel(bus, CancelRun(run_id=root))
+        assert isinstance((await outputs(bus, root))[-1], RunCancelled)
+        service = subjects.service(subjects.ActorName.EXECUTOR, "tree")
+
+        async def all_cancelled() -> bool:
+            tree = await bus.request(service, GetRunTree(run_id=root), RunTree, trace=TRACE)
+            return len(tree.runs) == 2 and all(r.status is RunStatus.CANCELLED for r in tree.runs)
+
+        await wait_until(all_cancelled, timeout=10, what="the sub-run to be cancelled too")
