@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
 from gateway.errors import exception_handlers
 from gateway.health import health
+from gateway.pipelines import run_pipeline
 from gateway.runs import RunController
 from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
 from gateway.tasks import TaskController, TaskRunController, webhook
@@ -53,6 +54,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             TaskController,
             TaskRunController,
             webhook,
+            run_pipeline,
             chat_socket,
             health,
         ],

@@ -56,6 +56,7 @@ class NewTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     task_type: TaskType
     prompt: Text
     agent: str | None = None
+    pipeline: str | None = None  # run this pipeline (over the prompt) instead of one agent
     inputs: dict[str, object] = {}
     schedule_expression: str | None = None
     interval_seconds: float | None = None

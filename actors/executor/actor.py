@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from actors._postgres import open_pool
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.config import ExecutorConfig
 from actors.executor.output import OutputWriter
+from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines
 from actors.executor.store import RunStore, Terminal
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
@@ -83,6 +85,7 @@ class ExecutorActor(Actor):
         self.config = config
         self.model_override = model_override
         self.runners: dict[str, Runner] = {}
+        self.pipelines: dict[str, PipelineSpec] = {}
         self._store: RunStore | None = None
         self._active: dict[str, tuple[str, CancellationToken]] = {}  # run id -> (tenant, token)
         self._cancel_reasons: dict[str, str] = {}
@@ -108,7 +111,8 @@ class ExecutorActor(Actor):
         )
 
     async def on_start(self) -> None:
-        specs = load_specs(self.config.agents_file)
+        specs = {**BUILT_IN_AGENTS, **load_specs(self.config.agents_file)}
+        self.pipelines = load_pipelines(self.config.agents_file)
         self.runners = build_runners(
             specs, default_model=self.config.default_model, offline=self.config.offline, override=self.model_override
         )
@@ -150,13 +154,18 @@ class ExecutorActor(Actor):
         trace = delivery.trace.child(run_id=req.run_id)
         structlog.contextvars.bind_contextvars(run_id=req.run_id)
         runner = self.runners.get(req.agent)
+        pipeline = (
+            self.pipelines.get(req.agent.removeprefix(PIPELINE_PREFIX))
+            if req.agent.startswith(PIPELINE_PREFIX)
+            else None
+        )
         token = CancellationToken()
         self._active[req.run_id] = (tenant, token)  # before recording, so no cancel signal is missed
         try:
             begun = await self.store.begin(
                 req,
                 tenant=tenant,
-                model=runner.model.name if runner else "",
+                model=runner.model.name if runner else ("pipeline" if pipeline else ""),
                 offline=runner.model.offline if runner else False,
             )
             if begun is None:
@@ -165,10 +174,14 @@ class ExecutorActor(Actor):
                 await self._announce(req, tenant, trace, begun.terminal)
                 return
             writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
+            terminal: Terminal
             try:
-                if runner is None:
-                    error = ErrorReply(code=ErrorCode.INVALID, message=f"unknown agent {req.agent!r}")
-                    terminal: Terminal = RunFailed(run_id=req.run_id, error=error)
+                if pipeline is not None and not begun.cancel_requested:
+                    writer.emit(RunStarted(run_id=req.run_id, agent=req.agent, model="pipeline", attempt=begun.attempt))
+                    terminal, usage = await self._pipeline(pipeline, req, tenant, token)
+                elif runner is None:
+                    error = ErrorReply(code=ErrorCode.INVALID, message=f"unknown agent or pipeline {req.agent!r}")
+                    terminal = RunFailed(run_id=req.run_id, error=error)
                     usage = Usage()
                 elif begun.cancel_requested:
                     terminal, usage = RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id)), Usage()
@@ -270,6 +283,17 @@ class ExecutorActor(Actor):
 
     async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> str:
         """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer."""
+        result = await self._child(parent, tenant, depth, agent, task)
+        match result:
+            case RunCompleted():
+                return result.output
+            case RunFailed():
+                return f"the {agent} agent failed: {result.error.message}"
+            case _:
+                return f"the {agent} agent's run was cancelled"
+
+    async def _child(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> Terminal:
+        """A sub-run of `parent`: published on the bus, awaited until it ends; cancelled with the parent."""
         child = new_id()
         request = RunRequest(
             run_id=child, agent=agent, prompt=task, parent_run_id=parent.run_id, metadata={"depth": str(depth)}
@@ -278,20 +302,72 @@ class ExecutorActor(Actor):
         trace = Trace(tenant=tenant, run_id=child)
         try:
             await self.bus.publish(subjects.executor_command(tenant, child), request, trace=trace, msg_id=child)
-            result = (await anext(finished)).body.result
+            result: Terminal = (await anext(finished)).body.result
         except asyncio.CancelledError:  # the parent was cancelled: so is its sub-run
             with contextlib.suppress(Exception):
                 await self._request_cancel(CancelRun(run_id=child, reason="its parent run was cancelled"), tenant)
             raise
         finally:
             await finished.aclose()  # type: ignore[attr-defined]
-        match result:
-            case RunCompleted():
-                return result.output
-            case RunFailed():
-                return f"the {agent} agent failed: {result.error.message}"
-            case _:
-                return f"the {agent} agent's run was cancelled"
+        return result
+
+    async def _pipeline(
+        self, spec: PipelineSpec, req: RunRequest, tenant: str, token: CancellationToken
+    ) -> tuple[Terminal, Usage]:
+        """Each step a sub-run: one after another (each sees the earlier results) or all at once."""
+        mode = req.metadata.get("mode") or spec.mode
+        depth = int(req.metadata.get("depth", "0") or 0) + 1
+
+        async def step(agent: str, prompt: str) -> dict[str, Any]:
+            started = time.perf_counter()
+            result = await self._child(req, tenant, depth, agent, prompt)
+            output: Any = None
+            if isinstance(result, RunCompleted):
+                output = result.output
+                with contextlib.suppress(ValueError):
+                    output = json.loads(result.output) if self.runners[agent].structured else output
+            return {
+                "agent": agent,
+                "status": {RunCompleted: "completed", RunFailed: "failed"}.get(type(result), "cancelled"),
+                "output": output,
+                "error": result.error.message if isinstance(result, RunFailed) else None,
+                "usage": msgspec.to_builtins(result.usage) if isinstance(result, RunCompleted) else {},
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+
+        missing = [a for a in spec.steps if a not in self.runners]
+        if missing:
+            error = ErrorReply(code=ErrorCode.INVALID, message=f"the pipeline names unknown agents: {missing}")
+            return RunFailed(run_id=req.run_id, error=error), Usage()
+        try:
+            if mode == "parallel":
+                steps = list(await asyncio.gather(*(step(agent, req.prompt) for agent in spec.steps)))
+            else:
+                steps = []
+                for agent in spec.steps:
+                    earlier = json.dumps([{"agent": s["agent"], "output": s["output"]} for s in steps], default=str)
+                    prompt = (
+                        req.prompt if not steps else f"{req.prompt}\n\nResults of the earlier steps (JSON):\n{earlier}"
+                    )
+                    steps.append(await step(agent, prompt))
+        except asyncio.CancelledError:
+            if token.cancelled:
+                return RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id)), Usage()
+            raise
+        usage = Usage(
+            requests=sum(s["usage"].get("requests", 0) for s in steps),
+            input_tokens=sum(s["usage"].get("input_tokens", 0) for s in steps),
+            output_tokens=sum(s["usage"].get("output_tokens", 0) for s in steps),
+            tool_calls=sum(s["usage"].get("tool_calls", 0) for s in steps),
+        )
+        output = json.dumps({"pipeline": req.agent.removeprefix(PIPELINE_PREFIX), "mode": mode, "steps": steps})
+        if any(s["status"] != "completed" for s in steps):
+            failed = ", ".join(s["agent"] for s in steps if s["status"] != "completed")
+            error = ErrorReply(
+                code=ErrorCode.UNAVAILABLE, message=f"pipeline steps failed: {failed}", details={"result": output}
+            )
+            return RunFailed(run_id=req.run_id, error=error), usage
+        return RunCompleted(run_id=req.run_id, output=output, usage=usage, model="pipeline"), usage
 
     async def _announce(self, req: RunRequest, tenant: str, trace: Trace, terminal: Terminal) -> None:
         """Re-announce a run that already ended: its terminal output (deduped) and RunFinished."""

@@ -53,6 +53,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec] = {}
+    pipelines: dict[str, Any] = {}  # read by actors/executor/pipelines.py
 
 
 BUILT_IN = {"assistant": AgentSpec(tools=["current_time"])}

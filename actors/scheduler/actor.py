@@ -235,7 +235,7 @@ class SchedulerActor(Actor):
         create = CreateConversation(
             conversation_id=conversation_id,
             pattern=Pattern.TASK,
-            agent=task.agent,
+            agent=f"pipeline:{task.pipeline}" if task.pipeline else task.agent,
             policy=Policy.ENQUEUE,
             metadata={"task_id": task.id},
         )

@@ -46,6 +46,7 @@ def task_of(row: asyncpg.Record) -> Task:
         task_type=TaskType(row["task_type"]),
         prompt=row["prompt"],
         agent=row["agent"],
+        pipeline=row["pipeline"],
         inputs=row["inputs"],
         schedule_expression=row["schedule_expression"],
         interval_seconds=row["interval_seconds"],
@@ -97,14 +98,14 @@ async def insert_task(conn: Conn, task: Task, secret: str) -> TaskRow | None:
         """
         INSERT INTO tasks (id, tenant, task_type, prompt, agent, inputs, schedule_expression, interval_seconds,
             run_at, timezone, trigger_config, notification_config, thread, misfire_policy, overlap_policy,
-            enabled, next_run_at, notification_secret, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)
+            enabled, next_run_at, notification_secret, created_at, updated_at, pipeline)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $20)
         ON CONFLICT (id) DO NOTHING RETURNING *
         """,
         task.id, task.tenant, task.task_type.value, task.prompt, task.agent, task.inputs, task.schedule_expression,
         task.interval_seconds, task.run_at, task.timezone, msgspec.to_builtins(task.trigger_config),
         msgspec.to_builtins(task.notification_config), task.thread, task.misfire_policy.value,
-        task.overlap_policy.value, task.enabled, task.next_run_at, secret, task.created_at,
+        task.overlap_policy.value, task.enabled, task.next_run_at, secret, task.created_at, task.pipeline,
     )  # fmt: skip
     return TaskRow(row) if row is not None else None
 
