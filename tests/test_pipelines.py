@@ -99,7 +99,7 @@ async def test_a_task_can_run_a_pipeline(start_platform: Start) -> None:
         (run,) = created.json()["last_runs"]
 
         async def done() -> bool:
-            return (await client.get(f"/v1/task-runs/{run['id']}")).json()["status"] == "completed"
+            return bool((await client.get(f"/v1/task-runs/{run['id']}")).json()["status"] == "completed")
 
         await wait_until(done, timeout=30, what="the pipeline task")
         output = json.loads((await client.get(f"/v1/task-runs/{run['id']}")).json()["output"])
