@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
+from actors.executor.models import offline_model
 from tests.conftest import Platform, wait_until
 
 Start = Callable[..., Awaitable[Platform]]
@@ -104,3 +105,14 @@ async def test_a_task_can_run_a_pipeline(start_platform: Start) -> None:
         await wait_until(done, timeout=30, what="the pipeline task")
         output = json.loads((await client.get(f"/v1/task-runs/{run['id']}")).json()["output"])
     assert output["pipeline"] == "text-analysis" and len(output["steps"]) == 3
+
+
+async def test_the_offline_model_answers_structured_steps_too(start_platform: Start) -> None:
+    platform = await start_platform(offline_model())
+    async with platform.client() as client:
+        response = await client.post("/v1/pipelines/text-analysis/runs", json={"text": TEXT})
+    assert response.status_code == 200, response.text
+    by_agent = {s["agent"]: s["output"] for s in response.json()["steps"]}
+    assert by_agent["sentiment"] == {"label": "positive", "score": 0}  # placeholders, visibly not an LLM's
+    assert by_agent["entities"] == {"entities": []}
+    assert by_agent["summarizer"].startswith("[offline model")

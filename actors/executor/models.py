@@ -10,15 +10,17 @@ on start-up and in every run's metadata: nothing pretends to be an LLM.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.fallback import FallbackModel
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -55,12 +57,38 @@ def _offline_reply(messages: list[ModelMessage]) -> str:
     )
 
 
-async def _offline_stream(messages: list[ModelMessage], _: AgentInfo) -> AsyncIterator[str]:
+def placeholder(schema: dict[str, Any]) -> Any:
+    """The simplest value a JSON schema accepts: what the offline model answers structured output with."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    match schema.get("type"):
+        case "object":
+            props = schema.get("properties", {})
+            return {k: placeholder(props.get(k, {})) for k in schema.get("required", [])}
+        case "array":
+            return []
+        case "number" | "integer":
+            return schema.get("minimum", 0)
+        case "boolean":
+            return False
+        case _:
+            return "offline"
+
+
+async def _offline_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+    if info.output_tools and not info.allow_text_output:
+        tool = info.output_tools[0]
+        args = json.dumps(placeholder(tool.parameters_json_schema))
+        yield {0: DeltaToolCall(name=tool.name, json_args=args, tool_call_id="offline")}
+        return
     for word in _offline_reply(messages).split(" "):
         yield word + " "
 
 
-def _offline_response(messages: list[ModelMessage], _: AgentInfo) -> ModelResponse:
+def _offline_response(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if info.output_tools and not info.allow_text_output:
+        tool = info.output_tools[0]
+        return ModelResponse(parts=[ToolCallPart(tool.name, placeholder(tool.parameters_json_schema))])
     return ModelResponse(parts=[TextPart(_offline_reply(messages))])
 
 
