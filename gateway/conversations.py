@@ -13,7 +13,6 @@ from litestar.response import Stream
 
 from bus import subjects
 from bus.client import Envelope
-from bus.errors import BusError
 from bus.headers import Trace
 from gateway.auth import Tenant
 from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
@@ -214,10 +213,7 @@ class ConversationController(Controller):
         cmd = ContinueConversation(
             conversation_id=ident(conversation_id), new_conversation_id=gw.make_id(digest, "conversation")
         )
-        try:
-            view: ConversationView = await _query(gw, "continue", cmd, ConversationView, gw.trace(tenant, request))
-        except BusError:
-            raise
+        view: ConversationView = await _query(gw, "continue", cmd, ConversationView, gw.trace(tenant, request))
         stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
         return _json(201, stored.body)

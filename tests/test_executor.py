@@ -437,3 +437,30 @@ async def test_cancelling_a_parent_cancels_its_sub_run(
             return len(tree.runs) == 2 and all(r.status is RunStatus.CANCELLED for r in tree.runs)
 
         await wait_until(all_cancelled, timeout=10, what="the sub-run to be cancelled too")
+
+
+async def test_cancelling_a_pipeline_cancels_its_steps(bus_config: BusConfig, database_url: str, bus: Bus) -> None:
+    steps_started = 0
+    all_started = asyncio.Event()
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        nonlocal steps_started
+        steps_started += 1
+        if steps_started == 3:
+            all_started.set()
+        yield "working "
+        await asyncio.Event().wait()
+
+    async with running(executor(bus_config, database_url, FunctionModel(stream_function=stream))):
+        root = await submit(bus, "some text", agent="pipeline:text-analysis")
+        async with asyncio.timeout(10):
+            await all_started.wait()
+        await cancel(bus, CancelRun(run_id=root, reason="enough"))
+        assert isinstance((await outputs(bus, root))[-1], RunCancelled)
+        service = subjects.service(subjects.ActorName.EXECUTOR, "tree")
+
+        async def all_cancelled() -> bool:
+            tree = await bus.request(service, GetRunTree(run_id=root), RunTree, trace=TRACE)
+            return len(tree.runs) == 4 and all(r.status is RunStatus.CANCELLED for r in tree.runs)
+
+        await wait_until(all_cancelled, timeout=10, what="every step to be cancelled")

@@ -86,6 +86,7 @@ class ExecutorActor(Actor):
         self.model_override = model_override
         self.runners: dict[str, Runner] = {}
         self.pipelines: dict[str, PipelineSpec] = {}
+        self._pipelines_running: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self._store: RunStore | None = None
         self._active: dict[str, tuple[str, CancellationToken]] = {}  # run id -> (tenant, token)
         self._cancel_reasons: dict[str, str] = {}
@@ -339,21 +340,29 @@ class ExecutorActor(Actor):
         if missing:
             error = ErrorReply(code=ErrorCode.INVALID, message=f"the pipeline names unknown agents: {missing}")
             return RunFailed(run_id=req.run_id, error=error), Usage()
-        try:
+
+        async def all_steps() -> list[dict[str, Any]]:
             if mode == "parallel":
-                steps = list(await asyncio.gather(*(step(agent, req.prompt) for agent in spec.steps)))
-            else:
-                steps = []
-                for agent in spec.steps:
-                    earlier = json.dumps([{"agent": s["agent"], "output": s["output"]} for s in steps], default=str)
-                    prompt = (
-                        req.prompt if not steps else f"{req.prompt}\n\nResults of the earlier steps (JSON):\n{earlier}"
-                    )
-                    steps.append(await step(agent, prompt))
+                return list(await asyncio.gather(*(step(agent, req.prompt) for agent in spec.steps)))
+            done: list[dict[str, Any]] = []
+            for agent in spec.steps:
+                earlier = json.dumps([{"agent": s["agent"], "output": s["output"]} for s in done], default=str)
+                prompt = req.prompt if not done else f"{req.prompt}\n\nResults of the earlier steps (JSON):\n{earlier}"
+                done.append(await step(agent, prompt))
+            return done
+
+        # a cancel signal cancels this task (a pipeline has no agent run for the token to stop);
+        # its steps' sub-runs are cancelled with it
+        work = asyncio.ensure_future(all_steps())
+        self._pipelines_running[req.run_id] = work
+        try:
+            steps = await work
         except asyncio.CancelledError:
-            if token.cancelled:
+            if work.cancelled() and not _being_cancelled():
                 return RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id)), Usage()
             raise
+        finally:
+            self._pipelines_running.pop(req.run_id, None)
         usage = Usage(
             requests=sum(s["usage"].get("requests", 0) for s in steps),
             input_tokens=sum(s["usage"].get("input_tokens", 0) for s in steps),
@@ -412,6 +421,9 @@ class ExecutorActor(Actor):
         if active is not None and active[0] == tenant:
             self._cancel_reasons[cancel.run_id] = cancel.reason
             active[1].cancel()
+            pipeline = self._pipelines_running.get(cancel.run_id)
+            if pipeline is not None:
+                pipeline.cancel()
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -426,6 +438,12 @@ class ExecutorActor(Actor):
         if record is None:
             raise BusError(ErrorCode.NOT_FOUND, f"no run {query.run_id}")
         return RunView(run=record)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (a stop, not a run's cancel)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def user_prompt(req: RunRequest) -> str | list[str]:
