@@ -17,7 +17,7 @@ from pydantic_ai.models.test import TestModel
 from bus import subjects
 from bus.headers import Trace, new_id
 from schemas.runs import RunRequest
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 from tests.models import Gate, replying
 
 Start = Callable[..., Awaitable[Platform]]
@@ -203,8 +203,12 @@ async def test_a_runs_tree_nests_its_sub_runs(start_platform: Start) -> None:
         child = new_id()
         request = RunRequest(run_id=child, agent="assistant", prompt="sub-question", parent_run_id=root["run_id"])
         await platform.bus.publish(subjects.executor_command("t1", child), request, trace=Trace(tenant="t1"))
-        events = await sse_events(client, "GET", f"/v1/runs/{child}/events")
-        assert events[-1]["event"] == "completed"
+
+        async def child_done() -> bool:  # published straight on the bus: 404 until the executor has it
+            response = await client.get(f"/v1/runs/{child}")
+            return response.status_code == 200 and response.json()["status"] == "completed"
+
+        await wait_until(child_done, what="the sub-run")
         tree = (await client.get(f"/v1/runs/{root['run_id']}/tree")).json()
     assert tree["id"] == root["run_id"] and tree["conversation_id"] == conversation_id
     assert [(c["id"], c["parent_run_id"], c["children"]) for c in tree["children"]] == [(child, root["run_id"], [])]
