@@ -47,7 +47,7 @@ format: sync ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-actor-%: sync ## run one actor (actor-conversation, -executor, -scheduler, -trigger, -notifier), against `make run`'s NATS unless NATS_URL is set
+actor-%: sync ## run one actor (actor-conversation, -executor, -scheduler, -trigger, -notifier, -research), against `make run`'s NATS unless NATS_URL is set
 	$(RUN) agentbus actor $*
 
 gateway: sync ## run the gateway alone, against `make run`'s NATS unless NATS_URL is set

@@ -28,7 +28,7 @@ from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 __all__ = ["ACTORS", "Child", "RunConfig", "Running", "Supervisor", "say"]
 
 # Every actor `agentbus run` starts, as `python -m actors.<name>`: adding one is adding its name here.
-ACTORS: tuple[str, ...] = ("conversation", "executor", "scheduler", "trigger", "notifier")
+ACTORS: tuple[str, ...] = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
 
 
 def say(text: str) -> None:

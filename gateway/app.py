@@ -17,6 +17,7 @@ from bus.config import BusConfig
 from gateway.auth import presented_key
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
+from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
 from gateway.pipelines import run_pipeline
@@ -55,6 +56,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             TaskRunController,
             webhook,
             run_pipeline,
+            DocumentController,
             chat_socket,
             health,
         ],

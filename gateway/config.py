@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["GatewayConfig"]
 
-DEFAULT_ACTORS = ("conversation", "executor", "scheduler", "trigger", "notifier")
+DEFAULT_ACTORS = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,11 +186,18 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
     async def start(
-        model: Model | None = None, *, background: bool = False, smtp_port: int = 1, **gateway: Any
+        model: Model | None = None,
+        *,
+        background: bool = False,
+        smtp_port: int = 1,
+        agents_file: Path | None = None,
+        **gateway: Any,
     ) -> Platform:
         """`background`: also the scheduler, trigger and notifier (SMTP on `smtp_port`, 127.0.0.1 allowed)."""
         executor = ExecutorActor(
-            bus_config, ExecutorConfig(database_url=database_url, offline=True), model_override=model or TestModel()
+            bus_config,
+            ExecutorConfig(database_url=database_url, offline=True, agents_file=agents_file),
+            model_override=model or TestModel(),
         )
         conversation = ConversationActor(bus_config, ConversationConfig(database_url=database_url))
         await conversation.start()
@@ -201,6 +208,8 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
             from actors._outbound import Allowlist
             from actors.notifier.actor import NotifierActor
             from actors.notifier.config import NotifierConfig
+            from actors.research.actor import ResearchActor
+            from actors.research.config import ResearchConfig
             from actors.scheduler.actor import SchedulerActor
             from actors.scheduler.config import SchedulerConfig
             from actors.trigger.actor import TriggerActor
@@ -220,6 +229,7 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
                 ),
                 TriggerActor(bus_config, TriggerActorConfig(database_url=database_url)),
                 NotifierActor(bus_config, notifier),
+                ResearchActor(bus_config, ResearchConfig(database_url=database_url)),
             ):
                 await actor.start()
                 cleanups.append(actor.stop)

@@ -51,6 +51,7 @@ from bus.headers import Trace, new_id
 from bus.streams import EXECUTOR_CMD, EXECUTOR_EVT, ConsumerSpec
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
+from schemas.research import DocumentHits, SearchDocuments
 from schemas.runs import (
     CancelRun,
     ExecutorCommand,
@@ -226,6 +227,7 @@ class ExecutorActor(Actor):
             subagents=runner.subagents,
             max_depth=self.config.max_subagent_depth,
             subrun=lambda agent, task: self._subrun(req, tenant, depth + 1, agent, task),
+            search=lambda query: self._search_documents(tenant, run_id, query),
         )
         result: AgentRunResult[Any] | None = None
         try:
@@ -281,6 +283,17 @@ class ExecutorActor(Actor):
             offline=runner.model.offline,
         )
         return completed, usage
+
+    async def _search_documents(self, tenant: str, run_id: str, query: str) -> str:
+        """The research actor's full-text search over the tenant's documents, for the search_documents tool."""
+        service = subjects.service(subjects.ActorName.RESEARCH, "search")
+        try:
+            found = await self.bus.request(
+                service, SearchDocuments(query=query, limit=5), DocumentHits, trace=Trace(tenant=tenant, run_id=run_id)
+            )
+        except BusError as e:
+            return f"document search failed: {e.message}"
+        return msgspec.json.encode(found.hits).decode()
 
     async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> str:
         """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer."""

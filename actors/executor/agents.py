@@ -76,6 +76,7 @@ class RunDeps:
     subagents: tuple[str, ...] = ()  # the agents this one may hand a sub-problem to
     max_depth: int = 2
     subrun: Callable[[str, str], Awaitable[str]] | None = None  # (agent, task) -> the sub-run's answer
+    search: Callable[[str], Awaitable[str]] | None = None  # query -> the tenant's matching documents, as JSON
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -114,6 +115,14 @@ async def ask_agent(ctx: RunContext[RunDeps], agent: str, task: str) -> str:
     return await deps.subrun(agent, task)
 
 
+async def search_documents(ctx: RunContext[RunDeps], query: str) -> str:
+    """Search the documents this application has ingested. Returns the best matches as JSON: each with
+    its document_id (cite it), title and the matching passages. Use a few specific keywords."""
+    if ctx.deps.search is None:
+        return "document search is not available here"
+    return await ctx.deps.search(query)
+
+
 async def _only_with_subagents(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
     return tool if ctx.deps.subagents else None
 
@@ -132,12 +141,15 @@ TOOLS: dict[str, Callable[..., Any]] = {"current_time": current_time}
 
 
 def _tool(name: str) -> Tool[RunDeps]:
+    if name == "search_documents":
+        return Tool[RunDeps](search_documents, takes_ctx=True)
     if name in TOOLS:
         return Tool(TOOLS[name])
     if name.startswith("python:"):
         module_name, _, attr = name.removeprefix("python:").partition(":")
         return Tool(getattr(importlib.import_module(module_name), attr))
-    raise ValueError(f"unknown tool {name!r}: use one of {sorted(TOOLS)} or python:<module>:<function>")
+    known = sorted([*TOOLS, "search_documents"])
+    raise ValueError(f"unknown tool {name!r}: use one of {known} or python:<module>:<function>")
 
 
 def context_instructions(ctx: RunContext[RunDeps]) -> str:

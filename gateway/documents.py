@@ -1,0 +1,135 @@
+"""/v1/documents: ingest research sources (JSON, or a multipart file upload), read, list and search them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from bus import subjects
+from gateway.auth import Tenant
+from gateway.errors import ApiError
+from gateway.state import Stored, gateway_of, ident
+from gateway.views import full, full_json
+from schemas.errors import ErrorCode
+from schemas.research import (
+    DocumentHits,
+    DocumentList,
+    DocumentView,
+    GetDocument,
+    IngestDocument,
+    ListDocuments,
+    SearchDocuments,
+)
+
+__all__ = ["DocumentController"]
+
+RESEARCH = subjects.ActorName.RESEARCH
+TYPES_BY_SUFFIX = {".md": "text/markdown", ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html"}
+
+
+class NewDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    content: Annotated[str, msgspec.Meta(min_length=1)]
+    content_type: str = "text/plain"
+
+
+async def _from_request(request: Request[Any, Any, Any]) -> NewDocument:
+    """The document in a JSON body, or in a multipart upload (`file`, and optionally `title`)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(ErrorCode.INVALID, "a multipart upload needs a `file` part")
+        raw = await upload.read()
+        try:
+            content = raw.decode()
+        except UnicodeDecodeError:
+            raise ApiError(ErrorCode.INVALID, "the file is not UTF-8 text (PDF is not supported yet)") from None
+        name = upload.filename or "document"
+        suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        content_type = TYPES_BY_SUFFIX.get(suffix) or (upload.content_type or "text/plain")
+        title = str(form.get("title") or name)
+        return NewDocument(title=title, content=content, content_type=content_type)
+    try:
+        return msgspec.json.decode(await request.body(), type=NewDocument)
+    except msgspec.ValidationError as e:
+        raise ApiError(ErrorCode.INVALID, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ApiError(ErrorCode.MALFORMED, f"the body is not JSON: {e}") from None
+
+
+class DocumentController(Controller):
+    path = "/v1/documents"
+    tags = ["documents"]
+
+    @post("/", status_code=201, summary="Ingest a document (JSON {title, content, content_type} or a file upload)")
+    async def ingest(self, request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Response[Any]:
+        gw = gateway_of(state)
+        digest = gw.idempotency_digest(request, tenant)
+        if (stored := await gw.recall(digest)) is not None:
+            return Response(stored.body, status_code=stored.status, media_type="application/json")
+        doc = await _from_request(request)
+        cmd = IngestDocument(
+            document_id=gw.make_id(digest, "document"),
+            title=doc.title,
+            content=doc.content,
+            content_type=doc.content_type,
+        )
+        service = subjects.service(RESEARCH, "ingest")
+        view: DocumentView = await gw.bus.request(service, cmd, DocumentView, trace=gw.trace(tenant, request))
+        body = full(view.document)
+        body.pop("content")
+        body["characters"] = len(view.document.content)
+        encoded = msgspec.json.encode(body)
+        await gw.remember(digest, Stored(status=201, body=encoded))
+        return Response(encoded, status_code=201, media_type="application/json")
+
+    @get("/", summary="List documents")
+    async def list_documents(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        after: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        service = subjects.service(RESEARCH, "list_documents")
+        listed: DocumentList = await gw.bus.request(
+            service, ListDocuments(limit=limit, after=after), DocumentList, trace=gw.trace(tenant, request)
+        )
+        documents = [{k: v for k, v in full(d).items() if k != "content"} for d in listed.documents]
+        return Response(
+            full_json({"documents": documents, "next_after": listed.next_after}), media_type="application/json"
+        )
+
+    @get("/search", summary="Full-text search over the documents, best first")
+    async def search(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        q: FromQuery[str],
+        limit: Annotated[int, QueryParameter(ge=1, le=50)] = 10,
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        service = subjects.service(RESEARCH, "search")
+        found: DocumentHits = await gw.bus.request(
+            service, SearchDocuments(query=q, limit=limit), DocumentHits, trace=gw.trace(tenant, request)
+        )
+        return Response(full_json({"hits": found.hits}), media_type="application/json")
+
+    @get("/{document_id:str}", summary="A document and its text")
+    async def read(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, document_id: FromPath[str]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        service = subjects.service(RESEARCH, "get_document")
+        view: DocumentView = await gw.bus.request(
+            service, GetDocument(document_id=ident(document_id)), DocumentView, trace=gw.trace(tenant, request)
+        )
+        return Response(full_json(view.document), media_type="application/json")
