@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +36,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Children (actor subprocesses) must not reach a real model either.
 os.environ.setdefault("AGENTBUS_OFFLINE", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temp root of this session's own: pytest prunes old /tmp/pytest-of-<user>/pytest-N roots,
+    which would delete the data of another session's PostgreSQL that is still running."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="agentbus-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
