@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,15 @@ class Outcome:
     start: RunRequest | None = None
     cancel: str | None = None  # the run to interrupt
     turn_event: TurnCompleted | TurnFailed | None = None
-    extra: list[RunRequest] = field(default_factory=list)
+
+
+def rejection(active_run_id: str | None) -> ErrorReply:
+    details = {"active_run_id": active_run_id} if active_run_id else {}
+    return ErrorReply(
+        code=ErrorCode.CONFLICT,
+        message="a turn is running in this conversation and its policy is reject",
+        details=details,
+    )
 
 
 class ConversationActor(Actor):
@@ -125,15 +133,24 @@ class ConversationActor(Actor):
                     await store.set_context(conn, command.conversation_id, delivery.tenant, command.context)
 
     async def _wait_for_turn(self, delivery: Delivery) -> None:
-        """Retry unless this is the earliest unacked command of its conversation."""
+        """Retry unless this is the earliest unacked command of its conversation.
+
+        A direct get may be answered by a replica that lags: one that does not even hold this
+        message (nothing, or a later one) cannot tell, so the stream leader is asked then.
+        """
+        first = await self._first_pending(delivery.subject, direct=True)
+        if first is None or first > delivery.stream_seq:
+            first = await self._first_pending(delivery.subject, direct=False)
+        if first is not None and first < delivery.stream_seq:
+            raise Retry(f"waiting for command {first} of this conversation", delay=ORDER_RETRY_S)
+
+    async def _first_pending(self, subject: str, *, direct: bool) -> int | None:
+        """Stream sequence of the first message still in the work queue on `subject`."""
         try:
-            first = await self.bus.js.get_msg(
-                CONVERSATION_CMD.name, seq=1, subject=delivery.subject, next=True, direct=True
-            )
+            msg = await self.bus.js.get_msg(CONVERSATION_CMD.name, seq=1, subject=subject, next=True, direct=direct)
         except NotFoundError:
-            return
-        if first.seq is not None and first.seq < delivery.stream_seq:
-            raise Retry(f"waiting for command {first.seq} of this conversation", delay=ORDER_RETRY_S)
+            return None
+        return msg.seq
 
     async def _post(self, cmd: PostMessage, delivery: Delivery) -> None:
         tenant = delivery.tenant
@@ -149,21 +166,12 @@ class ConversationActor(Actor):
             error = ErrorReply(code=ErrorCode.NOT_FOUND, message=f"no conversation {cmd.conversation_id}")
             return Outcome(failed=error)
         turn = await store.get_turn(conn, cmd.run_id)
-        if turn is not None:  # a redelivery: say again what was said (the bus drops the duplicates)
-            if turn.status == "running":
-                accepted = RunAccepted(run_id=turn.run_id, position=0)
-                return Outcome(accepted=accepted, start=await store.run_request(conn, conversation, turn))
-            if turn.status == "queued":
-                return Outcome(accepted=RunAccepted(run_id=turn.run_id, position=await store.queued_ahead(conn, turn)))
-            return Outcome()
+        if turn is not None:
+            return await self._again(conn, conversation, turn)
         busy = conversation.active_run_id is not None or conversation.queued_runs > 0
         if busy and conversation.policy is Policy.REJECT:
-            error = ErrorReply(
-                code=ErrorCode.CONFLICT,
-                message="a turn is running in this conversation and its policy is reject",
-                details={"active_run_id": conversation.active_run_id or ""},
-            )
-            return Outcome(failed=error)
+            await store.insert_rejected(conn, conversation.id, run_id=cmd.run_id, seq=seq, prompt=cmd.content)
+            return Outcome(failed=rejection(conversation.active_run_id))
         await store.insert_turn(
             conn,
             conversation.id,
@@ -180,6 +188,20 @@ class ConversationActor(Actor):
         if conversation.policy is Policy.INTERRUPT and conversation.active_run_id is not None:
             outcome.cancel = conversation.active_run_id
         return outcome
+
+    async def _again(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> Outcome:
+        """A redelivered command: say again what was said (the bus drops the duplicates)."""
+        if turn.status == "rejected":
+            return Outcome(failed=rejection(None))
+        if turn.status == "running":
+            accepted = RunAccepted(run_id=turn.run_id, position=0)
+            return Outcome(accepted=accepted, start=await store.run_request(conn, conversation, turn))
+        if turn.status == "queued":
+            outcome = Outcome(accepted=RunAccepted(run_id=turn.run_id, position=await store.queued_ahead(conn, turn)))
+            if conversation.policy is Policy.INTERRUPT:  # the first attempt may have stopped before asking
+                outcome.cancel = conversation.active_run_id
+            return outcome
+        return Outcome()
 
     async def _publish(self, outcome: Outcome, tenant: str, conversation_id: str, run_id: str, trace: Trace) -> None:
         """Everything the outcome says, concurrently: each message is deduped by its id on a redelivery."""
@@ -229,6 +251,8 @@ class ConversationActor(Actor):
             conversation = await store.lock(conn, finished.conversation_id, tenant)
             turn = await store.get_turn(conn, finished.run_id)
             if conversation is None or turn is None or turn.conversation_id != conversation.id:
+                return
+            if turn.status == "rejected":  # never sent to an executor
                 return
             outcome = await self._finish(conn, conversation, turn, finished)
         await self._publish(outcome, tenant, conversation.id, turn.run_id, delivery.trace.child(run_id=turn.run_id))
@@ -281,6 +305,7 @@ class ConversationActor(Actor):
     # --- queries -----------------------------------------------------------------------------
 
     async def _create(self, cmd: CreateConversation, trace: Trace) -> Message:
+        valid_ids(trace.tenant, cmd.conversation_id)
         async with self.pool.acquire() as conn:
             conversation = await store.create(conn, trace.tenant, cmd, cmd.agent or self.config.default_agent)
         if conversation is None:
@@ -305,6 +330,7 @@ class ConversationActor(Actor):
             return ConversationView(conversation=await self._found(conn, cmd.conversation_id, trace.tenant))
 
     async def _continue(self, cmd: ContinueConversation, trace: Trace) -> Message:
+        valid_ids(trace.tenant, cmd.new_conversation_id)
         async with self.pool.acquire() as conn, conn.transaction():
             parent = await self._found(conn, cmd.conversation_id, trace.tenant)
             existing = await store.get(conn, cmd.new_conversation_id, trace.tenant)
@@ -321,3 +347,12 @@ class ConversationActor(Actor):
         if conversation is None:
             raise BusError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id}")
         return conversation
+
+
+def valid_ids(*values: str) -> None:
+    """A tenant and a conversation id each become one subject token."""
+    try:
+        for value in values:
+            subjects.token(value)
+    except subjects.InvalidToken as e:
+        raise BusError(ErrorCode.INVALID, str(e)) from None

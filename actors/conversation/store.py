@@ -25,7 +25,25 @@ from schemas.conversation import (
 )
 from schemas.runs import RunRequest
 
-__all__ = ["Turn", "create", "finish_turn", "get", "history", "insert_turn", "list_messages", "lock", "next_request"]
+__all__ = [
+    "Turn",
+    "continued",
+    "copy_messages",
+    "create",
+    "finish_turn",
+    "get",
+    "get_turn",
+    "history",
+    "insert_rejected",
+    "insert_turn",
+    "list_messages",
+    "lock",
+    "next_request",
+    "queued_ahead",
+    "reply_of",
+    "run_request",
+    "set_context",
+]
 
 CONVERSATION = """
     SELECT c.*,
@@ -175,15 +193,6 @@ async def get_turn(conn: Conn, run_id: str) -> Turn | None:
     return _turn(row) if row is not None else None
 
 
-async def conversation_of_run(conn: Conn, run_id: str) -> tuple[str, str] | None:
-    """(conversation id, tenant) of a turn, for RunFinished events that name only the run."""
-    row = await conn.fetchrow(
-        "SELECT c.id, c.tenant FROM turns t JOIN conversations c ON c.id = t.conversation_id WHERE t.run_id = $1",
-        run_id,
-    )
-    return (row["id"], row["tenant"]) if row is not None else None
-
-
 async def insert_turn(
     conn: Conn,
     conversation_id: str,
@@ -206,6 +215,17 @@ async def insert_turn(
         VALUES ($1, $2, $3, 'user', $4, $5, $6) ON CONFLICT DO NOTHING
         """,
         message_id, conversation_id, 2 * seq, prompt, run_id, metadata,
+    )  # fmt: skip
+
+
+async def insert_rejected(conn: Conn, conversation_id: str, *, run_id: str, seq: int, prompt: str) -> None:
+    """A turn refused by the `reject` policy: no message, no history; a redelivery finds it and refuses again."""
+    await conn.execute(
+        """
+        INSERT INTO turns (run_id, conversation_id, seq, status, prompt, finished_at)
+        VALUES ($1, $2, $3, 'rejected', $4, now())
+        """,
+        run_id, conversation_id, seq, prompt,
     )  # fmt: skip
 
 
