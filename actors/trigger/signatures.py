@@ -1,11 +1,14 @@
 """Standard Webhooks: `webhook-signature` is HMAC-SHA256 over `id.timestamp.body`, base64, as `v1,<sig>`.
 
-Several space-separated signatures may be sent (key rotation); one valid signature is enough.
+The key is the base64-decoded part of a `whsec_` secret. Several space-separated signatures may
+be sent (the sender rotating its key); one valid `v1` signature is enough. Signatures compare in
+constant time, as bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -14,6 +17,7 @@ __all__ = ["new_secret", "sign", "verify"]
 
 
 def new_secret() -> str:
+    """`whsec_` + base64 of 24 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
@@ -21,12 +25,25 @@ def _key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_"))
 
 
+def _digest(secret: str, msg_id: str, timestamp: str, body: bytes) -> bytes:
+    return hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+
+
 def sign(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    return "v1," + base64.b64encode(_digest(secret, msg_id, timestamp, body)).decode()
 
 
 def verify(secret: str, msg_id: str, timestamp: str, body: bytes, header: str) -> bool:
-    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
-    given = [s.split(",", 1)[1] for s in header.split() if s.startswith("v1,") and "," in s]
-    return any(hmac.compare_digest(expected, g) for g in given)
+    """True if any `v1,<base64>` entry of `header` is the signature of this message under `secret`."""
+    expected = _digest(secret, msg_id, timestamp, body)
+    valid = False
+    for entry in header.split():
+        version, comma, value = entry.partition(",")
+        if version != "v1" or not comma:
+            continue  # another scheme (v1a: asymmetric) or junk
+        try:
+            given = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        valid |= hmac.compare_digest(expected, given)
+    return valid
