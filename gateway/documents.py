@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
 import msgspec
@@ -28,7 +29,10 @@ from schemas.research import (
 __all__ = ["DocumentController"]
 
 RESEARCH = subjects.ActorName.RESEARCH
+PDF = "application/pdf"
 TYPES_BY_SUFFIX = {".md": "text/markdown", ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html"}
+SUPPORTED = "text/plain, text/markdown, text/html or application/pdf"
+MAX_CONTENT_BYTES = 900_000  # under NATS's default 1 MB max_payload, with room for the rest of the message
 
 
 class NewDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -38,21 +42,27 @@ class NewDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 async def _from_request(request: Request[Any, Any, Any]) -> NewDocument:
-    """The document in a JSON body, or in a multipart upload (`file`, and optionally `title`)."""
+    """The document in a JSON body, or in a multipart upload (`file`, and optionally `title`).
+
+    A PDF travels to the research actor base64-encoded as `application/pdf`, because bus messages carry text.
+    """
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(ErrorCode.INVALID, "a multipart upload needs a `file` part")
         raw = await upload.read()
+        name = upload.filename or "document"
+        suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        declared = (upload.content_type or "").split(";")[0].strip().lower()
+        title = str(form.get("title") or name)
+        if suffix == ".pdf" or declared == PDF or raw.startswith(b"%PDF-"):
+            return NewDocument(title=title, content=base64.b64encode(raw).decode(), content_type=PDF)
         try:
             content = raw.decode()
         except UnicodeDecodeError:
-            raise ApiError(ErrorCode.INVALID, "the file is not UTF-8 text (PDF is not supported yet)") from None
-        name = upload.filename or "document"
-        suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            raise ApiError(ErrorCode.INVALID, f"the file is neither UTF-8 text nor a PDF: send {SUPPORTED}") from None
         content_type = TYPES_BY_SUFFIX.get(suffix) or (upload.content_type or "text/plain")
-        title = str(form.get("title") or name)
         return NewDocument(title=title, content=content, content_type=content_type)
     try:
         return msgspec.json.decode(await request.body(), type=NewDocument)
@@ -66,13 +76,27 @@ class DocumentController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
 
-    @post("/", status_code=201, summary="Ingest a document (JSON {title, content, content_type} or a file upload)")
+    @post(
+        "/",
+        status_code=201,
+        summary=(
+            "Ingest a document: a file upload (text, Markdown, HTML or PDF), or JSON {title, content, content_type}"
+            " (content_type application/pdf takes the PDF's bytes base64-encoded as content)"
+        ),
+    )
     async def ingest(self, request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Response[Any]:
         gw = gateway_of(state)
         digest = gw.idempotency_digest(request, tenant)
         if (stored := await gw.recall(digest)) is not None:
             return Response(stored.body, status_code=stored.status, media_type="application/json")
         doc = await _from_request(request)
+        if (size := len(doc.content.encode())) > MAX_CONTENT_BYTES:
+            limit = f"over the {MAX_CONTENT_BYTES}-byte limit of a bus message"
+            if doc.content_type.startswith(PDF):
+                raise ApiError(
+                    ErrorCode.TOO_LARGE, f"the PDF is {size} bytes base64-encoded, {limit}: PDFs up to about 675 KB fit"
+                )
+            raise ApiError(ErrorCode.TOO_LARGE, f"the document is {size} bytes, {limit}")
         cmd = IngestDocument(
             document_id=gw.make_id(digest, "document"),
             title=doc.title,

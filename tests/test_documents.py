@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from fpdf import FPDF
 from pydantic_ai.messages import ModelMessage, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
@@ -19,6 +22,15 @@ HTML = """<html><head><title>x</title><script>var secret = "do not index";</scri
 
 def doc(title: str, content: str, content_type: str) -> dict[str, str]:
     return {"title": title, "content": content, "content_type": content_type}
+
+
+def pdf(*pages: str) -> bytes:
+    made = FPDF()
+    made.set_font("helvetica", size=12)
+    for text in pages:
+        made.add_page()
+        made.multi_cell(0, 10, text)
+    return bytes(made.output())
 
 
 async def test_documents_are_ingested_listed_and_searched(start_platform: Start) -> None:
@@ -71,7 +83,11 @@ async def test_bad_documents_are_refused(start_platform: Start) -> None:
         pdf = await client.post(
             "/v1/documents", json={"title": "x", "content": "%PDF-1.4", "content_type": "application/pdf"}
         )
-        assert pdf.status_code == 422 and "not supported" in pdf.json()["error"]["message"]
+        assert pdf.status_code == 422 and "base64" in pdf.json()["error"]["message"]
+        word = await client.post(
+            "/v1/documents", json={"title": "x", "content": "x", "content_type": "application/msword"}
+        )
+        assert word.status_code == 422 and "not supported" in word.json()["error"]["message"]
         assert (await client.post("/v1/documents", json={"title": "x"})).status_code == 422
         empty = await client.post(
             "/v1/documents", json={"title": "x", "content": "<p> </p>", "content_type": "text/html"}
@@ -80,7 +96,47 @@ async def test_bad_documents_are_refused(start_platform: Start) -> None:
         binary = await client.post(
             "/v1/documents", files={"file": ("a.bin", b"\xff\xfe\x00", "application/octet-stream")}
         )
-        assert binary.status_code == 422
+        assert binary.status_code == 422 and "application/pdf" in binary.json()["error"]["message"]
+        assert (await client.get("/v1/documents")).json()["documents"] == []
+
+
+async def test_pdf_uploads_are_stored_as_their_text(start_platform: Start) -> None:
+    platform = await start_platform(background=True)
+    async with platform.client() as client:
+        upload = await client.post(
+            "/v1/documents",
+            files={"file": ("engine.pdf", pdf("The difference engine tabulated polynomials.", "Page two."), "")},
+        )
+        assert upload.status_code == 201, upload.text
+        assert upload.json()["content_type"] == "application/pdf" and upload.json()["title"] == "engine.pdf"
+        stored = (await client.get(f"/v1/documents/{upload.json()['id']}")).json()
+        assert stored["content"] == "The difference engine tabulated polynomials.\n\nPage two."
+        hits = (await client.get("/v1/documents/search", params={"q": "polynomials"})).json()["hits"]
+        assert [h["document_id"] for h in hits] == [upload.json()["id"]]
+
+        as_json = await client.post(
+            "/v1/documents",
+            json=doc("Mill", base64.b64encode(pdf("The mill did the arithmetic.")).decode(), "application/pdf"),
+        )
+        assert as_json.status_code == 201, as_json.text
+        assert (await client.get("/v1/documents/search", params={"q": "arithmetic"})).json()["hits"][0][
+            "title"
+        ] == "Mill"
+
+
+async def test_unreadable_and_oversized_pdfs_are_refused(start_platform: Start) -> None:
+    platform = await start_platform(background=True)
+    async with platform.client() as client:
+        corrupt = await client.post(
+            "/v1/documents", files={"file": ("broken.pdf", b"%PDF-1.4 garbage", "application/pdf")}
+        )
+        assert corrupt.status_code == 422 and corrupt.json()["error"]["code"] == "invalid"
+        assert "the PDF cannot be read" in corrupt.json()["error"]["message"]
+        big = await client.post(
+            "/v1/documents", files={"file": ("big.pdf", b"%PDF-1.4\n" + os.urandom(700_000), "application/pdf")}
+        )
+        assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+        assert "900000-byte limit" in big.json()["error"]["message"]
         assert (await client.get("/v1/documents")).json()["documents"] == []
 
 
