@@ -15,9 +15,7 @@ as its message id).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from actors._outbound import Allowlist, UnsafeURL, check_url
+from actors._notifications import check_channels, check_notification_config, deliveries, new_signing_secret
 from actors._postgres import Conn, open_pool
 from actors._postgres import health as postgres_health
 from actors.scheduler import store
@@ -42,7 +40,6 @@ from bus.streams import EXECUTOR_EVT, SCHEDULER_CMD, ConsumerSpec
 from schemas._base import Message
 from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
 from schemas.errors import ErrorCode
-from schemas.notifier import Channel, Deliver, NotificationConfig
 from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
 from schemas.tasks import (
     CreateTask,
@@ -91,37 +88,6 @@ def _timing(task: Task) -> Timing:
 
 def _invalid(message: str) -> BusError:
     return BusError(ErrorCode.INVALID, message)
-
-
-async def _check_outbound(config: NotificationConfig | None, allow: Allowlist) -> None:
-    """The notification URLs must be public http(s) addresses now (the notifier checks again at send time)."""
-    for url in (config.slack_webhook_url, config.webhook_url) if config is not None else ():
-        if url is not None:
-            try:
-                await check_url(url, allow)
-            except UnsafeURL as e:
-                raise _invalid(f"{url}: {e}") from e
-
-
-def _check_urls(task: Task) -> None:
-    config = task.notification_config
-    if config is None:
-        return
-    needs = {
-        Channel.EMAIL: config.email_address,
-        Channel.SLACK: config.slack_webhook_url,
-        Channel.WEBHOOK: config.webhook_url,
-    }
-    for channel in config.channels:
-        if channel in needs and not needs[channel]:
-            field = {
-                Channel.EMAIL: "email_address",
-                Channel.SLACK: "slack_webhook_url",
-                Channel.WEBHOOK: "webhook_url",
-            }[channel]
-            raise _invalid(f"notification channel {channel.value} needs {field}")
-    if config.email_address is not None and "@" not in config.email_address:
-        raise _invalid(f"not an email address: {config.email_address!r}")
 
 
 class SchedulerActor(Actor):
@@ -324,27 +290,17 @@ class SchedulerActor(Actor):
                 "error": run.error,
             }
         )
-        targets = {
-            Channel.EMAIL: config.email_address,
-            Channel.SLACK: config.slack_webhook_url,
-            Channel.WEBHOOK: config.webhook_url,
-        }
-        for channel in config.channels:
-            delivery_id = f"{run.id}-{channel.value}"
-            target = targets.get(channel) or subjects.notifier_event(run.tenant, delivery_id, "in_app")
-            deliver = Deliver(
-                delivery_id=delivery_id,
-                task_run_id=run.id,
-                task_id=row.task.id,
-                channel=channel,
-                target=target,
-                title=title,
-                body=body,
-                payload=payload,
-                signing_secret=row.notification_secret if channel is Channel.WEBHOOK else None,
-            )
-            subject = subjects.notifier_command(run.tenant, delivery_id)
-            await self.bus.publish(subject, deliver, trace=trace, msg_id=delivery_id)
+        for subject, deliver in deliveries(
+            config,
+            tenant=run.tenant,
+            run_id=run.id,
+            task_id=row.task.id,
+            title=title,
+            body=body,
+            payload=payload,
+            signing_secret=row.notification_secret,
+        ):
+            await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -355,7 +311,7 @@ class SchedulerActor(Actor):
 
     def _validated(self, task: Task) -> Task:
         """The task with next_run_at set, or BusError(invalid) saying what is wrong."""
-        _check_urls(task)
+        check_channels(task.notification_config)
         if task.task_type is TaskType.SCHEDULED:
             try:
                 timing = validate(
@@ -381,7 +337,7 @@ class SchedulerActor(Actor):
         now = self.clock.now()
         if not _is_token(cmd.task_id):
             raise _invalid("task_id must be 1-128 of A-Z a-z 0-9 _ -")
-        await _check_outbound(cmd.notification_config, self.config.allow)
+        await check_notification_config(cmd.notification_config, self.config.allow)
         task = self._validated(
             Task(
                 id=cmd.task_id,
@@ -404,7 +360,7 @@ class SchedulerActor(Actor):
                 updated_at=now,
             )
         )
-        secret = "whsec_" + _b64(secrets.token_bytes(24))
+        secret = new_signing_secret()
         webhook_secret: str | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.insert_task(conn, task, secret)
@@ -455,7 +411,7 @@ class SchedulerActor(Actor):
         return TaskList(tasks=tasks, next_after=tasks[-1].id if len(tasks) == limit else None)
 
     async def _update(self, cmd: UpdateTask, trace: Trace) -> Message:
-        await _check_outbound(cmd.notification_config, self.config.allow)
+        await check_notification_config(cmd.notification_config, self.config.allow)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._found(conn, cmd.task_id, trace.tenant, lock=True)
             changes = {f: getattr(cmd, f) for f in UPDATABLE if getattr(cmd, f) is not None}
@@ -466,7 +422,7 @@ class SchedulerActor(Actor):
             updated = replace_task(row.task, updated_at=self.clock.now(), **changes)
             if timing_changed:
                 updated = self._validated(updated)
-            _check_urls(updated)
+            check_channels(updated.notification_config)
             task = updated
             row = await store.save_task(conn, task)
         await self._changed(row.task, trace)
@@ -534,7 +490,3 @@ def _is_token(value: str) -> bool:
     except subjects.InvalidToken:
         return False
     return True
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
