@@ -43,7 +43,7 @@ from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.health import HealthCheck, HealthReport
 
-__all__ = ["Actor", "Consumer", "Delivery", "Endpoint", "main"]
+__all__ = ["Actor", "Consumer", "Delivery", "Endpoint", "being_cancelled", "main"]
 
 T = TypeVar("T")
 log = structlog.get_logger("actor")
@@ -337,6 +337,13 @@ class Actor:
             ok=all(v == "ok" for v in checks.values()),
             checks=checks,
         )
+
+
+def being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (the actor stopping), as opposed to a piece
+    of work it awaits having been cancelled (a run's or a job's own cancel)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def main(name: str, make: Callable[[BusConfig], Actor]) -> None:

@@ -24,6 +24,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.LIMIT_EXCEEDED: 422,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,

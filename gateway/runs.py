@@ -52,7 +52,7 @@ class RunController(Controller):
         record = await _record(gw, request, tenant, ident(run_id))
         return Response(full_json(record), media_type="application/json")
 
-    @get("/{run_id:str}/tree", summary="The run and every run started under it, as a tree")
+    @get("/{run_id:str}/tree", summary="The run (or research job) and every run started under it, as a tree")
     async def tree(
         self, request: Request[Any, Any, Any], state: State, tenant: Tenant, run_id: FromPath[str]
     ) -> Response[Any]:
@@ -62,11 +62,13 @@ class RunController(Controller):
             subjects.service(EXECUTOR, "tree"), query, RunTree, trace=gw.trace(tenant, request)
         )
         nodes = {r.id: {**full(r), "children": []} for r in found.runs}
-        for record in found.runs[1:]:
-            parent = nodes.get(record.parent_run_id or "")
-            if parent is not None:
+        # a research job is no run itself: its node holds just its id and its sub-runs
+        root = nodes.get(query.run_id) or {"id": query.run_id, "kind": "research_job", "children": []}
+        for record in found.runs:
+            parent = root if record.parent_run_id == query.run_id else nodes.get(record.parent_run_id or "")
+            if parent is not None and record.id != query.run_id:
                 parent["children"].append(nodes[record.id])
-        return Response(full_json(nodes[found.runs[0].id]), media_type="application/json")
+        return Response(full_json(root), media_type="application/json")
 
     @get("/{run_id:str}/events", summary="The run's output as server-sent events; Last-Event-ID resumes after it")
     async def events(

@@ -69,6 +69,9 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     data: dict[str, object] | None = None  # an event payload, given to the model as quoted JSON beside the prompt
     parent_run_id: str | None = None
     metadata: dict[str, str] = {}
+    max_tokens: int | None = None  # the run fails with limit_exceeded past this many tokens (input + output)
+    max_cost_usd: float | None = None  # likewise for cost, where the model's price is known
+    sources: list[str] | None = None  # research: the source tools it may use (documents, web); None: its agent's
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):

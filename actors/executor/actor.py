@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic_ai import AgentRunResult, AgentRunResultEvent, CancellationToken
+from pydantic_ai import AgentRunResult, AgentRunResultEvent, CancellationToken, UsageLimits
 from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
+from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
@@ -42,16 +44,17 @@ from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.config import ExecutorConfig
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines
+from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import RunStore, Terminal
 from bus import subjects
-from bus.actor import Actor, Consumer, Delivery, Endpoint
+from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
 from bus.codec import decode
 from bus.errors import BusError, Reject
 from bus.headers import Trace, new_id
 from bus.streams import EXECUTOR_CMD, EXECUTOR_EVT, ConsumerSpec
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
-from schemas.research import DocumentHits, SearchDocuments
+from schemas.research import DocumentHits, FetchedPage, FetchPage, SearchDocuments
 from schemas.runs import (
     CancelRun,
     ExecutorCommand,
@@ -113,7 +116,7 @@ class ExecutorActor(Actor):
         )
 
     async def on_start(self) -> None:
-        specs = {**BUILT_IN_AGENTS, **load_specs(self.config.agents_file)}
+        specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **load_specs(self.config.agents_file)}
         self.pipelines = load_pipelines(self.config.agents_file)
         self.runners = build_runners(
             specs, default_model=self.config.default_model, offline=self.config.offline, override=self.model_override
@@ -226,13 +229,19 @@ class ExecutorActor(Actor):
             depth=depth,
             subagents=runner.subagents,
             max_depth=self.config.max_subagent_depth,
-            subrun=lambda agent, task: self._subrun(req, tenant, depth + 1, agent, task),
+            subrun=lambda agent, task, used: self._subrun(req, tenant, depth + 1, agent, task, used),
             search=lambda query: self._search_documents(tenant, run_id, query),
+            fetch=lambda url: self._fetch_page(tenant, run_id, url),
+            sources=frozenset(req.sources) if req.sources is not None else None,
+        )
+        limits = UsageLimits(
+            total_tokens_limit=req.max_tokens,
+            cost_limit=Decimal(str(req.max_cost_usd)) if req.max_cost_usd is not None else None,
         )
         result: AgentRunResult[Any] | None = None
         try:
             async with runner.agent.run_stream_events(
-                user_prompt(req), message_history=history, deps=deps, cancellation_token=token
+                user_prompt(req), message_history=history, deps=deps, cancellation_token=token, usage_limits=limits
             ) as events:
                 async for event in events:
                     match event:
@@ -264,6 +273,10 @@ class ExecutorActor(Actor):
                             pass
         except AgentRunCancelled:
             return RunCancelled(run_id=run_id, reason=self._reason(run_id)), Usage()
+        except UsageLimitExceeded as e:
+            limit = "max_cost_usd" if "cost" in str(e) else "max_tokens"
+            error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit})
+            return RunFailed(run_id=run_id, error=error), Usage()
         except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
             self._log.warning("run failed", error=repr(e))
             error = ErrorReply(code=ErrorCode.UNAVAILABLE, message=f"{type(e).__name__}: {e}")
@@ -295,9 +308,24 @@ class ExecutorActor(Actor):
             return f"document search failed: {e.message}"
         return msgspec.json.encode(found.hits).decode()
 
-    async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> str:
-        """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer."""
-        result = await self._child(parent, tenant, depth, agent, task)
+    async def _fetch_page(self, tenant: str, run_id: str, url: str) -> str:
+        """The research actor fetches the page (address checks, size cap), for the fetch_url tool."""
+        service = subjects.service(subjects.ActorName.RESEARCH, "fetch")
+        try:
+            page = await self.bus.request(
+                service, FetchPage(url=url), FetchedPage, trace=Trace(tenant=tenant, run_id=run_id), timeout=30.0
+            )
+        except BusError as e:
+            return f"fetching {url} failed: {e.message}"
+        return msgspec.json.encode(page).decode()
+
+    async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str, used: int) -> str:
+        """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer.
+        The sub-run gets what is left of the parent's token budget."""
+        max_tokens = parent.max_tokens - used if parent.max_tokens is not None else None
+        if max_tokens is not None and max_tokens <= 0:
+            return "refused: this run's token budget is spent; answer with what you have"
+        result = await self._child(parent, tenant, depth, agent, task, max_tokens=max_tokens)
         match result:
             case RunCompleted():
                 return result.output
@@ -306,11 +334,18 @@ class ExecutorActor(Actor):
             case _:
                 return f"the {agent} agent's run was cancelled"
 
-    async def _child(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str) -> Terminal:
+    async def _child(
+        self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str, *, max_tokens: int | None = None
+    ) -> Terminal:
         """A sub-run of `parent`: published on the bus, awaited until it ends; cancelled with the parent."""
         child = new_id()
         request = RunRequest(
-            run_id=child, agent=agent, prompt=task, parent_run_id=parent.run_id, metadata={"depth": str(depth)}
+            run_id=child,
+            agent=agent,
+            prompt=task,
+            parent_run_id=parent.run_id,
+            metadata={"depth": str(depth)},
+            max_tokens=max_tokens,
         )
         finished = aiter(self.bus.replay(EXECUTOR_EVT.name, subjects.executor_finished(tenant, child), RunFinished))
         trace = Trace(tenant=tenant, run_id=child)
@@ -371,7 +406,7 @@ class ExecutorActor(Actor):
         try:
             steps = await work
         except asyncio.CancelledError:
-            if work.cancelled() and not _being_cancelled():
+            if work.cancelled() and not being_cancelled():
                 return RunCancelled(run_id=req.run_id, reason=self._reason(req.run_id)), Usage()
             raise
         finally:
@@ -451,12 +486,6 @@ class ExecutorActor(Actor):
         if record is None:
             raise BusError(ErrorCode.NOT_FOUND, f"no run {query.run_id}")
         return RunView(run=record)
-
-
-def _being_cancelled() -> bool:
-    """Whether the current task itself is being cancelled (a stop, not a run's cancel)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def user_prompt(req: RunRequest) -> str | list[str]:

@@ -75,8 +75,10 @@ class RunDeps:
     depth: int = 0  # how many subagent hand-offs above this run
     subagents: tuple[str, ...] = ()  # the agents this one may hand a sub-problem to
     max_depth: int = 2
-    subrun: Callable[[str, str], Awaitable[str]] | None = None  # (agent, task) -> the sub-run's answer
+    subrun: Callable[[str, str, int], Awaitable[str]] | None = None  # (agent, task, tokens used) -> the answer
     search: Callable[[str], Awaitable[str]] | None = None  # query -> the tenant's matching documents, as JSON
+    fetch: Callable[[str], Awaitable[str]] | None = None  # url -> the page's text, as JSON
+    sources: frozenset[str] | None = None  # source tools this run may use (documents, web); None: all it has
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ async def ask_agent(ctx: RunContext[RunDeps], agent: str, task: str) -> str:
         return f"refused: {agent!r} is not one of the agents you may ask ({', '.join(deps.subagents)})"
     if deps.depth >= deps.max_depth or deps.subrun is None:
         return f"refused: sub-agent depth limit ({deps.max_depth}) reached; answer with what you have"
-    return await deps.subrun(agent, task)
+    return await deps.subrun(agent, task, ctx.usage.total_tokens)
 
 
 async def search_documents(ctx: RunContext[RunDeps], query: str) -> str:
@@ -121,6 +123,23 @@ async def search_documents(ctx: RunContext[RunDeps], query: str) -> str:
     if ctx.deps.search is None:
         return "document search is not available here"
     return await ctx.deps.search(query)
+
+
+async def fetch_url(ctx: RunContext[RunDeps], url: str) -> str:
+    """Fetch a web page (http or https) and read its text. Returns JSON with the url (cite it), title
+    and text; long pages are cut at a size limit."""
+    if ctx.deps.fetch is None:
+        return "fetching pages is not available here"
+    return await ctx.deps.fetch(url)
+
+
+SOURCE_OF_TOOL = {"search_documents": "documents", "fetch_url": "web"}
+
+
+async def _only_allowed_sources(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
+    """A research sub-run sees only the source tools its job asked for."""
+    allowed = ctx.deps.sources
+    return tool if allowed is None or SOURCE_OF_TOOL[tool.name] in allowed else None
 
 
 async def _only_with_subagents(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
@@ -142,13 +161,15 @@ TOOLS: dict[str, Callable[..., Any]] = {"current_time": current_time}
 
 def _tool(name: str) -> Tool[RunDeps]:
     if name == "search_documents":
-        return Tool[RunDeps](search_documents, takes_ctx=True)
+        return Tool[RunDeps](search_documents, takes_ctx=True, prepare=_only_allowed_sources)
+    if name == "fetch_url":
+        return Tool[RunDeps](fetch_url, takes_ctx=True, prepare=_only_allowed_sources)
     if name in TOOLS:
         return Tool(TOOLS[name])
     if name.startswith("python:"):
         module_name, _, attr = name.removeprefix("python:").partition(":")
         return Tool(getattr(importlib.import_module(module_name), attr))
-    known = sorted([*TOOLS, "search_documents"])
+    known = sorted([*TOOLS, *SOURCE_OF_TOOL])
     raise ValueError(f"unknown tool {name!r}: use one of {known} or python:<module>:<function>")
 
 

@@ -81,11 +81,13 @@ class RunStore:
         return _record(row) if row is not None else None
 
     async def tree(self, run_id: str, tenant: str) -> list[RunRecord]:
-        """The run and all its descendants, breadth first (empty if the run is not this tenant's)."""
+        """The run and all its descendants, breadth first (empty if the run is not this tenant's).
+        `run_id` may also name what is not a run but parents runs (a research job): its runs and theirs."""
         rows = await self.pool.fetch(
             """
             WITH RECURSIVE tree AS (
-                SELECT runs.*, 0 AS depth FROM runs WHERE id = $1 AND tenant = $2
+                SELECT runs.*, 0 AS depth FROM runs
+                WHERE tenant = $2 AND (id = $1 OR (parent_run_id = $1 AND NOT EXISTS (SELECT FROM runs WHERE id = $1)))
                 UNION ALL
                 SELECT r.*, t.depth + 1 FROM runs r JOIN tree t ON r.parent_run_id = t.id WHERE r.tenant = $2
             )
