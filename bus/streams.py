@@ -26,6 +26,8 @@ __all__ = [
     "EXECUTOR_EVT",
     "NOTIFIER_CMD",
     "NOTIFIER_EVT",
+    "RESEARCH_CMD",
+    "RESEARCH_EVT",
     "RUN_OUT",
     "SCHEDULER_CMD",
     "SCHEDULER_EVT",
@@ -93,6 +95,8 @@ SCHEDULER_CMD = StreamSpec("AB_SCHEDULER_CMD", (subjects.scheduler_commands(),),
 SCHEDULER_EVT = StreamSpec("AB_SCHEDULER_EVT", (subjects.scheduler_events(),))
 NOTIFIER_CMD = StreamSpec("AB_NOTIFIER_CMD", (subjects.notifier_commands(),), work_queue=True)
 NOTIFIER_EVT = StreamSpec("AB_NOTIFIER_EVT", (subjects.notifier_events(),))
+RESEARCH_CMD = StreamSpec("AB_RESEARCH_CMD", (subjects.research_commands(),), work_queue=True)
+RESEARCH_EVT = StreamSpec("AB_RESEARCH_EVT", (subjects.research_events(),))
 RUN_OUT = StreamSpec("AB_RUN_OUT", (subjects.run_outputs(),))
 DLQ = StreamSpec("AB_DLQ", (subjects.dead_letters(),), max_age_s=14 * 24 * 3600.0)
 
@@ -105,6 +109,8 @@ ALL_STREAMS = (
     SCHEDULER_EVT,
     NOTIFIER_CMD,
     NOTIFIER_EVT,
+    RESEARCH_CMD,
+    RESEARCH_EVT,
     RUN_OUT,
     DLQ,
 )

@@ -6,6 +6,7 @@ Layout (see docs/bus.md):
   ab.<actor>.svc.<verb>                    queries, NATS micro service request/reply
   ab.run.out.<tenant>.<run_id>             one run's output, ordered and resumable
   ab.executor.ctl.cancel.<tenant>.<run_id> cancel broadcast to every executor replica (core NATS)
+  ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
 """
 
@@ -36,6 +37,13 @@ __all__ = [
     "notifier_commands",
     "notifier_event",
     "notifier_events",
+    "research_cancel",
+    "research_cancels",
+    "research_command",
+    "research_commands",
+    "research_event",
+    "research_events",
+    "research_job_events",
     "run_output",
     "run_outputs",
     "scheduler_changes_all",
@@ -158,6 +166,38 @@ def scheduler_changes_all() -> str:
 
 def scheduler_events() -> str:
     return _join("scheduler", "evt", ">")
+
+
+# --- research ----------------------------------------------------------------------------------
+
+
+def research_command(tenant: str, job_id: str) -> str:
+    return _join("research", "cmd", token(tenant), token(job_id))
+
+
+def research_commands() -> str:
+    return _join("research", "cmd", ">")
+
+
+def research_event(tenant: str, job_id: str, kind: str) -> str:
+    return _join("research", "evt", token(tenant), token(job_id), token(kind))
+
+
+def research_job_events(tenant: str, job_id: str) -> str:
+    """Every progress event of one research job (what its SSE stream replays)."""
+    return _join("research", "evt", token(tenant), token(job_id), "*")
+
+
+def research_events() -> str:
+    return _join("research", "evt", ">")
+
+
+def research_cancel(tenant: str, job_id: str) -> str:
+    return _join("research", "ctl", "cancel", token(tenant), token(job_id))
+
+
+def research_cancels() -> str:
+    return _join("research", "ctl", "cancel", "*", "*")
 
 
 # --- notifier ----------------------------------------------------------------------------------

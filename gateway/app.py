@@ -21,6 +21,7 @@ from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
 from gateway.pipelines import run_pipeline
+from gateway.research import ResearchController
 from gateway.runs import RunController
 from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
 from gateway.tasks import TaskController, TaskRunController, webhook
@@ -57,6 +58,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             webhook,
             run_pipeline,
             DocumentController,
+            ResearchController,
             chat_socket,
             health,
         ],

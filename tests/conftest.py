@@ -210,9 +210,11 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
         background: bool = False,
         smtp_port: int = 1,
         agents_file: Path | None = None,
+        research: bool = True,
         **gateway: Any,
     ) -> Platform:
-        """`background`: also the scheduler, trigger and notifier (SMTP on `smtp_port`, 127.0.0.1 allowed)."""
+        """`background`: also the scheduler, trigger, notifier (SMTP on `smtp_port`, 127.0.0.1 allowed) and,
+        unless `research` is false (a test runs it as a process), the research actor."""
         executor = ExecutorActor(
             bus_config,
             ExecutorConfig(database_url=database_url, offline=True, agents_file=agents_file),
@@ -241,15 +243,18 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
                 allow=Allowlist.parse("127.0.0.1"),
                 retry_schedule_s=(0.3, 0.3, 0.3),
             )
-            for actor in (
+            actors: list[Actor] = [
                 SchedulerActor(
                     bus_config,
                     SchedulerConfig(database_url=database_url, max_tick_s=0.2, allow=Allowlist.parse("127.0.0.1")),
                 ),
                 TriggerActor(bus_config, TriggerActorConfig(database_url=database_url)),
                 NotifierActor(bus_config, notifier),
-                ResearchActor(bus_config, ResearchConfig(database_url=database_url)),
-            ):
+            ]
+            if research:
+                allow = Allowlist.parse("127.0.0.1")
+                actors.append(ResearchActor(bus_config, ResearchConfig(database_url=database_url, allow=allow)))
+            for actor in actors:
                 await actor.start()
                 cleanups.append(actor.stop)
         else:

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
@@ -48,13 +57,41 @@ def _last_prompt(messages: list[ModelMessage]) -> str:
     return ""
 
 
+OFFLINE_NOTE = (
+    "[offline model: no LLM provider is configured, so this reply is not an LLM's. "
+    "Set AGENTBUS_MODEL (e.g. openai:gpt-4o-mini) and the provider's API key.]"
+)
+
+
 def _offline_reply(messages: list[ModelMessage]) -> str:
-    prompt = _last_prompt(messages)
-    return (
-        "[offline model: no LLM provider is configured, so this reply is not an LLM's. "
-        "Set AGENTBUS_MODEL (e.g. openai:gpt-4o-mini) and the provider's API key.] "
-        f"You said: {prompt}"
-    )
+    found = _searched(messages)
+    if found is not None:  # it searched the documents: list what matched, cited
+        hits = [h for h in found if isinstance(h, dict) and "document_id" in h][:3]
+        lines = [f"{h.get('title', '')}: {h.get('snippet', '')} [doc:{h['document_id']}]" for h in hits]
+        return f"{OFFLINE_NOTE} Documents matching the question: " + (" ".join(lines) or "none.")
+    return f"{OFFLINE_NOTE} You said: {_last_prompt(messages)}"
+
+
+def _searched(messages: list[ModelMessage]) -> list[Any] | None:
+    """The hits of a search_documents call this run made, or None if it made none."""
+    for message in messages:
+        for part in message.parts if isinstance(message, ModelRequest) else ():
+            if isinstance(part, ToolReturnPart) and part.tool_name == "search_documents":
+                try:
+                    hits = json.loads(part.content) if isinstance(part.content, str) else part.content
+                except ValueError:
+                    return []
+                return hits if isinstance(hits, list) else []
+    return None
+
+
+def _search_args(messages: list[ModelMessage], info: AgentInfo) -> str | None:
+    """With the search_documents tool and no search made yet, the offline model searches for the prompt's
+    words (so a research job run offline still reads and cites the ingested documents)."""
+    if not any(t.name == "search_documents" for t in info.function_tools) or _searched(messages) is not None:
+        return None
+    words = [w for w in re.findall(r"[A-Za-z0-9]+", _last_prompt(messages)) if len(w) > 3]
+    return json.dumps({"query": " or ".join(words[:8]) or _last_prompt(messages)})
 
 
 def placeholder(schema: dict[str, Any]) -> Any:
@@ -81,6 +118,9 @@ async def _offline_stream(messages: list[ModelMessage], info: AgentInfo) -> Asyn
         args = json.dumps(placeholder(tool.parameters_json_schema))
         yield {0: DeltaToolCall(name=tool.name, json_args=args, tool_call_id="offline")}
         return
+    if (search := _search_args(messages, info)) is not None:
+        yield {0: DeltaToolCall(name="search_documents", json_args=search, tool_call_id="offline-search")}
+        return
     for word in _offline_reply(messages).split(" "):
         yield word + " "
 
@@ -89,6 +129,8 @@ def _offline_response(messages: list[ModelMessage], info: AgentInfo) -> ModelRes
     if info.output_tools and not info.allow_text_output:
         tool = info.output_tools[0]
         return ModelResponse(parts=[ToolCallPart(tool.name, placeholder(tool.parameters_json_schema))])
+    if (search := _search_args(messages, info)) is not None:
+        return ModelResponse(parts=[ToolCallPart("search_documents", search)])
     return ModelResponse(parts=[TextPart(_offline_reply(messages))])
 
 

@@ -1,0 +1,236 @@
+"""Research jobs and sub-runs in PostgreSQL (schema `research`, migrations/002_jobs.sql)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from schemas.research import (
+    Citation,
+    ResearchJob,
+    ResearchStatus,
+    Source,
+    StartResearch,
+    StopReason,
+    SubQuestion,
+    Subrun,
+    SubrunKind,
+    Totals,
+)
+from schemas.runs import Usage
+
+__all__ = ["JobRow", "JobStore", "totals_of"]
+
+FINISHED = ("completed", "failed", "cancelled")
+
+
+class JobRow:
+    """One jobs row: the command that started it and where it stands."""
+
+    def __init__(self, row: asyncpg.Record) -> None:
+        self.id: str = row["id"]
+        self.tenant: str = row["tenant"]
+        self.spec = msgspec.convert(row["spec"], StartResearch)
+        self.notification_secret: str = row["notification_secret"]
+        self.status = ResearchStatus(row["status"])
+        self.stopped_by = StopReason(row["stopped_by"]) if row["stopped_by"] else None
+        self.error: str | None = row["error"]
+        self.cancel_reason: str | None = row["cancel_reason"]
+        self.report: str | None = row["report"]
+        self.citations = msgspec.convert(row["citations"], list[Citation])
+        self.created_at: datetime = row["created_at"]
+        self.started_at: datetime | None = row["started_at"]
+        self.finished_at: datetime | None = row["finished_at"]
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def view(self, subruns: list[Subrun]) -> ResearchJob:
+        spec = self.spec
+        return ResearchJob(
+            id=self.id,
+            tenant=self.tenant,
+            question=spec.question,
+            agent=spec.agent,
+            sources=spec.sources,
+            max_subtasks=spec.max_subtasks,
+            max_depth=spec.max_depth,
+            budget=spec.budget,
+            deadline_seconds=spec.deadline_seconds,
+            notification_config=spec.notification_config,
+            status=self.status,
+            stopped_by=self.stopped_by,
+            error=self.error,
+            totals=totals_of(subruns),
+            subruns=subruns,
+            report=self.report,
+            citations=self.citations,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+def _subrun(row: asyncpg.Record) -> Subrun:
+    return Subrun(
+        run_id=row["run_id"],
+        kind=SubrunKind(row["kind"]),
+        depth=row["depth"],
+        question=row["question"],
+        why=row["why"],
+        status=row["status"],
+        output=row["output"],
+        error=row["error"],
+        sources=msgspec.convert(row["sources"], list[Source]),
+        usage=msgspec.convert(row["usage"], Usage),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def totals_of(subruns: list[Subrun]) -> Totals:
+    """The job's running totals: every sub-run that started counts, its usage once it finished."""
+    cost: float | None = 0.0
+    for s in subruns:
+        if s.status in FINISHED and cost is not None:
+            cost = None if s.usage.cost_usd is None and s.usage.requests else cost + (s.usage.cost_usd or 0.0)
+    return Totals(
+        subruns=sum(1 for s in subruns if s.started_at is not None),
+        requests=sum(s.usage.requests for s in subruns),
+        input_tokens=sum(s.usage.input_tokens for s in subruns),
+        output_tokens=sum(s.usage.output_tokens for s in subruns),
+        cost_usd=cost,
+    )
+
+
+class JobStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create(self, tenant: str, spec: StartResearch, secret: str) -> tuple[JobRow, bool] | None:
+        """The job row (inserted if new) and whether this call created it; None if the id is another tenant's."""
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO jobs (id, tenant, spec, notification_secret) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (id) DO NOTHING RETURNING *
+            """,
+            spec.job_id, tenant, spec, secret,
+        )  # fmt: skip
+        created = row is not None
+        if row is None:
+            row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", spec.job_id)
+        if row is None or row["tenant"] != tenant:
+            return None
+        return JobRow(row), created
+
+    async def get(self, job_id: str, tenant: str) -> JobRow | None:
+        row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND tenant = $2", job_id, tenant)
+        return JobRow(row) if row is not None else None
+
+    async def subruns(self, job_id: str) -> list[Subrun]:
+        rows = await self.pool.fetch("SELECT * FROM subruns WHERE job_id = $1 ORDER BY seq", job_id)
+        return [_subrun(r) for r in rows]
+
+    async def begin(self, job_id: str) -> None:
+        """The job's clock starts once, at its first delivery (a resumed job keeps its deadline)."""
+        await self.pool.execute("UPDATE jobs SET started_at = coalesce(started_at, now()) WHERE id = $1", job_id)
+
+    async def set_status(self, job_id: str, status: ResearchStatus) -> None:
+        await self.pool.execute(
+            "UPDATE jobs SET status = $2 WHERE id = $1 AND finished_at IS NULL", job_id, status.value
+        )
+
+    async def request_cancel(self, job_id: str, tenant: str, reason: str) -> JobRow | None:
+        row = await self.pool.fetchrow(
+            """
+            UPDATE jobs SET cancel_reason = coalesce(cancel_reason, $3)
+            WHERE id = $1 AND tenant = $2 RETURNING *
+            """,
+            job_id, tenant, reason,
+        )  # fmt: skip
+        return JobRow(row) if row is not None else None
+
+    async def finish(
+        self,
+        job_id: str,
+        status: ResearchStatus,
+        *,
+        report: str | None,
+        citations: list[Citation],
+        stopped_by: StopReason | None = None,
+        error: str | None = None,
+    ) -> JobRow:
+        """Record the end once; a second call (a redelivery racing a restart) returns the first end."""
+        row = await self.pool.fetchrow(
+            """
+            UPDATE jobs SET status = $2, report = $3, citations = $4, stopped_by = $5, error = $6, finished_at = now()
+            WHERE id = $1 AND finished_at IS NULL RETURNING *
+            """,
+            job_id, status.value, report, citations, stopped_by.value if stopped_by else None, error,
+        )  # fmt: skip
+        if row is None:
+            row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            if row is None:
+                raise LookupError(f"no research job {job_id}")
+        return JobRow(row)
+
+    # --- sub-runs ----------------------------------------------------------------------------
+
+    async def add_questions(self, job_id: str, depth: int, questions: list[SubQuestion]) -> None:
+        """Sub-question rows `<job>-q<depth>-<n>`, pending; re-adding the same plan changes nothing."""
+        await self.pool.executemany(
+            """
+            INSERT INTO subruns (run_id, job_id, kind, depth, question, why) VALUES ($1, $2, 'question', $3, $4, $5)
+            ON CONFLICT (run_id) DO NOTHING
+            """,
+            [(f"{job_id}-q{depth}-{n}", job_id, depth, q.question, q.why) for n, q in enumerate(questions, 1)],
+        )
+
+    async def start_subrun(self, job_id: str, run_id: str, kind: SubrunKind, depth: int, question: str | None) -> None:
+        await self.pool.execute(
+            """
+            INSERT INTO subruns (run_id, job_id, kind, depth, question, status, started_at)
+            VALUES ($1, $2, $3, $4, $5, 'running', now())
+            ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = coalesce(subruns.started_at, now())
+            WHERE subruns.status = 'pending'
+            """,
+            run_id, job_id, kind.value, depth, question,
+        )  # fmt: skip
+
+    async def finish_subrun(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        sources: list[Source] | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        await self.pool.execute(
+            """
+            UPDATE subruns SET status = $2, output = $3, error = $4, sources = $5, usage = $6, finished_at = now()
+            WHERE run_id = $1 AND status IN ('pending', 'running')
+            """,
+            run_id, status, output, error, sources or [], usage or Usage(),
+        )  # fmt: skip
+
+    async def cancel_unfinished(self, job_id: str) -> list[str]:
+        """Mark every sub-run still pending or running cancelled; the ids of those that were running."""
+        rows = await self.pool.fetch(
+            """
+            UPDATE subruns s SET status = 'cancelled', finished_at = now()
+            FROM (SELECT run_id, status FROM subruns WHERE job_id = $1 AND status IN ('pending', 'running')
+                  FOR UPDATE) old
+            WHERE s.run_id = old.run_id RETURNING s.run_id, old.status
+            """,
+            job_id,
+        )
+        return [r["run_id"] for r in rows if r["status"] == "running"]
+
+    async def document_titles(self, tenant: str, ids: list[str]) -> dict[str, str]:
+        rows = await self.pool.fetch("SELECT id, title FROM documents WHERE tenant = $1 AND id = ANY($2)", tenant, ids)
+        return {r["id"]: r["title"] for r in rows}
