@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, same event loop policy (uvloop) for all.
 
-`python -m tests.bench chat` or `... background` runs one of them.
+`python -m tests.bench chat`, `... background` or `... research` runs one of them.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import uvloop
 
-from tests.bench import background, chat
+from tests.bench import background, chat, research
 from tests.bench.harness import infra
 
-BENCHMARKS = {"chat": chat.run, "background": background.run}
+BENCHMARKS = {"chat": chat.run, "background": background.run, "research": research.run}
 
 
 async def main(names: list[str]) -> None:
