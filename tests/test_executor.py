@@ -464,3 +464,34 @@ async def test_cancelling_a_pipeline_cancels_its_steps(bus_config: BusConfig, da
             return len(tree.runs) == 4 and all(r.status is RunStatus.CANCELLED for r in tree.runs)
 
         await wait_until(all_cancelled, timeout=10, what="every step to be cancelled")
+
+
+async def test_a_sub_run_gets_what_is_left_of_its_parents_token_budget(
+    bus_config: BusConfig, database_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(SUBAGENTS_TOML)
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        returned = [p for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)]
+        if returned:
+            yield f"done: {returned[-1].content}"
+        elif any(t.name == "ask_agent" for t in info.function_tools):
+            args = json.dumps({"agent": "helper", "task": "write at length"})
+            yield {0: DeltaToolCall(name="ask_agent", json_args=args, tool_call_id="a1")}
+        else:
+            yield "word " * 2000  # alone, within the parent's budget; after the parent's own use, past it
+
+    config = ExecutorConfig(database_url=database_url, agents_file=agents, offline=True)
+    async with running(ExecutorActor(bus_config, config, model_override=FunctionModel(stream_function=stream))):
+        unlimited = await submit(bus, "delegate it", agent="boss")
+        limited = await submit(bus, "delegate it", agent="boss", max_tokens=2100)
+        unlimited_done = (await outputs(bus, unlimited))[-1]
+        limited_done = (await outputs(bus, limited))[-1]
+        tree = await bus.request(
+            subjects.service(subjects.ActorName.EXECUTOR, "tree"), GetRunTree(run_id=limited), RunTree, trace=TRACE
+        )
+    assert isinstance(unlimited_done, RunCompleted) and unlimited_done.output.startswith("done: word word")
+    assert isinstance(limited_done, RunCompleted), limited_done
+    assert limited_done.output.startswith("done: the helper agent failed") and "token" in limited_done.output
+    assert [(r.agent, r.status) for r in tree.runs] == [("boss", RunStatus.COMPLETED), ("helper", RunStatus.FAILED)]

@@ -16,7 +16,11 @@ import uvicorn
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
+from bus import subjects
 from bus.embedded import free_port
+from bus.headers import Header, Trace
+from bus.streams import DLQ
+from schemas.research import StartResearch
 from tests.conftest import Platform, wait_until
 from tests.receivers import HttpReceiver, verify_standard_webhook
 
@@ -367,3 +371,38 @@ async def test_bad_research_requests_get_a_clear_4xx(start_platform: Start) -> N
         early = await client.get(f"/v1/research/{report.json()['id']}/report")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert early.status_code in (200, 409)  # 409 while it runs (the offline job may already be done)
+
+
+async def test_the_deadline_ends_a_job_with_what_was_found(start_platform: Start) -> None:
+    model = Researchers()
+    model.block = asyncio.Event()  # the researchers never answer: only the deadline ends the job
+    platform = await start_platform(model.model(), background=True)
+    async with platform.client() as client:
+        started = time.perf_counter()
+        body = {"question": "Which energy sources exist?", "deadline_seconds": 1.5}
+        job = await _finished(client, (await client.post("/v1/research", json=body)).json()["id"], timeout=15)
+        elapsed = time.perf_counter() - started
+    assert (job["status"], job["stopped_by"]) == ("completed", "deadline_seconds")
+    assert 1.5 <= elapsed < 6.0
+    assert [s["status"] for s in job["subruns"]] == ["completed", "cancelled", "cancelled", "cancelled"]
+    assert "ran out of time" in job["report"]
+
+
+async def test_a_malformed_research_command_is_dead_lettered_and_the_actor_keeps_serving(
+    start_platform: Start,
+) -> None:
+    platform = await start_platform(Researchers(plan=[], follow_up=[]).model(), background=True)
+    bus = platform.bus
+    sub = await bus.js.subscribe(subjects.dead_letter(subjects.ActorName.RESEARCH), stream=DLQ.name)
+    trace = Trace(tenant="t1")
+    await bus.js.publish(subjects.research_command("t1", "bad"), b'{"type": "start_research"}', headers=trace.headers())
+    bad_limits = StartResearch(job_id="bad2", question="q", max_depth=50)
+    await bus.publish(subjects.research_command("t1", "bad2"), bad_limits, trace=trace)
+    reasons = [(await sub.next_msg(timeout=10)).headers or {} for _ in range(2)]
+    assert "undecodable" in reasons[0][Header.DEAD_REASON.value]
+    assert "max_depth must be 1-5" in reasons[1][Header.DEAD_REASON.value]
+    async with platform.client() as client:
+        job = await _finished(client, (await client.post("/v1/research", json={"question": "q"})).json()["id"])
+        malformed = await client.post("/v1/research", content=b"{", headers={"content-type": "application/json"})
+    assert job["status"] == "completed"
+    assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "malformed"
