@@ -146,7 +146,7 @@ class JobStore:
     async def request_cancel(self, job_id: str, tenant: str, reason: str) -> JobRow | None:
         row = await self.pool.fetchrow(
             """
-            UPDATE jobs SET cancel_reason = coalesce(cancel_reason, $3)
+            UPDATE jobs SET cancel_reason = CASE WHEN finished_at IS NULL THEN coalesce(cancel_reason, $3) END
             WHERE id = $1 AND tenant = $2 RETURNING *
             """,
             job_id, tenant, reason,
