@@ -3,7 +3,8 @@
 Checked when a URL is accepted (syntax) and again right before each request (every address the
 name resolves to), so a DNS name cannot be pointed inward later. `AGENTBUS_OUTBOUND_ALLOW` lists
 hosts or CIDRs exempt from the check (for development and tests: `127.0.0.1`, `localhost`).
-Redirects are never followed by the callers, so a public URL cannot bounce inward either.
+Callers follow no redirect without checking its target again (the notifier follows none; the research
+fetcher checks every hop), so a public URL cannot bounce inward either.
 """
 
 from __future__ import annotations

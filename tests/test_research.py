@@ -258,6 +258,8 @@ async def test_a_spent_budget_ends_the_job_with_a_partial_report_naming_the_limi
         by_runs = await _finished(client, (await client.post("/v1/research", json=body)).json()["id"])
         body = {"question": "Which energy sources exist?", "budget": {"max_tokens": 200}}
         by_tokens = await _finished(client, (await client.post("/v1/research", json=body)).json()["id"])
+        body = {"question": "Which energy sources exist?", "budget": {"max_cost_usd": 1.0}}
+        by_cost = await _finished(client, (await client.post("/v1/research", json=body)).json()["id"])
 
     assert (by_runs["status"], by_runs["stopped_by"]) == ("completed", "max_subruns")
     assert by_runs["totals"]["subruns"] == 3  # the plan and two questions: no more started
@@ -273,6 +275,12 @@ async def test_a_spent_budget_ends_the_job_with_a_partial_report_naming_the_limi
     assert (by_tokens["status"], by_tokens["stopped_by"]) == ("completed", "max_tokens")
     assert "max_tokens" in by_tokens["report"]
     assert all(s["status"] != "running" for s in by_tokens["subruns"])
+
+    # the test model has no price: after the plan, a cost budget can no longer be kept, so the job stops
+    assert (by_cost["stopped_by"], by_cost["totals"]["subruns"], by_cost["totals"]["cost_usd"]) == (
+        "max_cost_usd", 1, None,
+    )  # fmt: skip
+    assert "could not be priced" in by_cost["report"]
 
 
 async def test_cancel_stops_the_job_and_every_sub_run_it_started(start_platform: Start) -> None:

@@ -66,7 +66,7 @@ from schemas.research import (
     SubrunKind,
     SubrunStarted,
 )
-from schemas.runs import CancelRun, RunCompleted, RunFailed, RunFinished, RunRequest, RunView
+from schemas.runs import CancelRun, GetRun, RunCompleted, RunFailed, RunFinished, RunRequest, RunView
 
 __all__ = ["ResearchActor"]
 
@@ -366,8 +366,7 @@ class ResearchActor(Actor):
         self, row: JobRow, trace: Trace, run_id: str, kind: SubrunKind, depth: int, agent: str, prompt: str
     ) -> Subrun:
         """One executor run of the job, recorded before it starts and when it ends. A finished one is
-        returned as recorded; one in flight (a resumed job) is asked for again under the same id —
-        the stream's dedup or the executor's record makes that a wait for its end, not a second run."""
+        returned as recorded; one in flight when the job resumes is waited for (see `_run`)."""
         async with self._starting.setdefault(row.id, asyncio.Lock()):  # budget checks see every start before
             subruns = await self.store.subruns(row.id)
             known = next((s for s in subruns if s.run_id == run_id), None)
@@ -391,7 +390,8 @@ class ResearchActor(Actor):
             max_cost_usd=(budget.max_cost_usd - (totals.cost_usd or 0.0) if budget.max_cost_usd is not None else None),
             sources=row.spec.sources if kind is SubrunKind.QUESTION else [],
         )
-        result = await self._run(row.tenant, request, trace)
+        resumed = known is not None and known.status == "running"
+        result = await self._run(row.tenant, request, trace, resumed=resumed)
         match result:
             case RunCompleted():
                 sources = report.sources_of(bytes(result.new_messages)) if kind is SubrunKind.QUESTION else []
@@ -413,20 +413,39 @@ class ResearchActor(Actor):
             raise LimitReached(StopReason(limit), in_run=True)
         return done
 
-    async def _run(self, tenant: str, request: RunRequest, trace: Trace) -> RunCompleted | RunFailed | Any:
-        """Publish the run request (deduplicated by run id) and wait for the executor's RunFinished."""
+    async def _run(
+        self, tenant: str, request: RunRequest, trace: Trace, *, resumed: bool
+    ) -> RunCompleted | RunFailed | Any:
+        """Publish the run request and wait for the executor's RunFinished. A resumed job publishes only
+        if the executor has no record of the run: one it has is running (its request stays queued until
+        it ends, so an executor crash restarts it) or has ended (its RunFinished is in the stream)."""
         subject = subjects.executor_finished(tenant, request.run_id)
         finished = aiter(self.bus.replay(EXECUTOR_EVT.name, subject, RunFinished))
         try:
-            await self.bus.publish(
-                subjects.executor_command(tenant, request.run_id),
-                request,
-                trace=trace.child(run_id=request.run_id),
-                msg_id=request.run_id,
-            )
+            if not resumed or not await self._executor_knows(tenant, request.run_id):
+                await self.bus.publish(
+                    subjects.executor_command(tenant, request.run_id),
+                    request,
+                    trace=trace.child(run_id=request.run_id),
+                    msg_id=request.run_id,  # a copy inside the 2-minute window is dropped
+                )
             return (await anext(finished)).body.result
         finally:
             await finished.aclose()  # type: ignore[attr-defined]
+
+    async def _executor_knows(self, tenant: str, run_id: str) -> bool:
+        try:
+            await self.bus.request(
+                subjects.service(subjects.ActorName.EXECUTOR, "get_run"),
+                GetRun(run_id=run_id),
+                RunView,
+                trace=Trace(tenant=tenant, run_id=run_id),
+            )
+        except BusError as e:
+            if e.code is ErrorCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def _phase(self, row: JobRow, status: ResearchStatus, depth: int, trace: Trace) -> None:
         await self.store.set_status(row.id, status)
@@ -567,8 +586,8 @@ def _check_budget(row: JobRow, subruns: list[Subrun]) -> None:
         raise LimitReached(StopReason.MAX_SUBRUNS)
     if budget.max_tokens is not None and totals.input_tokens + totals.output_tokens >= budget.max_tokens:
         raise LimitReached(StopReason.MAX_TOKENS)
-    if budget.max_cost_usd is not None and (totals.cost_usd or 0.0) >= budget.max_cost_usd:
-        raise LimitReached(StopReason.MAX_COST)
+    if budget.max_cost_usd is not None and (totals.cost_usd is None or totals.cost_usd >= budget.max_cost_usd):
+        raise LimitReached(StopReason.MAX_COST)  # spent, or no longer measurable: it cannot be kept
 
 
 def _answered(subruns: list[Subrun]) -> list[Subrun]:

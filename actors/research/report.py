@@ -27,7 +27,10 @@ __all__ = [
 STOPPED = {
     StopReason.MAX_SUBRUNS: "it reached its limit on sub-runs (max_subruns)",
     StopReason.MAX_TOKENS: "it used its token budget (max_tokens)",
-    StopReason.MAX_COST: "it used its cost budget (max_cost_usd)",
+    StopReason.MAX_COST: (
+        "it used its cost budget (max_cost_usd), or a sub-run's cost could not be priced,"
+        " so the budget could no longer be kept"
+    ),
     StopReason.DEADLINE: "it ran out of time (deadline_seconds)",
 }
 BRACKETS = re.compile(r"\[([^\[\]\n]+)\](?!\()")  # [ref] or [ref, ref]; not a Markdown link's text
