@@ -156,7 +156,7 @@ class Actor:
                     )
                     self._pulls.append(sub)
                     self._loops.append(asyncio.create_task(self._fetch_loop(route, sub)))
-        await self.bus.nc.flush()  # the server knows every endpoint before start() returns: no "no responders"
+        await self.bus.barrier()  # the server knows every endpoint before start() returns: no "no responders"
         self._log.info("actor started", instance=self.instance)
 
     async def stop(self) -> None:

@@ -184,10 +184,23 @@ class Bus:
         seq = msg.metadata.sequence.stream if msg.reply else 0
         return Envelope(seq=seq, subject=msg.subject, trace=Trace.from_headers(msg.headers), body=body)
 
+    async def barrier(self) -> None:
+        """Return once the server has processed everything sent so far on this connection (e.g. the
+        subscriptions just made). nats-py's flush() is no such barrier: it writes its PING ahead of
+        commands still in the client's buffer. A message to ourselves queues behind them."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.publish(inbox, b"")
+            await sub.next_msg(timeout=self.config.request_timeout_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def subscribe(self, subject: str) -> AsyncIterator[Msg]:
         """Core NATS subscription as an async iterator (events seen live, nothing replayed)."""
         sub = await self.nc.subscribe(subject)
-        await self.nc.flush()
+        await self.barrier()
         try:
             async for msg in sub.messages:
                 yield msg

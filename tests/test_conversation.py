@@ -223,7 +223,7 @@ class FakeExecutor:
             await self.finish(cancel.run_id, RunCancelled(run_id=cancel.run_id, reason=cancel.reason))
 
         await self.bus.nc.subscribe(subjects.service(subjects.ActorName.EXECUTOR, "cancel"), cb=on_cancel)
-        await self.bus.nc.flush()
+        await self.bus.barrier()
 
 
 Start = Callable[..., Awaitable[tuple[Client, FakeExecutor]]]
