@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
@@ -65,6 +65,7 @@ from schemas.research import (
     SubrunFinished,
     SubrunKind,
     SubrunStarted,
+    Totals,
 )
 from schemas.runs import CancelRun, GetRun, RunCompleted, RunFailed, RunFinished, RunRequest, RunView
 
@@ -339,7 +340,9 @@ class ResearchActor(Actor):
                 if spent:
                     return
                 try:
-                    await self._subrun(row, trace, s.run_id, SubrunKind.QUESTION, depth, spec.agent, s.question or "")
+                    await self._subrun(
+                        row, trace, s.run_id, SubrunKind.QUESTION, depth, spec.agent, s.question or "", recorded=s
+                    )
                 except LimitReached as e:
                     if e.in_run:
                         raise
@@ -363,23 +366,40 @@ class ResearchActor(Actor):
         return bool(questions)
 
     async def _subrun(
-        self, row: JobRow, trace: Trace, run_id: str, kind: SubrunKind, depth: int, agent: str, prompt: str
+        self,
+        row: JobRow,
+        trace: Trace,
+        run_id: str,
+        kind: SubrunKind,
+        depth: int,
+        agent: str,
+        prompt: str,
+        *,
+        recorded: Subrun | Literal["look it up"] | None = "look it up",
     ) -> Subrun:
         """One executor run of the job, recorded before it starts and when it ends. A finished one is
-        returned as recorded; one in flight when the job resumes is waited for (see `_run`)."""
-        async with self._starting.setdefault(row.id, asyncio.Lock()):  # budget checks see every start before
-            subruns = await self.store.subruns(row.id)
-            known = next((s for s in subruns if s.run_id == run_id), None)
-            if known is not None and known.status in FINISHED:
-                return known
-            if known is None or known.status == "pending":
-                _check_budget(row, subruns)
-                question = known.question if known else None
-                await self.store.start_subrun(row.id, run_id, kind, depth, question)
-                started = SubrunStarted(job_id=row.id, run_id=run_id, kind=kind, depth=depth, question=question)
-                await self._event(row, "subrun_started", started, trace, msg_id=f"{run_id}:started")
+        returned as recorded; one in flight when the job resumes is waited for (see `_run`).
+        `recorded`: the sub-run's row as the caller read it (None: there is none yet)."""
+        known = await self._recorded(row.id, run_id) if recorded == "look it up" else recorded
+        if known is not None and known.status in FINISHED:
+            return known
         budget = row.spec.budget
-        totals = totals_of(subruns)
+        limited = any(v is not None for v in (budget.max_subruns, budget.max_tokens, budget.max_cost_usd))
+        totals = Totals()
+        if known is None or known.status == "pending":
+            question = known.question if known else None
+            if limited:  # one start at a time, so each budget check sees every start before it
+                async with self._starting.setdefault(row.id, asyncio.Lock()):
+                    subruns = await self.store.subruns(row.id)
+                    _check_budget(row, subruns)
+                    totals = totals_of(subruns)
+                    await self.store.start_subrun(row.id, run_id, kind, depth, question)
+            else:
+                await self.store.start_subrun(row.id, run_id, kind, depth, question)
+            started = SubrunStarted(job_id=row.id, run_id=run_id, kind=kind, depth=depth, question=question)
+            await self._event(row, "subrun_started", started, trace, msg_id=f"{run_id}:started")
+        elif limited:
+            totals = totals_of(await self.store.subruns(row.id))
         used = totals.input_tokens + totals.output_tokens
         request = RunRequest(
             run_id=run_id,
@@ -412,6 +432,9 @@ class ResearchActor(Actor):
             limit = result.error.details.get("limit", StopReason.MAX_TOKENS.value)
             raise LimitReached(StopReason(limit), in_run=True)
         return done
+
+    async def _recorded(self, job_id: str, run_id: str) -> Subrun | None:
+        return next((s for s in await self.store.subruns(job_id) if s.run_id == run_id), None)
 
     async def _run(
         self, tenant: str, request: RunRequest, trace: Trace, *, resumed: bool
