@@ -230,8 +230,8 @@ class ExecutorActor(Actor):
             subagents=runner.subagents,
             max_depth=self.config.max_subagent_depth,
             subrun=lambda agent, task, used: self._subrun(req, tenant, depth + 1, agent, task, used),
-            search=lambda query: self._search_documents(tenant, run_id, query),
-            fetch=lambda url: self._fetch_page(tenant, run_id, url),
+            search=lambda q: self._source(tenant, run_id, "search", SearchDocuments(query=q, limit=5), DocumentHits),
+            fetch=lambda url: self._source(tenant, run_id, "fetch", FetchPage(url=url), FetchedPage),
             sources=frozenset(req.sources) if req.sources is not None else None,
         )
         limits = UsageLimits(
@@ -274,7 +274,7 @@ class ExecutorActor(Actor):
         except AgentRunCancelled:
             return RunCancelled(run_id=run_id, reason=self._reason(run_id)), Usage()
         except UsageLimitExceeded as e:
-            limit = "max_cost_usd" if "cost" in str(e) else "max_tokens"
+            limit = "max_cost_usd" if "cost_limit" in str(e) else "max_tokens"  # the error names no field
             error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit})
             return RunFailed(run_id=run_id, error=error), Usage()
         except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
@@ -297,27 +297,15 @@ class ExecutorActor(Actor):
         )
         return completed, usage
 
-    async def _search_documents(self, tenant: str, run_id: str, query: str) -> str:
-        """The research actor's full-text search over the tenant's documents, for the search_documents tool."""
-        service = subjects.service(subjects.ActorName.RESEARCH, "search")
+    async def _source(self, tenant: str, run_id: str, verb: str, query: Message, reply: type[Any]) -> str:
+        """A source tool's result: the research actor's answer to `verb` as JSON, or what went wrong."""
+        service = subjects.service(subjects.ActorName.RESEARCH, verb)
+        trace = Trace(tenant=tenant, run_id=run_id)
         try:
-            found = await self.bus.request(
-                service, SearchDocuments(query=query, limit=5), DocumentHits, trace=Trace(tenant=tenant, run_id=run_id)
-            )
+            found = await self.bus.request(service, query, reply, trace=trace, timeout=30.0)
         except BusError as e:
-            return f"document search failed: {e.message}"
-        return msgspec.json.encode(found.hits).decode()
-
-    async def _fetch_page(self, tenant: str, run_id: str, url: str) -> str:
-        """The research actor fetches the page (address checks, size cap), for the fetch_url tool."""
-        service = subjects.service(subjects.ActorName.RESEARCH, "fetch")
-        try:
-            page = await self.bus.request(
-                service, FetchPage(url=url), FetchedPage, trace=Trace(tenant=tenant, run_id=run_id), timeout=30.0
-            )
-        except BusError as e:
-            return f"fetching {url} failed: {e.message}"
-        return msgspec.json.encode(page).decode()
+            return f"{verb} failed: {e.message}"
+        return msgspec.json.encode(found.hits if isinstance(found, DocumentHits) else found).decode()
 
     async def _subrun(self, parent: RunRequest, tenant: str, depth: int, agent: str, task: str, used: int) -> str:
         """Run `agent` on `task` as its own executor run under `parent`, through the bus; its answer.

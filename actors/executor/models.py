@@ -113,15 +113,13 @@ def placeholder(schema: dict[str, Any]) -> Any:
 
 
 async def _offline_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
-    if info.output_tools and not info.allow_text_output:
-        tool = info.output_tools[0]
-        args = json.dumps(placeholder(tool.parameters_json_schema))
-        yield {0: DeltaToolCall(name=tool.name, json_args=args, tool_call_id="offline")}
+    """`_offline_response`, streamed: its tool call whole, its text word by word."""
+    part = _offline_response(messages, info).parts[0]
+    if isinstance(part, ToolCallPart):
+        yield {0: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)}
         return
-    if (search := _search_args(messages, info)) is not None:
-        yield {0: DeltaToolCall(name="search_documents", json_args=search, tool_call_id="offline-search")}
-        return
-    for word in _offline_reply(messages).split(" "):
+    assert isinstance(part, TextPart)
+    for word in part.content.split(" "):
         yield word + " "
 
 

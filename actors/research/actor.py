@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -234,13 +234,9 @@ class ResearchActor(Actor):
         if row.finished:  # a redelivery after the end was recorded: announce it again (idempotent)
             await self._announce(row, trace)
             return
-        await self.store.begin(row.id)
-        work = asyncio.ensure_future(self._work(row.id, row.tenant, trace))
-        self._jobs[row.id] = (row.tenant, work)
+        work = asyncio.ensure_future(self._work(row.id, trace))
+        self._jobs[row.id] = (row.tenant, work)  # from here a cancel signal reaches it
         try:
-            current = await self.store.get(row.id, row.tenant)
-            if current is not None and current.cancel_reason is not None:
-                work.cancel()  # cancelled before it ran, or while no replica drove it
             text, cited = await work
             outcome = Outcome(ResearchStatus.COMPLETED, text, cited)
         except LimitReached as e:
@@ -292,19 +288,21 @@ class ResearchActor(Actor):
         error = error if status is not ResearchStatus.COMPLETED else None
         return Outcome(status, report.with_sources(text, cited), cited, stopped_by, error)
 
-    async def _work(self, job_id: str, tenant: str, trace: Trace) -> tuple[str, list[Citation]]:
+    async def _work(self, job_id: str, trace: Trace) -> tuple[str, list[Citation]]:
         """Plan, research round by round, write: each step skipped where its sub-run already finished."""
-        row = await self.store.get(job_id, tenant)
-        if row is None or row.started_at is None:
-            raise RuntimeError(f"research job {job_id} has no started row")
+        row = await self.store.begin(job_id)
+        if row.cancel_reason is not None:  # cancelled before it ran, or while no replica drove it
+            raise asyncio.CancelledError
         spec = row.spec
-        left = (row.started_at.timestamp() + spec.deadline_seconds) - datetime.now(UTC).timestamp()
+        started = (row.started_at or datetime.now(UTC)).timestamp()
+        left = started + spec.deadline_seconds - datetime.now(UTC).timestamp()
         try:
             async with asyncio.timeout(max(left, 0.0)):
                 await self._phase(row, ResearchStatus.PLANNING, 0, trace)
+                subruns = {s.run_id: s for s in await self.store.subruns(job_id)}
                 plan = await self._subrun(
                     row, trace, f"{job_id}-plan", SubrunKind.PLAN, 0, PLANNER,
-                    report.plan_prompt(spec.question, spec.max_subtasks),
+                    report.plan_prompt(spec.question, spec.max_subtasks), subruns.get(f"{job_id}-plan"),
                 )  # fmt: skip
                 questions = report.questions_of(plan.output, spec.max_subtasks)
                 if not questions:
@@ -314,10 +312,11 @@ class ResearchActor(Actor):
                     if not await self._round(row, trace, depth) or depth == spec.max_depth:
                         break
                 await self._phase(row, ResearchStatus.SYNTHESIZING, 0, trace)
-                answered = _answered(await self.store.subruns(job_id))
+                subruns = {s.run_id: s for s in await self.store.subruns(job_id)}
                 written = await self._subrun(
                     row, trace, f"{job_id}-report", SubrunKind.REPORT, 0, WRITER,
-                    report.writer_prompt(spec.question, answered),
+                    report.writer_prompt(spec.question, _answered(list(subruns.values()))),
+                    subruns.get(f"{job_id}-report"),
                 )  # fmt: skip
         except TimeoutError:
             raise LimitReached(StopReason.DEADLINE) from None
@@ -340,9 +339,8 @@ class ResearchActor(Actor):
                 if spent:
                     return
                 try:
-                    await self._subrun(
-                        row, trace, s.run_id, SubrunKind.QUESTION, depth, spec.agent, s.question or "", recorded=s
-                    )
+                    question = s.question or ""
+                    await self._subrun(row, trace, s.run_id, SubrunKind.QUESTION, depth, spec.agent, question, s)
                 except LimitReached as e:
                     if e.in_run:
                         raise
@@ -357,9 +355,11 @@ class ResearchActor(Actor):
         room = spec.max_subtasks - sum(1 for s in subruns if s.kind is SubrunKind.QUESTION)
         if room <= 0:
             return False
+        run_id = f"{row.id}-follow-up{depth}"
         follow_up = await self._subrun(
-            row, trace, f"{row.id}-follow-up{depth}", SubrunKind.FOLLOW_UP, depth, PLANNER,
+            row, trace, run_id, SubrunKind.FOLLOW_UP, depth, PLANNER,
             report.follow_up_prompt(spec.question, _answered(subruns), room),
+            next((s for s in subruns if s.run_id == run_id), None),
         )  # fmt: skip
         questions = report.questions_of(follow_up.output, room)
         await self.store.add_questions(row.id, depth + 1, questions)
@@ -374,13 +374,11 @@ class ResearchActor(Actor):
         depth: int,
         agent: str,
         prompt: str,
-        *,
-        recorded: Subrun | Literal["look it up"] | None = "look it up",
+        known: Subrun | None,
     ) -> Subrun:
-        """One executor run of the job, recorded before it starts and when it ends. A finished one is
-        returned as recorded; one in flight when the job resumes is waited for (see `_run`).
-        `recorded`: the sub-run's row as the caller read it (None: there is none yet)."""
-        known = await self._recorded(row.id, run_id) if recorded == "look it up" else recorded
+        """One executor run of the job, recorded before it starts and when it ends. `known`: its row as
+        the caller read it (None: none yet). A finished one is returned as recorded; one in flight when
+        the job resumes is waited for (see `_run`)."""
         if known is not None and known.status in FINISHED:
             return known
         budget = row.spec.budget
@@ -432,9 +430,6 @@ class ResearchActor(Actor):
             limit = result.error.details.get("limit", StopReason.MAX_TOKENS.value)
             raise LimitReached(StopReason(limit), in_run=True)
         return done
-
-    async def _recorded(self, job_id: str, run_id: str) -> Subrun | None:
-        return next((s for s in await self.store.subruns(job_id) if s.run_id == run_id), None)
 
     async def _run(
         self, tenant: str, request: RunRequest, trace: Trace, *, resumed: bool

@@ -134,9 +134,14 @@ class JobStore:
         rows = await self.pool.fetch("SELECT * FROM subruns WHERE job_id = $1 ORDER BY seq", job_id)
         return [_subrun(r) for r in rows]
 
-    async def begin(self, job_id: str) -> None:
-        """The job's clock starts once, at its first delivery (a resumed job keeps its deadline)."""
-        await self.pool.execute("UPDATE jobs SET started_at = coalesce(started_at, now()) WHERE id = $1", job_id)
+    async def begin(self, job_id: str) -> JobRow:
+        """The job as it stands, its clock started at its first delivery (a resumed job keeps its deadline)."""
+        row = await self.pool.fetchrow(
+            "UPDATE jobs SET started_at = coalesce(started_at, now()) WHERE id = $1 RETURNING *", job_id
+        )
+        if row is None:
+            raise LookupError(f"no research job {job_id}")
+        return JobRow(row)
 
     async def set_status(self, job_id: str, status: ResearchStatus) -> None:
         await self.pool.execute(
@@ -230,7 +235,3 @@ class JobStore:
             job_id,
         )
         return [r["run_id"] for r in rows if r["status"] == "running"]
-
-    async def document_titles(self, tenant: str, ids: list[str]) -> dict[str, str]:
-        rows = await self.pool.fetch("SELECT id, title FROM documents WHERE tenant = $1 AND id = ANY($2)", tenant, ids)
-        return {r["id"]: r["title"] for r in rows}

@@ -11,14 +11,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
+
+from actors._notifications import new_signing_secret as new_secret
 
 __all__ = ["new_secret", "sign", "verify"]
-
-
-def new_secret() -> str:
-    """`whsec_` + base64 of 24 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def _key(secret: str) -> bytes:
