@@ -18,11 +18,17 @@ __all__ = [
     "ExecutorReply",
     "GetRun",
     "GetRunTree",
+    "PipelineMode",
+    "PipelineOutput",
+    "PipelineStep",
     "RunAccepted",
     "RunCancelled",
     "RunCompleted",
+    "RunEnd",
     "RunFailed",
     "RunFinished",
+    "RunNode",
+    "RunNodeKind",
     "RunOutput",
     "RunRecord",
     "RunRequest",
@@ -161,7 +167,39 @@ RunOutput = (
     | RunCancelled
 )
 
+RunEnd = RunCompleted | RunFailed | RunCancelled
 TERMINAL_OUTPUTS = (RunCompleted, RunFailed, RunCancelled)
+STATUS_OF_END: dict[type[RunEnd], RunStatus] = {
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+    RunCancelled: RunStatus.CANCELLED,
+}
+
+
+# --- pipelines: a pipeline run's output (RunCompleted.output) is a PipelineOutput as JSON -----
+
+
+class PipelineMode(enum.StrEnum):
+    SEQUENTIAL = "sequential"  # each step sees the results of the steps before it
+    PARALLEL = "parallel"  # every step at once, on the same text
+
+
+class PipelineStep(Record, frozen=True, kw_only=True):
+    """One step's result: `output` is the agent's text, or its structured output as JSON values."""
+
+    agent: str
+    run_id: str = ""
+    status: RunStatus
+    output: object = None
+    error: str | None = None
+    usage: Usage = Usage()
+    ms: float = 0.0
+
+
+class PipelineOutput(Record, frozen=True, kw_only=True):
+    pipeline: str
+    mode: PipelineMode
+    steps: list[PipelineStep]
 
 
 # --- events: ab.executor.evt.<tenant>.<run_id>.finished ---------------------------------------
@@ -173,7 +211,7 @@ class RunFinished(Message, frozen=True, kw_only=True, tag="run_finished"):
     run_id: str
     conversation_id: str | None = None
     parent_run_id: str | None = None
-    result: RunCompleted | RunFailed | RunCancelled
+    result: RunEnd
 
 
 ExecutorEvent = RunFinished
@@ -216,10 +254,26 @@ class RunView(Message, frozen=True, kw_only=True, tag="run"):
     run: RunRecord
 
 
+class RunNodeKind(enum.StrEnum):
+    RUN = "run"
+    RESEARCH_JOB = "research_job"  # no run itself: it parents the runs of a research job
+
+
+class RunNode(Record, frozen=True, kw_only=True):
+    """A run (or a research job) with the runs started under it."""
+
+    id: str
+    kind: RunNodeKind = RunNodeKind.RUN
+    run: RunRecord | None = None  # None for a research job
+    children: list[RunNode] = []
+
+
 class RunTree(Message, frozen=True, kw_only=True, tag="run_tree"):
-    """The root first, then its descendants; each names its parent in `parent_run_id`."""
+    """The root first, then its descendants (each names its parent in `parent_run_id`), and the same
+    runs nested under `root`."""
 
     runs: list[RunRecord]
+    root: RunNode | None = None
 
 
 ExecutorReply = RunView | RunTree | ErrorReply

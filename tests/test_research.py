@@ -408,7 +408,7 @@ async def test_a_malformed_research_command_is_dead_lettered_and_the_actor_keeps
     await bus.publish(subjects.research_command("t1", "bad2"), bad_limits, trace=trace)
     reasons = [(await sub.next_msg(timeout=10)).headers or {} for _ in range(2)]
     assert "undecodable" in reasons[0][Header.DEAD_REASON.value]
-    assert "max_depth must be 1-5" in reasons[1][Header.DEAD_REASON.value]
+    assert "max_depth" in reasons[1][Header.DEAD_REASON.value]  # by the actor, or by the schema's constraint
     async with platform.client() as client:
         job = await _finished(client, (await client.post("/v1/research", json={"question": "q"})).json()["id"])
         malformed = await client.post("/v1/research", content=b"{", headers={"content-type": "application/json"})
