@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from pydantic_ai.messages import (
     ModelMessage,
@@ -495,3 +498,152 @@ async def test_a_sub_run_gets_what_is_left_of_its_parents_token_budget(
     assert isinstance(limited_done, RunCompleted), limited_done
     assert limited_done.output.startswith("done: the helper agent failed") and "token" in limited_done.output
     assert [(r.agent, r.status) for r in tree.runs] == [("boss", RunStatus.COMPLETED), ("helper", RunStatus.FAILED)]
+
+
+# --- defect 4: a crash mid-pipeline must not start its steps again ------------------------------
+
+PIPELINE_TOML = """
+[agents.first]
+instructions = "step first"
+tools = []
+
+[agents.second]
+instructions = "step second"
+tools = []
+
+[agents.third]
+instructions = "step third"
+tools = []
+
+[pipelines.trio]
+steps = ["first", "second", "third"]
+mode = "sequential"
+"""
+
+
+def counting() -> FunctionModel:
+    """For an executor subprocess: streams 10 words over a second, noting in $AGENTBUS_TEST_CALLS when
+    each step's model call starts and when it has answered."""
+    calls = Path(os.environ["AGENTBUS_TEST_CALLS"])
+
+    def note(line: str) -> None:
+        with calls.open("a") as f:
+            f.write(line + "\n")
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        step = info.instructions or ""
+        note(f"start {step}")
+        for i in range(10):
+            await asyncio.sleep(0.1)
+            yield f"{step}-{i} "
+        note(f"end {step}")
+
+    return FunctionModel(stream_function=stream, model_name="counting")
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_mid_pipeline_resumes_it_without_running_a_step_again(
+    bus: Bus, spawn_actor: Callable[..., Any], tmp_path: Path
+) -> None:
+    agents, calls = tmp_path / "agents.toml", tmp_path / "calls.log"
+    agents.write_text(PIPELINE_TOML)
+    calls.touch()
+    env = {
+        "AGENTBUS_MODEL": "function:tests.test_executor:counting",
+        "AGENTBUS_AGENTS_FILE": str(agents),
+        "AGENTBUS_TEST_CALLS": str(calls),
+    }
+    first = spawn_actor("executor", env)
+    root = await submit(bus, "a text", agent="pipeline:trio")
+
+    async def second_step_running() -> bool:
+        return "start step second" in calls.read_text()
+
+    await wait_until(second_step_running, timeout=60, what="the second step to reach the model")
+    first.kill()
+    spawn_actor("executor", env)
+    done = (await outputs(bus, root, timeout=60))[-1]
+    tree = await bus.request(
+        subjects.service(subjects.ActorName.EXECUTOR, "tree"), GetRunTree(run_id=root), RunTree, trace=TRACE
+    )
+    lines = calls.read_text().splitlines()
+    assert isinstance(done, RunCompleted), done
+    # every step answered once: the first was not run again, the one cut off was restarted, not doubled
+    assert sorted(line for line in lines if line.startswith("end")) == [
+        "end step first",
+        "end step second",
+        "end step third",
+    ]
+    assert lines.count("start step first") == 1 and lines.count("start step third") == 1
+    assert [(r.id, r.status) for r in tree.runs] == [
+        (root, RunStatus.COMPLETED),
+        *[(f"{root}-step{n}", RunStatus.COMPLETED) for n in (1, 2, 3)],
+    ]
+    assert [r.attempt for r in tree.runs[1:]] == [1, 2, 1]
+
+
+async def test_a_hand_off_is_a_sub_run_named_after_its_parent(
+    bus_config: BusConfig, database_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(SUBAGENTS_TOML)
+    config = ExecutorConfig(database_url=database_url, agents_file=agents, offline=True)
+    async with running(ExecutorActor(bus_config, config, model_override=_delegating("helper"))):
+        root = await submit(bus, "delegate it", agent="boss")
+        await outputs(bus, root)
+        tree = await bus.request(
+            subjects.service(subjects.ActorName.EXECUTOR, "tree"), GetRunTree(run_id=root), RunTree, trace=TRACE
+        )
+    assert [r.id for r in tree.runs] == [root, f"{root}-sub1"]
+    assert tree.root is not None and [c.id for c in tree.root.children] == [f"{root}-sub1"]
+
+
+# --- defect 8: a dead-lettered run request ends its run failed, and says so ---------------------
+
+
+async def _finished_end(bus: Bus, run_id: str) -> RunFinished:
+    async with asyncio.timeout(15):
+        found = bus.replay(EXECUTOR_EVT.name, subjects.executor_finished(TENANT, run_id), RunFinished)
+        envelope = await anext(found)
+        await found.aclose()  # type: ignore[attr-defined]
+    finished: RunFinished = envelope.body
+    return finished
+
+
+async def test_a_refused_run_request_ends_its_run_failed_with_the_reason(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    config = dataclasses.replace(bus_config, max_deliver=2)
+    async with running(executor(config, database_url, TestModel())):
+        run_id = await submit(bus, metadata={"depth": "deep"})
+        finished = await _finished_end(bus, run_id)
+        view = await get_run(bus, run_id)
+        events = await outputs(bus, run_id)
+    assert isinstance(finished.result, RunFailed) and "depth" in finished.result.error.message
+    assert view.run.status is RunStatus.FAILED and view.run.error is not None and "depth" in view.run.error
+    assert isinstance(events[-1], RunFailed)
+
+
+async def test_a_run_whose_end_cannot_be_stored_fails_when_dead_lettered_not_running_forever(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    config = dataclasses.replace(bus_config, max_deliver=2)
+    async with running(executor(config, database_url, TestModel(custom_output_text="done"))):
+        conn = await asyncpg.connect(database_url)
+        try:  # PostgreSQL refuses every completed end: the request fails on each delivery
+            await conn.execute(
+                """
+                CREATE FUNCTION executor.refuse() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+                CREATE TRIGGER refuse BEFORE UPDATE ON executor.runs
+                FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION executor.refuse();
+                """
+            )
+        finally:
+            await conn.close()
+        run_id = await submit(bus)
+        finished = await _finished_end(bus, run_id)
+        view = await get_run(bus, run_id)
+    assert isinstance(finished.result, RunFailed), finished.result
+    assert "gave up" in finished.result.error.message and "disk full" in finished.result.error.message
+    assert view.run.status is RunStatus.FAILED and view.run.attempt == 2

@@ -198,11 +198,11 @@ class ExecutorActor(Actor):
             writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
             try:
                 end, usage = await self._perform(req, begun, active, writer, trace, depth)
-                # all three at once: each is idempotent, and a redelivery finds whichever landed
+                # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
+                # then both announcements at once: each is deduped, and a redelivery repeats them
+                await self.store.finish(req.run_id, end, usage)
                 await asyncio.gather(
-                    self.store.finish(req.run_id, end, usage),
-                    writer.publish(end, msg_id=f"{req.run_id}:end"),
-                    self._publish_finished(req, tenant, trace, end),
+                    writer.publish(end, msg_id=f"{req.run_id}:end"), self._publish_finished(req, tenant, trace, end)
                 )
             finally:
                 await writer.close()
