@@ -28,24 +28,26 @@ from bus.client import Bus
 from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from schemas.tasks import CreateTask, TaskRunFinished, TaskType, TaskView
-from tests.bench.harness import Infra, Latency, cpu_seconds, free_port, measure, print_table, processes, wait_http
+from tests.bench.durable import TASK, run_floor
+from tests.bench.harness import (
+    LATENCY,
+    PLATFORM,
+    CpuMeter,
+    Infra,
+    Latency,
+    Report,
+    Scale,
+    cpu_seconds,
+    free_port,
+    measure,
+    processes,
+    services_up,
+    wait_http,
+)
 from tests.bench.workers import ensure_stream
 from tests.receivers import HttpReceiver
 
-DISPATCH_C1 = 200
-DISPATCH_C32 = 800
-ARQ_DEFAULT_C1 = 20  # each takes about half a second
-SCHEDULES = 10_000
-ONE_SHOTS = 300
 TENANT = "bench"
-PLATFORM = {
-    "conversation": ["-m", "actors.conversation"],
-    "executor": ["-m", "actors.executor"],
-    "scheduler": ["-m", "actors.scheduler"],
-    "trigger": ["-m", "actors.trigger"],
-    "notifier": ["-m", "actors.notifier"],
-    "gateway": ["-m", "gateway"],
-}
 
 
 class Completions:
@@ -70,68 +72,74 @@ class Completions:
 # --- the platform --------------------------------------------------------------------------------
 
 
-async def _platform_dispatch(infra: Infra, logs: Path, env: dict[str, str], port: int, key: str) -> dict[str, Latency]:
-    completions = Completions()
-    nc = await nats.connect(infra.nats.url)
+class _Platform:
+    """Every actor and the gateway, started once: dispatch, then delegated tasks with a webhook on
+    one executor, then on two (a second executor process joins the running platform)."""
 
-    async def on_finished(msg: Any) -> None:
-        event = msgspec.json.decode(msg.data, type=TaskRunFinished)
-        completions.done(event.run.id)
+    def __init__(self, infra: Infra, logs: Path, env: dict[str, str], port: int, key: str, scale: Scale) -> None:
+        self.infra, self.logs, self.env, self.scale = infra, logs, env, scale
+        self.base = f"http://127.0.0.1:{port}"
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.dispatch: dict[str, Latency] = {}
+        self.delegated: dict[int, Latency] = {}
+        self.cpu: CpuMeter | None = None
 
-    await nc.subscribe(f"ab.scheduler.evt.{TENANT}.*.completed", cb=on_finished)
-    out: dict[str, Latency] = {}
-    with processes(PLATFORM, env, logs):
-        await wait_http(f"http://127.0.0.1:{port}/health", timeout=90)
-        headers = {"Authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+    async def run(self) -> None:
+        completions = Completions()
+        nc = await nats.connect(self.infra.nats.url)
 
-            async def dispatch(_: int) -> None:
-                r = await client.post("/v1/tasks", json={"task_type": "delegation", "prompt": "no-op"})
-                r.raise_for_status()
-                await completions.wait(r.json()["last_runs"][0]["id"])
+        async def on_finished(msg: Any) -> None:
+            completions.done(msgspec.json.decode(msg.data, type=TaskRunFinished).run.id)
 
-            out["c1"] = await measure(dispatch, total=DISPATCH_C1, concurrency=1)
-            out["c32"] = await measure(dispatch, total=DISPATCH_C32, concurrency=32, warmup=0)
-    await nc.close()
-    return out
+        await nc.subscribe(f"ab.scheduler.evt.{TENANT}.*.completed", cb=on_finished)
+        try:
+            with processes(PLATFORM, self.env, self.logs) as children:
+                await wait_http(f"{self.base}/health", timeout=90)
+                async with httpx.AsyncClient(base_url=self.base, headers=self.headers, timeout=60) as client:
+                    await self._dispatch(client, completions, {name: c.pid for name, c in children.items()})
+                    self.delegated[1] = await self._delegated(client)
+                    with processes({"executor-2": PLATFORM["executor"]}, self.env, self.logs):
+                        await services_up(nc, subjects.ActorName.EXECUTOR.value, 2)
+                        self.delegated[2] = await self._delegated(client)
+        finally:
+            await nc.close()
 
+    async def _dispatch(self, client: httpx.AsyncClient, completions: Completions, pids: dict[str, int]) -> None:
+        async def dispatch(_: int) -> None:
+            r = await client.post("/v1/tasks", json={"task_type": "delegation", "prompt": "no-op"})
+            r.raise_for_status()
+            await completions.wait(r.json()["last_runs"][0]["id"])
 
-async def _delegated_with_webhook(
-    infra: Infra, logs: Path, env: dict[str, str], port: int, key: str
-) -> dict[int, Latency]:
-    return {n: await _delegated(n, logs, env, port, key) for n in (1, 2)}
+        scale = self.scale
+        self.dispatch["c1"] = await measure(dispatch, total=scale.dispatch_c1, concurrency=1, warmup=scale.warmup)
+        self.cpu = CpuMeter.of(self.infra, pids)
+        self.cpu.start()
+        self.dispatch["c32"] = await measure(dispatch, total=scale.dispatch_c32, concurrency=32, warmup=0)
+        self.cpu.stop()
 
+    async def _delegated(self, client: httpx.AsyncClient) -> Latency:
+        """Delegated tasks whose result goes out as a signed webhook; done when the receiver has it."""
+        completions = Completions()
+        receiver = HttpReceiver()
 
-async def _delegated(replicas: int, logs: Path, env: dict[str, str], port: int, key: str) -> Latency:
-    """Delegated tasks whose result goes out as a signed webhook; done when the receiver has it."""
-    commands = dict(PLATFORM)
-    if replicas == 2:
-        commands["executor-2"] = ["-m", "actors.executor"]
-    completions = Completions()
-    receiver = HttpReceiver()
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await receiver(scope, receive, send)
+            if scope["type"] == "http" and receiver.requests:
+                completions.done(msgspec.json.decode(receiver.requests[-1].body)["data"]["task_run_id"])
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await receiver(scope, receive, send)
-        if scope["type"] == "http" and receiver.requests:
-            completions.done(msgspec.json.decode(receiver.requests[-1].body)["data"]["task_run_id"])
+        body = {
+            "task_type": "delegation",
+            "prompt": "summarize",
+            "notification_config": {"channels": ["webhook"], "webhook_url": receiver.url + "/hook"},
+        }
 
-    body = {
-        "task_type": "delegation",
-        "prompt": "summarize",
-        "notification_config": {"channels": ["webhook"], "webhook_url": receiver.url + "/hook"},
-    }
-    headers = {"Authorization": f"Bearer {key}"}
-    async with _serve(app, receiver.port):
-        with processes(commands, env, logs):
-            await wait_http(f"http://127.0.0.1:{port}/health", timeout=90)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as http:
+        async def delegate(_: int) -> None:
+            r = await client.post("/v1/tasks", json=body)
+            r.raise_for_status()
+            await completions.wait(r.json()["last_runs"][0]["id"])
 
-                async def delegate(_: int) -> None:
-                    r = await http.post("/v1/tasks", json=body)
-                    r.raise_for_status()
-                    await completions.wait(r.json()["last_runs"][0]["id"])
-
-                return await measure(delegate, total=DISPATCH_C32, concurrency=32, warmup=20)
+        async with _serve(app, receiver.port):
+            return await measure(delegate, total=self.scale.dispatch_c32, concurrency=32, warmup=self.scale.warmup)
 
 
 class _serve:
@@ -155,7 +163,7 @@ class _serve:
 # --- the baselines -------------------------------------------------------------------------------
 
 
-async def _raw_jetstream(infra: Infra, logs: Path) -> dict[str, Latency]:
+async def _raw_jetstream(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency]:
     nc = await nats.connect(infra.nats.url)
     js = nc.jetstream()
     await ensure_stream(js)
@@ -174,13 +182,13 @@ async def _raw_jetstream(infra: Infra, logs: Path) -> dict[str, Latency]:
             await js.publish(f"bench.jobs.{job_id}", b"{}")
             await completions.wait(job_id)
 
-        out["c1"] = await measure(job, total=DISPATCH_C1, concurrency=1)
-        out["c32"] = await measure(job, total=DISPATCH_C32, concurrency=32, warmup=0)
+        out["c1"] = await measure(job, total=scale.dispatch_c1, concurrency=1, warmup=scale.warmup)
+        out["c32"] = await measure(job, total=scale.dispatch_c32, concurrency=32, warmup=0)
     await nc.close()
     return out
 
 
-async def _arq(infra: Infra, logs: Path) -> dict[str, Latency]:
+async def _arq(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency]:
     port = free_port()
     redis = await asyncio.create_subprocess_exec(
         *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
@@ -191,7 +199,7 @@ async def _arq(infra: Infra, logs: Path) -> dict[str, Latency]:
     try:
         await asyncio.sleep(0.5)
         pool = await create_pool(RedisSettings(port=port))
-        for label, poll, total_c1 in (("default", "0.5", ARQ_DEFAULT_C1), ("10ms", "0.01", DISPATCH_C1)):
+        for label, poll, total_c1 in (("default", "0.5", scale.arq_default_c1), ("10ms", "0.01", scale.dispatch_c1)):
             env = {**infra.env(), "REDIS_PORT": str(port), "ARQ_POLL_DELAY": poll}
             with processes({f"arq-{label}": ["-m", "arq", "tests.bench.workers.ArqWorker"]}, env, logs):
                 await asyncio.sleep(1.5)
@@ -203,7 +211,7 @@ async def _arq(infra: Infra, logs: Path) -> dict[str, Latency]:
 
                 out[f"{label} c1"] = await measure(job, total=total_c1, concurrency=1, warmup=2)
                 out[f"{label} c32"] = await measure(
-                    job, total=DISPATCH_C32 // (4 if label == "default" else 1), concurrency=32, warmup=0
+                    job, total=scale.dispatch_c32 // (4 if label == "default" else 1), concurrency=32, warmup=0
                 )
         await pool.aclose()
     finally:
@@ -215,15 +223,20 @@ async def _arq(infra: Infra, logs: Path) -> dict[str, Latency]:
 # --- the scheduler -------------------------------------------------------------------------------
 
 
-async def _scheduler(infra: Infra, logs: Path, env: dict[str, str]) -> dict[str, float]:
+async def _scheduler(
+    infra: Infra, logs: Path, env: dict[str, str], scale: Scale
+) -> tuple[dict[str, float], Latency | None]:
+    """Create rate and idle CPU with `scale.schedules` active schedules, then the firing lag of
+    `scale.one_shots` one-shot tasks 20 ms apart."""
     bus = await Bus.connect(BusConfig(servers=(infra.nats.url,), request_timeout_s=30))
     trace = Trace(tenant=TENANT)
     create = subjects.service(subjects.ActorName.SCHEDULER, "create")
     out: dict[str, float] = {}
-    with processes({"scheduler-lag": ["-m", "actors.scheduler"]}, {**env, "AGENTBUS_SCHEDULER_TICK": "1.0"}, logs) as (
-        scheduler,
-    ):
-        await asyncio.sleep(2.0)
+    with processes(
+        {"scheduler-lag": ["-m", "actors.scheduler"]}, {**env, "AGENTBUS_SCHEDULER_TICK": "1.0"}, logs
+    ) as children:
+        scheduler = children["scheduler-lag"]
+        await services_up(bus.nc, subjects.ActorName.SCHEDULER.value)
         sem = asyncio.Semaphore(64)
 
         async def schedule(**fields: Any) -> None:
@@ -232,35 +245,68 @@ async def _scheduler(infra: Infra, logs: Path, env: dict[str, str]) -> dict[str,
                 await bus.request(create, cmd, TaskView, trace=trace)
 
         started = time.perf_counter()
-        await asyncio.gather(*(schedule(interval_seconds=3600.0) for _ in range(SCHEDULES)))
-        out["create_per_s"] = SCHEDULES / (time.perf_counter() - started)
+        await asyncio.gather(*(schedule(interval_seconds=3600.0) for _ in range(scale.schedules)))
+        out["create_per_s"] = scale.schedules / (time.perf_counter() - started)
         before, t0 = cpu_seconds(scheduler.pid), time.perf_counter()
-        await asyncio.sleep(10.0)
+        await asyncio.sleep(scale.idle_s)
         out["idle_cpu_pct"] = 100 * (cpu_seconds(scheduler.pid) - before) / (time.perf_counter() - t0)
-        first = datetime.now(UTC) + timedelta(seconds=3)
-        slots = [first + timedelta(milliseconds=20 * i) for i in range(ONE_SHOTS)]
+        # the first firing after every one-shot is made (they are made at several hundred per s)
+        first = datetime.now(UTC) + timedelta(seconds=1.0 + scale.one_shots / 200)
+        slots = [first + timedelta(milliseconds=20 * i) for i in range(scale.one_shots)]
         await asyncio.gather(*(schedule(run_at=slot) for slot in slots))
-        await asyncio.sleep((slots[-1] - datetime.now(UTC)).total_seconds() + 3.0)
         db = await asyncpg.connect(infra.postgres.uri())
         try:
-            lags = await db.fetch(
-                "SELECT extract(epoch FROM created_at - scheduled_for) * 1000 AS ms FROM scheduler.task_runs "
-                "WHERE scheduled_for IS NOT NULL ORDER BY ms"
-            )
+            deadline = time.monotonic() + (slots[-1] - datetime.now(UTC)).total_seconds() + 10.0
+            while True:  # until every one-shot has fired, or 10 s after the last one was due
+                lags = await db.fetch(
+                    "SELECT extract(epoch FROM created_at - scheduled_for) * 1000 AS ms FROM scheduler.task_runs "
+                    "WHERE scheduled_for IS NOT NULL ORDER BY ms"
+                )
+                if len(lags) >= scale.one_shots or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
         finally:
             await db.close()
     await bus.close()
-    values = [float(r["ms"]) for r in lags]
+    values = tuple(float(r["ms"]) / 1000 for r in lags)
     out["fired"] = len(values)
-    out["lag_p50_ms"] = values[len(values) // 2] if values else float("nan")
-    out["lag_p99_ms"] = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))] if values else float("nan")
-    return out
+    return out, Latency(values, 1.0) if values else None
 
 
 # --- the report ----------------------------------------------------------------------------------
 
 
-async def run(infra: Infra, logs: Path) -> None:
+def _dispatch_rows(
+    platform: _Platform, raw: dict[str, Latency], durable: dict[str, Latency], arq: dict[str, Latency]
+) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for c in ("c1", "c32"):
+        p, r, d = platform.dispatch[c], raw[c], durable[c]
+        rows += [
+            (
+                f"platform: delegated no-op task {c}",
+                *p.cells(),
+                f"{p.per_s:.0f}",
+                f"p50 x{p.p50_ms / r.p50_ms:.1f} raw, x{p.p50_ms / d.p50_ms:.2f} durable; "
+                f"per s x{p.per_s / d.per_s:.2f} durable",
+            ),
+            (f"raw JetStream publish->pull->ack->reply {c}", *r.cells(), f"{r.per_s:.0f}", ""),
+            (f"durable floor {c} (the task's hops, acks, commits, Agent.run)", *d.cells(), f"{d.per_s:.0f}", ""),
+        ]
+    for label, latency in arq.items():
+        ratio = platform.dispatch[label.split()[-1]].p50_ms / latency.p50_ms
+        rows.append(
+            (
+                f"ARQ + Redis, poll_delay {label}",
+                *latency.cells(),
+                f"{latency.per_s:.0f}",
+                f"platform/ARQ p50 x{ratio:.2f}",
+            )
+        )
+    return rows
+
+
+async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     port = free_port()
     agents = logs / "agents-background.toml"
     agents.write_text('[agents.assistant]\ninstructions = "You are a helpful assistant."\ntools = []\n')
@@ -275,53 +321,64 @@ async def run(infra: Infra, logs: Path) -> None:
     key = await keys.create_key(bus, tenant=TENANT, name="bench")
     await bus.close()
 
-    raw = await _raw_jetstream(infra, logs)
-    platform = await _platform_dispatch(infra, logs, env, port, key)
-    arq = await _arq(infra, logs)
-    delegated = await _delegated_with_webhook(infra, logs, env, port, key)
-    lag = await _scheduler(infra, logs, infra.env(AGENTBUS_LOG_LEVEL="WARNING"))
+    with report.phase("raw JetStream"):
+        raw = await _raw_jetstream(infra, logs, scale)
+    with report.phase("durable floor"):
+        floor = await run_floor(infra, logs, scale, TASK)
+    durable = {"c1": floor.c1, "c32": floor.c32}
+    platform = _Platform(infra, logs, env, port, key, scale)
+    with report.phase("platform"):
+        await platform.run()
+    with report.phase("ARQ"):
+        arq = await _arq(infra, logs, scale)
+    with report.phase("scheduler"):
+        lag, firing = await _scheduler(infra, logs, infra.env(AGENTBUS_LOG_LEVEL="WARNING"), scale)
 
-    rows: list[tuple[object, ...]] = []
-    for c in ("c1", "c32"):
-        p, r = platform[c], raw[c]
-        rows.append(
-            (
-                f"platform: delegated no-op task {c}",
-                f"{p.p50_ms:.2f}",
-                f"{p.p99_ms:.2f}",
-                f"{p.per_s:.0f}",
-                f"p50 x{p.p50_ms / r.p50_ms:.1f}  p99 x{p.p99_ms / r.p99_ms:.1f}",
-            )
-        )
-        rows.append(
-            (f"raw JetStream publish->pull->ack->reply {c}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.per_s:.0f}", "")
-        )
-    for label, latency in arq.items():
-        rows.append(
-            (
-                f"ARQ + Redis, poll_delay {label}",
-                f"{latency.p50_ms:.2f}",
-                f"{latency.p99_ms:.2f}",
-                f"{latency.per_s:.0f}",
-                f"platform/ARQ p50 x{platform[label.split()[-1]].p50_ms / latency.p50_ms:.2f}",
-            )
-        )
-    print_table(
-        "background dispatch (ms; completion observed by its event)", ("path", "p50", "p99", "per s", "ratio"), rows
+    report.table(
+        "background dispatch (ms; completion observed by its event)",
+        ("path", *LATENCY, "per s", "ratio"),
+        _dispatch_rows(platform, raw, durable, arq),
     )
-    print_table(
+    assert platform.cpu is not None
+    platform.cpu.report(
+        report, f"CPU per delegated no-op task, platform c=32 ({scale.dispatch_c32} tasks)", scale.dispatch_c32, "task"
+    )
+    floor.cpu.report(report, "CPU per delegated no-op task, durable floor c=32", scale.dispatch_c32, "task")
+    report.table(
         "delegated task + agent + signed webhook to a local receiver, c=32 (ms)",
-        ("executors", "p50", "p99", "completions/s"),
-        [(n, f"{lat.p50_ms:.1f}", f"{lat.p99_ms:.1f}", f"{lat.per_s:.0f}") for n, lat in delegated.items()],
+        ("executors", *LATENCY, "completions/s"),
+        [(n, *lat.cells(1), f"{lat.per_s:.0f}") for n, lat in platform.delegated.items()],
     )
-    print_table(
-        f"scheduler with {SCHEDULES:,} active schedules",
-        ("figure", "value"),
-        [
-            ("tasks created per s (bus request)", f"{lag['create_per_s']:.0f}"),
-            ("idle CPU of the scheduler process (%)", f"{lag['idle_cpu_pct']:.1f}"),
-            (f"one-shot firings measured (of {ONE_SHOTS})", f"{lag['fired']:.0f}"),
-            ("firing lag p50 (ms)", f"{lag['lag_p50_ms']:.1f}"),
-            ("firing lag p99 (ms)", f"{lag['lag_p99_ms']:.1f}"),
-        ],
+    rows: list[tuple[object, ...]] = [
+        ("tasks created per s (bus request)", f"{lag['create_per_s']:.0f}"),
+        ("idle CPU of the scheduler process (%)", f"{lag['idle_cpu_pct']:.1f}"),
+        (f"one-shot firings measured (of {scale.one_shots})", f"{lag['fired']:.0f}"),
+    ]
+    if firing is not None:
+        rows += [(f"firing lag {q} (ms)", cell) for q, cell in zip(LATENCY, firing.cells(1), strict=True)]
+    report.table(f"scheduler with {scale.schedules:,} active schedules", ("figure", "value"), rows)
+
+    p1, r1, d1 = platform.dispatch["c1"], raw["c1"], durable["c1"]
+    report.target(
+        "delegated no-op task c=1 p50",
+        f"{p1.p50_ms:.1f} ms = x{p1.p50_ms / r1.p50_ms:.1f} raw JetStream ({r1.p50_ms:.2f} ms), "
+        f"x{p1.p50_ms / d1.p50_ms:.2f} the durable floor ({d1.p50_ms:.1f} ms)",
+        "<= x6 raw JetStream",
+        p1.p50_ms <= 6 * r1.p50_ms,
+    )
+    p32 = platform.dispatch["c32"]
+    report.target(
+        "delegated no-op task c=32",
+        f"{p32.per_s:.0f} completions/s (durable floor {durable['c32'].per_s:.0f}/s); "
+        f"CPU {platform.cpu.per_unit_ms(scale.dispatch_c32):.1f} ms/task "
+        f"(durable floor {floor.cpu.per_unit_ms(scale.dispatch_c32):.1f})",
+        ">= 250/s",
+        p32.per_s >= 250,
+    )
+    one, two = platform.delegated[1].per_s, platform.delegated[2].per_s
+    report.target(
+        "2 executors vs 1, delegated + webhook c=32",
+        f"{two:.0f} vs {one:.0f} completions/s",
+        "not slower",
+        two >= one,
     )

@@ -22,14 +22,25 @@ from pydantic_ai.models.test import TestModel
 from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
-from tests.bench.harness import Infra, Latency, free_port, measure, print_table, processes, wait_http
+from tests.bench.durable import TURN, Floor, run_floor
+from tests.bench.harness import (
+    LATENCY,
+    CpuMeter,
+    Infra,
+    Latency,
+    Report,
+    Scale,
+    free_port,
+    measure,
+    processes,
+    wait_http,
+)
 
-TURNS_C1 = 300
-TURNS_C32 = 1600
-STREAMS = 16
+CHAT_ACTORS = ("conversation", "executor")
+STREAM_AGENT = "timed"
 
 
-async def _floor_http(infra: Infra, logs: Path) -> dict[int, Latency]:
+async def _floor_http(infra: Infra, logs: Path, scale: Scale) -> dict[int, Latency]:
     port = free_port()
     commands = {
         "floor-echo": ["-m", "tests.bench.floor", "echo"],
@@ -53,21 +64,21 @@ async def _floor_http(infra: Infra, logs: Path) -> dict[int, Latency]:
             async def turn(_: int) -> None:
                 (await client.post("/turn", json={"message": "hello"})).raise_for_status()
 
-            results[1] = await measure(turn, total=TURNS_C1, concurrency=1)
-            results[32] = await measure(turn, total=TURNS_C32, concurrency=32)
+            results[1] = await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+            results[32] = await measure(turn, total=scale.turns_c32, concurrency=32, warmup=scale.warmup)
     return results
 
 
-async def _agent_run() -> Latency:
+async def _agent_run(scale: Scale) -> Latency:
     agent = Agent(TestModel(), instructions="You are a helpful assistant.")
 
     async def run(_: int) -> None:
         await agent.run("hello")
 
-    return await measure(run, total=TURNS_C1, concurrency=1)
+    return await measure(run, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
 
 
-async def _insert(dsn: str) -> Latency:
+async def _insert(dsn: str, scale: Scale) -> Latency:
     conn = await asyncpg.connect(dsn)
     await conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, body text NOT NULL)")
 
@@ -75,7 +86,7 @@ async def _insert(dsn: str) -> Latency:
         await conn.execute("INSERT INTO bench_floor (body) VALUES ($1)", "hello")
 
     try:
-        return await measure(insert, total=TURNS_C1, concurrency=1)
+        return await measure(insert, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
     finally:
         await conn.close()
 
@@ -87,23 +98,22 @@ async def _counters(infra: Infra, conn: asyncpg.Connection) -> tuple[int, int]:
     return int(commits), int(varz["in_msgs"])
 
 
-async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
+async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, object]:
     port = free_port()
-    # the same agent as the floor's Agent.run: TestModel, these instructions, no tools
+    # the same agent as the floor's Agent.run: TestModel, these instructions, no tools; and the
+    # streaming benchmark's, whose model stamps its first token with the time it made it
     agents = logs / "agents.toml"
-    agents.write_text('[agents.assistant]\ninstructions = "You are a helpful assistant."\ntools = []\n')
+    agents.write_text(
+        '[agents.assistant]\ninstructions = "You are a helpful assistant."\ntools = []\n'
+        f'[agents.{STREAM_AGENT}]\nmodel = "function:tests.bench.models:timed"\ntools = []\n'
+    )
     env = infra.env(
         AGENTBUS_MODEL="test",
         AGENTBUS_PORT=str(port),
         AGENTBUS_AGENTS_FILE=str(agents),
-        AGENTBUS_ACTORS="conversation,executor",
+        AGENTBUS_ACTORS=",".join(CHAT_ACTORS),
     )
-    stream_env = {**env, "AGENTBUS_MODEL": "function:tests.bench.models:timed"}
-    commands = {
-        "conversation": ["-m", "actors.conversation"],
-        "executor": ["-m", "actors.executor"],
-        "gateway": ["-m", "gateway"],
-    }
+    commands = {name: ["-m", f"actors.{name}"] for name in CHAT_ACTORS} | {"gateway": ["-m", "gateway"]}
     out: dict[str, object] = {}
     bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
     key = await keys.create_key(bus, tenant="bench", name="bench")
@@ -112,7 +122,7 @@ async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
     db = await asyncpg.connect(infra.postgres.uri())
     base = f"http://127.0.0.1:{port}"
     try:
-        with processes(commands, env, logs):
+        with processes(commands, env, logs) as children:
             await wait_http(f"{base}/health", timeout=60)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
                 # a new conversation per turn, so every turn is the same work as the floor's Agent.run
@@ -124,26 +134,24 @@ async def _platform(infra: Infra, logs: Path) -> dict[str, object]:
                     r.raise_for_status()
                     fresh.append(r.json()["id"])
 
-                await measure(create, total=TURNS_C1 + TURNS_C32 + 40, concurrency=16, warmup=0)
+                turns = scale.turns_c1 + scale.turns_c32 + 2 * scale.warmup
+                await measure(create, total=turns, concurrency=16, warmup=0)
 
                 async def turn(_: int) -> None:
                     r = await client.post(f"/v1/conversations/{fresh.pop()}/messages", json={"message": "hello"})
                     r.raise_for_status()
 
-                out["c1"] = await measure(turn, total=TURNS_C1, concurrency=1)
+                out["c1"] = await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
                 before = await _counters(infra, db)
-                out["c32"] = await measure(turn, total=TURNS_C32, concurrency=32, warmup=0)
+                cpu = CpuMeter.of(infra, {name: child.pid for name, child in children.items()})
+                cpu.start()
+                out["c32"] = await measure(turn, total=scale.turns_c32, concurrency=32, warmup=0)
+                cpu.stop()
                 after = await _counters(infra, db)
-                out["commits_per_turn"] = (after[0] - before[0]) / TURNS_C32
-                out["msgs_per_turn"] = (after[1] - before[1]) / TURNS_C32
-
-        with (
-            processes({"executor-stream": commands["executor"]}, stream_env, logs),
-            processes({k: v for k, v in commands.items() if k != "executor"}, stream_env, logs),
-        ):
-            await wait_http(f"{base}/health", timeout=60)
-            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-                out["stream"] = await _streams(client)
+                out["cpu"] = cpu
+                out["commits_per_turn"] = (after[0] - before[0]) / scale.turns_c32
+                out["msgs_per_turn"] = (after[1] - before[1]) / scale.turns_c32
+                out["stream"] = await _streams(client, scale)
     finally:
         await db.close()
     return out
@@ -171,75 +179,110 @@ async def _one_stream(client: httpx.AsyncClient, conv: str) -> tuple[float, int,
     return first_added, tokens, time.perf_counter() - started
 
 
-async def _streams(client: httpx.AsyncClient) -> dict[str, float]:
+async def _streams(client: httpx.AsyncClient, scale: Scale) -> tuple[Latency, float]:
+    """First-token latency added by the platform (one stream at a time), and tokens/s across
+    `scale.streams` concurrent streams."""
     convs = []
-    for _ in range(STREAMS):
-        r = await client.post("/v1/conversations", json={"pattern": "chatbot"})
+    for _ in range(scale.streams):
+        r = await client.post("/v1/conversations", json={"pattern": "chatbot", "agent": STREAM_AGENT})
+        r.raise_for_status()
         convs.append(r.json()["id"])
     for conv in convs[:2]:
         await _one_stream(client, conv)  # warm-up
-    solo = [await _one_stream(client, convs[0]) for _ in range(30)]
+    solo = [await _one_stream(client, convs[0]) for _ in range(scale.stream_solo)]
     start = time.perf_counter()
     many = await asyncio.gather(*(_one_stream(client, c) for c in convs))
     wall = time.perf_counter() - start
-    ttft = sorted(s[0] for s in solo)
-    return {
-        "ttft_added_p50_ms": ttft[len(ttft) // 2] * 1000,
-        "ttft_added_p99_ms": ttft[-1] * 1000,
-        "tokens_per_s_16": sum(m[1] for m in many) / wall,
-    }
+    ttft = Latency(tuple(s[0] for s in solo), sum(s[2] for s in solo))
+    return ttft, sum(m[1] for m in many) / wall
 
 
-async def run(infra: Infra, logs: Path) -> None:
-    floor_http = await _floor_http(infra, logs)
-    agent = await _agent_run()
-    insert = await _insert(infra.postgres.uri())
-    platform = await _platform(infra, logs)
+def _floor_rows(
+    label: str, platform: Latency, bare: Latency, durable: Latency, agent: Latency, insert: Latency, writes: int
+) -> list[tuple[object, ...]]:
+    """The platform, the bare path, and both floors; each floor's percentiles are its parts' summed
+    (the bare one) or measured whole (the durable one)."""
+
+    def summed(q: float) -> float:
+        return bare.ms(q) + agent.ms(q) + writes * insert.ms(q)
+
+    bare_floor = tuple(f"{summed(q):.2f}" for q in (0.5, 0.99, 0.999, 1.0))
+    return [
+        (f"platform {label}", *platform.cells(), f"{platform.per_s:.0f}", ""),
+        (f"bare HTTP->NATS->2 procs {label}", *bare.cells(), f"{bare.per_s:.0f}", ""),
+        (
+            f"floor {label} (bare + Agent.run + {writes} INSERT)",
+            *bare_floor,
+            "",
+            f"p50 x{platform.p50_ms / summed(0.5):.2f}  p99 x{platform.p99_ms / summed(0.99):.2f}",
+        ),
+        (
+            f"durable floor {label} ({TURN.counts()['pub-acked publishes']} pub-acks, ack_sync, Agent.run, commits)",
+            *durable.cells(),
+            f"{durable.per_s:.0f}",
+            f"p50 x{platform.p50_ms / durable.p50_ms:.2f}  p99 x{platform.p99_ms / durable.p99_ms:.2f}"
+            f"  turns/s x{platform.per_s / durable.per_s:.2f}",
+        ),
+    ]
+
+
+async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
+    with report.phase("bare floor"):
+        floor_http = await _floor_http(infra, logs, scale)
+    with report.phase("durable floor"):
+        durable: Floor = await run_floor(infra, logs, scale, TURN)
+    agent = await _agent_run(scale)
+    insert = await _insert(infra.postgres.uri(), scale)
+    with report.phase("platform"):
+        platform = await _platform(infra, logs, scale)
     commits = float(platform["commits_per_turn"])  # type: ignore[arg-type]
     writes = max(1, round(commits))
-    rows: list[tuple[object, ...]] = []
-    for c in (1, 32):
-        p = platform[f"c{c}"]
-        assert isinstance(p, Latency)
-        f = floor_http[c]
-        floor_p50 = f.p50_ms + agent.p50_ms + writes * insert.p50_ms
-        floor_p99 = f.p99_ms + agent.p99_ms + writes * insert.p99_ms
-        rows.append((f"platform c={c}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", f"{p.per_s:.0f}", ""))
-        rows.append((f"bare HTTP->NATS->2 procs c={c}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", f"{f.per_s:.0f}", ""))
-        rows.append(
-            (
-                f"floor c={c} (bare + Agent.run + {writes} INSERT)",
-                f"{floor_p50:.2f}",
-                f"{floor_p99:.2f}",
-                "",
-                f"p50 x{p.p50_ms / floor_p50:.2f}  p99 x{p.p99_ms / floor_p99:.2f}",
-            )
-        )
-    rows.append(
-        ("Agent.run(TestModel) in-process", f"{agent.p50_ms:.2f}", f"{agent.p99_ms:.2f}", f"{agent.per_s:.0f}", "")
-    )
-    rows.append(("single-row INSERT", f"{insert.p50_ms:.2f}", f"{insert.p99_ms:.2f}", f"{insert.per_s:.0f}", ""))
-    print_table("chat turn, non-streamed (ms)", ("path", "p50", "p99", "turns/s", "platform / floor"), rows)
+    c1, c32, cpu = platform["c1"], platform["c32"], platform["cpu"]
+    assert isinstance(c1, Latency) and isinstance(c32, Latency) and isinstance(cpu, CpuMeter)
+    rows = [
+        *_floor_rows("c=1", c1, floor_http[1], durable.c1, agent, insert, writes),
+        *_floor_rows("c=32", c32, floor_http[32], durable.c32, agent, insert, writes),
+        ("Agent.run(TestModel) in-process", *agent.cells(), f"{agent.per_s:.0f}", ""),
+        ("single-row INSERT", *insert.cells(), f"{insert.per_s:.0f}", ""),
+    ]
+    report.table("chat turn, non-streamed (ms)", ("path", *LATENCY, "turns/s", "platform / floor"), rows)
     stream = platform["stream"]
-    assert isinstance(stream, dict)
-    print_table(
-        "streaming",
-        ("figure", "value"),
-        [
-            ("first token added by the platform p50 (ms)", f"{stream['ttft_added_p50_ms']:.2f}"),
-            ("first token added by the platform max of 30 (ms)", f"{stream['ttft_added_p99_ms']:.2f}"),
-            (f"tokens/s across {STREAMS} concurrent streams", f"{stream['tokens_per_s_16']:.0f}"),
-        ],
+    assert isinstance(stream, tuple)
+    ttft, tokens_per_s = stream
+    assert isinstance(ttft, Latency) and isinstance(tokens_per_s, float)
+    report.table(
+        "streaming: first token added by the platform, one stream at a time (ms)",
+        ("figure", *LATENCY, f"tokens/s across {scale.streams} concurrent streams"),
+        [(f"{len(ttft.samples)} streams", *ttft.cells(), f"{tokens_per_s:.0f}")],
     )
-    print_table(
+    cpu.report(report, f"CPU per chat turn, platform c=32 ({scale.turns_c32} turns)", scale.turns_c32, "turn")
+    durable.cpu.report(report, "CPU per chat turn, durable floor c=32", scale.turns_c32, "turn")
+    counts = TURN.counts()
+    report.table(
         "per turn (c=32 run)",
-        ("figure", "measured", "design minimum"),
+        ("figure", "measured", "the durable floor's (from the code; see tests/bench/durable.py)"),
         [
-            ("PostgreSQL commits", f"{commits:.2f}", "4 (turn accepted; run recorded; run ended; reply stored)"),
+            ("PostgreSQL commits (every transaction, reads too)", f"{commits:.2f}", f"{counts['commits']} writes"),
             (
                 "NATS messages in (publishes, acks, pulls, requests)",
                 f"{float(platform['msgs_per_turn']):.1f}",  # type: ignore[arg-type]
-                "14 (8 publishes: command, accepted, run request, started, text, end, finished, turn; 3 acks; 3 pulls)",
+                f"{counts['pub-acked publishes']} publishes, {counts['ack_sync']} acks, pulls (batched)",
             ),
         ],
+    )
+    bare_floor = floor_http[1].p50_ms + agent.p50_ms + writes * insert.p50_ms
+    report.target(
+        "chat turn c=1 p50",
+        f"{c1.p50_ms:.1f} ms = x{c1.p50_ms / bare_floor:.2f} the floor ({bare_floor:.1f} ms), "
+        f"x{c1.p50_ms / durable.c1.p50_ms:.2f} the durable floor ({durable.c1.p50_ms:.1f} ms)",
+        "<= x2 the floor",
+        c1.p50_ms <= 2 * bare_floor,
+    )
+    report.target(
+        "chat turn c=32",
+        f"{c32.per_s:.0f} turns/s (durable floor {durable.c32.per_s:.0f}/s); "
+        f"CPU {cpu.per_unit_ms(scale.turns_c32):.1f} ms/turn "
+        f"(durable floor {durable.cpu.per_unit_ms(scale.turns_c32):.1f})",
+        ">= 250 turns/s",
+        c32.per_s >= 250,
     )

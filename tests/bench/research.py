@@ -23,11 +23,9 @@ import httpx
 from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
-from tests.bench.harness import Infra, Latency, free_port, print_table, processes, wait_http
+from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, processes, wait_http
 from tests.bench.models import RESEARCH_LATENCY_S, RESEARCH_QUESTIONS
 
-JOBS = 5  # measured, one after another, after one warm-up job
-JOBS_SMALL = 3  # at concurrency 4
 TENANT = "bench"
 MODEL = "function:tests.bench.models:research"
 QUESTION = "How do the parts of a research platform add up to its latency?"
@@ -125,12 +123,13 @@ class Result:
         return f"{values[len(values) // 2] * 1000:.1f}" if values else "-"
 
 
-async def _jobs(client: httpx.AsyncClient, concurrency: int, total: int) -> Result:
-    await asyncio.wait_for(_one_job(client), 60)  # warm-up
+async def _jobs(client: httpx.AsyncClient, concurrency: int, total: int, *, warmup: bool) -> Result:
+    if warmup:
+        await asyncio.wait_for(_one_job(client), 60)
     return Result(concurrency, [await asyncio.wait_for(_one_job(client), 60) for _ in range(total)])
 
 
-async def run(infra: Infra, logs: Path) -> None:
+async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     port = free_port()
     env = infra.env(
         AGENTBUS_MODEL=MODEL,
@@ -146,12 +145,12 @@ async def run(infra: Infra, logs: Path) -> None:
     platform = {"executor": ["-m", "actors.executor"], "gateway": ["-m", "gateway"]}
     results: list[Result] = []
     with processes(platform, env, logs):
-        for concurrency, total in ((RESEARCH_QUESTIONS, JOBS), (4, JOBS_SMALL)):
+        for concurrency, total in ((RESEARCH_QUESTIONS, scale.research_jobs), (4, scale.research_jobs_small)):
             research_env = {**env, "AGENTBUS_RESEARCH_CONCURRENCY": str(concurrency)}
             with processes({f"research-c{concurrency}": ["-m", "actors.research"]}, research_env, logs):
                 await wait_http(f"{base}/health", timeout=90)
                 async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-                    results.append(await _jobs(client, concurrency, total))
+                    results.append(await _jobs(client, concurrency, total, warmup=not scale.smoke))
 
     latency_ms = RESEARCH_LATENCY_S * 1000
     rows: list[tuple[object, ...]] = []
@@ -160,31 +159,27 @@ async def run(infra: Infra, logs: Path) -> None:
         rows.append(
             (
                 f"{r.concurrency} ({len(r.wall.samples)} jobs, {r.follow_ups} follow-ups)",
-                f"{r.wall.p50_ms:.0f}",
-                f"{max(r.wall.samples) * 1000:.0f}",
+                *r.wall.cells(0),
                 f"{ideal_ms:.0f} ({round(r.ideal_s / RESEARCH_LATENCY_S)} x {latency_ms:.0f})",
                 f"x{r.wall.p50_ms / ideal_ms:.2f}",
                 f"{r.wall.p50_ms - ideal_ms:.0f}",
-                f"{r.subrun_overhead.p50_ms:.1f}",
-                f"{r.subrun_overhead.p99_ms:.1f}",
+                " / ".join(r.subrun_overhead.cells(1)),
             )
         )
-    print_table(
+    report.table(
         f"research job: {RESEARCH_QUESTIONS} sub-questions, max_depth 2, model latency {latency_ms:.0f} ms (ms)",
         (
             "sub-questions at once",
-            "wall p50",
-            "wall max",
+            *(f"wall {q}" for q in LATENCY),
             "ideal",
             "wall / ideal",
             "overhead (wall - ideal)",
-            "per sub-run p50",
-            "per sub-run p99",
+            "per sub-run overhead " + " / ".join(LATENCY),
         ),
         rows,
     )
     names = list(dict.fromkeys(name for r in results for segments in r.segments for name in segments))
-    print_table(
+    report.table(
         "where the overhead goes: p50 per job along the critical path (ms; the segments add up to wall - ideal)",
         ("segment", *(f"concurrency {r.concurrency}" for r in results)),
         [(name, *(r.segment_p50_ms(name) for r in results)) for name in names],
