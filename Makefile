@@ -11,7 +11,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help sync run test bench lint format gateway clean reset
+.PHONY: help sync run test bench bench-smoke lint format gateway clean reset
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -35,8 +35,11 @@ run: sync ## start NATS + PostgreSQL (embedded unless NATS_URL / DATABASE_URL ar
 test: sync ## run the test suite (real nats-server and PostgreSQL; no real model calls)
 	$(RUN) pytest $(PYTEST_ARGS)
 
-bench: sync ## run the benchmarks
+bench: sync ## run the benchmarks (minutes), ending with a summary against the targets
 	$(RUN) python -m tests.bench
+
+bench-smoke: sync ## every benchmark with tiny counts (under 90 s); fails unless each one ran and printed its figures
+	$(RUN) python -m tests.bench --smoke
 
 lint: sync ## ruff check, ruff format --check, mypy --strict
 	$(RUN) ruff check .
