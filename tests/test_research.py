@@ -4,6 +4,7 @@ stop a job with a partial report, cancel, and kill -9 of the research actor mid-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -11,17 +12,22 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import uvicorn
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
+from actors._outbound import Allowlist
+from actors.research.actor import ResearchActor
+from actors.research.config import ResearchConfig
 from bus import subjects
+from bus.config import BusConfig
 from bus.embedded import free_port
 from bus.headers import Header, Trace
 from bus.streams import DLQ
 from schemas.research import StartResearch
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, running, wait_until
 from tests.receivers import HttpReceiver, verify_standard_webhook
 
 Start = Callable[..., Awaitable[Platform]]
@@ -414,3 +420,29 @@ async def test_a_malformed_research_command_is_dead_lettered_and_the_actor_keeps
         malformed = await client.post("/v1/research", content=b"{", headers={"content-type": "application/json"})
     assert job["status"] == "completed"
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "malformed"
+
+
+async def test_a_job_whose_command_is_dead_lettered_ends_failed_with_the_reason(
+    start_platform: Start, bus_config: BusConfig, database_url: str
+) -> None:
+    platform = await start_platform(Researchers().model(), background=True, research=False)
+    config = ResearchConfig(database_url=database_url, allow=Allowlist.parse("127.0.0.1"))
+    async with running(ResearchActor(dataclasses.replace(bus_config, max_deliver=2), config)):
+        conn = await asyncpg.connect(database_url)
+        try:  # PostgreSQL refuses every sub-run: the job's command fails on each delivery
+            await conn.execute(
+                """
+                CREATE FUNCTION research.refuse() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+                CREATE TRIGGER refuse BEFORE INSERT ON research.subruns
+                FOR EACH ROW EXECUTE FUNCTION research.refuse();
+                """
+            )
+        finally:
+            await conn.close()
+        async with platform.client() as client:
+            job_id = (await client.post("/v1/research", json={"question": "Which energy sources exist?"})).json()["id"]
+            job = await _finished(client, job_id, timeout=20)
+            events = await _events(client, job_id)
+    assert job["status"] == "failed" and "disk full" in job["error"]
+    assert events[-1]["event"] == "research_finished" and events[-1]["data"]["status"] == "failed"

@@ -19,11 +19,11 @@ from schemas.research import (
     SubrunKind,
     Totals,
 )
-from schemas.runs import Usage
+from schemas.runs import RunStatus, Usage
 
 __all__ = ["JobRow", "JobStore", "totals_of"]
 
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)  # a sub-run is also `pending` before it starts
 
 
 class JobRow:
@@ -208,7 +208,7 @@ class JobStore:
     async def finish_subrun(
         self,
         run_id: str,
-        status: str,
+        status: RunStatus,
         *,
         output: str | None = None,
         error: str | None = None,
@@ -220,7 +220,7 @@ class JobStore:
             UPDATE subruns SET status = $2, output = $3, error = $4, sources = $5, usage = $6, finished_at = now()
             WHERE run_id = $1 AND status IN ('pending', 'running')
             """,
-            run_id, status, output, error, sources or [], usage or Usage(),
+            run_id, status.value, output, error, sources or [], usage or Usage(),
         )  # fmt: skip
 
     async def cancel_unfinished(self, job_id: str) -> list[str]:
