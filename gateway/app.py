@@ -14,15 +14,18 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from bus.client import Bus
 from bus.config import BusConfig
+from gateway.agents import list_agents
 from gateway.auth import presented_key
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
+from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
 from gateway.research import ResearchController
 from gateway.runs import RunController
+from gateway.screening import screen_request
 from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
 from gateway.tasks import TaskController, TaskRunController, webhook
 from gateway.ws import chat_socket
@@ -49,7 +52,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             await gateway.turns.stop()
             await bus.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             ConversationController,
             RunController,
@@ -60,8 +63,10 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             DocumentController,
             ResearchController,
             chat_socket,
+            list_agents,
             health,
         ],
+        before_request=screen_request,
         dependencies={"tenant": Provide(provide_tenant)},
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
@@ -72,5 +77,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             description="Run AI agents for your software: chat, sidekick, background tasks, research.",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+            components=COMPONENTS,
         ),
     )
+    declare_errors(app)
+    return app

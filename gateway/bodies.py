@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
 from schemas.conversation import Policy, StoredMessage
+from schemas.fields import AgentName, Metadata, Prompt
 
 __all__ = ["ContextBody", "NewConversation", "NewMessage", "TurnReply"]
-
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 class NewConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pattern: Literal["chatbot", "sidekick"] = "chatbot"
-    agent: Name | None = None
+    agent: AgentName | None = None
     context: dict[str, object] = {}
     policy: Policy = Policy.ENQUEUE
-    metadata: dict[str, str] = {}
+    metadata: Metadata = {}
 
 
 class NewMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    message: Text
+    message: Prompt
     stream: bool = False  # true: answer with server-sent events of the run's output
-    metadata: dict[str, str] = {}
+    metadata: Metadata = {}
 
 
 class ContextBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from bus import subjects
@@ -51,7 +51,7 @@ def _replayed(stored: Stored) -> Response[bytes]:
 
 
 async def _query(gw: Gateway, verb: str, message: Any, reply: type[Any], trace: Trace) -> Any:
-    return await gw.bus.request(subjects.service(CONVERSATION, verb), message, reply, trace=trace)
+    return await gw.ask(CONVERSATION, verb, message, reply, trace)
 
 
 async def start_turn(
@@ -132,6 +132,8 @@ class ConversationController(Controller):
         digest = gw.idempotency_digest(request, tenant)
         if (stored := await gw.recall(digest)) is not None:
             return _replayed(stored)
+        trace = gw.trace(tenant, request)
+        await gw.agents.check(trace, agent=data.agent)
         cmd = CreateConversation(
             conversation_id=gw.make_id(digest, "conversation"),
             pattern=Pattern(data.pattern),
@@ -140,7 +142,7 @@ class ConversationController(Controller):
             policy=data.policy,
             metadata=data.metadata,
         )
-        view: ConversationView = await _query(gw, "create", cmd, ConversationView, gw.trace(tenant, request))
+        view: ConversationView = await _query(gw, "create", cmd, ConversationView, trace)
         stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
         return _json(201, stored.body)
@@ -162,7 +164,7 @@ class ConversationController(Controller):
         tenant: Tenant,
         conversation_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        before: FromQuery[str | None] = None,
+        before: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         gw = gateway_of(state)
         query = ListMessages(conversation_id=ident(conversation_id), limit=limit, before=before)

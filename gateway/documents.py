@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, QueryParameter
 
 from bus import subjects
 from gateway.auth import Tenant
@@ -16,6 +16,7 @@ from gateway.errors import ApiError
 from gateway.state import Stored, gateway_of, ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
+from schemas.fields import DocumentType
 from schemas.research import (
     DocumentHits,
     DocumentList,
@@ -38,7 +39,21 @@ MAX_CONTENT_BYTES = 900_000  # under NATS's default 1 MB max_payload, with room 
 class NewDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     content: Annotated[str, msgspec.Meta(min_length=1)]
-    content_type: str = "text/plain"
+    content_type: DocumentType = "text/plain"
+
+
+def _document(**fields: str) -> NewDocument:
+    """An uploaded file as a NewDocument, checked as a JSON body is (the title's length, the type)."""
+    try:
+        return msgspec.convert(fields, NewDocument)
+    except msgspec.ValidationError as e:
+        raise _refused(e) from None
+
+
+def _refused(error: msgspec.ValidationError) -> ApiError:
+    if str(error).endswith("`$.content_type`"):
+        return ApiError(ErrorCode.INVALID, f"the content type is not supported: send {SUPPORTED}")
+    return ApiError(ErrorCode.INVALID, str(error))
 
 
 async def _from_request(request: Request[Any, Any, Any]) -> NewDocument:
@@ -57,19 +72,19 @@ async def _from_request(request: Request[Any, Any, Any]) -> NewDocument:
         declared = (upload.content_type or "").split(";")[0].strip().lower()
         title = str(form.get("title") or name)
         if suffix == ".pdf" or declared == PDF or raw.startswith(b"%PDF-"):
-            return NewDocument(title=title, content=base64.b64encode(raw).decode(), content_type=PDF)
+            return _document(title=title, content=base64.b64encode(raw).decode(), content_type=PDF)
         try:
             content = raw.decode()
         except UnicodeDecodeError:
             raise ApiError(ErrorCode.INVALID, f"the file is neither UTF-8 text nor a PDF: send {SUPPORTED}") from None
         content_type = TYPES_BY_SUFFIX.get(suffix) or (upload.content_type or "text/plain")
-        return NewDocument(title=title, content=content, content_type=content_type)
+        return _document(title=title, content=content, content_type=content_type)
     try:
         return msgspec.json.decode(await request.body(), type=NewDocument)
     except msgspec.ValidationError as e:
-        raise ApiError(ErrorCode.INVALID, str(e)) from None
-    except msgspec.DecodeError as e:
-        raise ApiError(ErrorCode.MALFORMED, f"the body is not JSON: {e}") from None
+        raise _refused(e) from None
+    except msgspec.DecodeError:
+        raise ApiError(ErrorCode.MALFORMED, "the body is not JSON") from None
 
 
 class DocumentController(Controller):
@@ -103,8 +118,7 @@ class DocumentController(Controller):
             content=doc.content,
             content_type=doc.content_type,
         )
-        service = subjects.service(RESEARCH, "ingest")
-        view: DocumentView = await gw.bus.request(service, cmd, DocumentView, trace=gw.trace(tenant, request))
+        view: DocumentView = await gw.ask(RESEARCH, "ingest", cmd, DocumentView, gw.trace(tenant, request))
         body = full(view.document)
         body.pop("content")
         body["characters"] = len(view.document.content)
@@ -119,7 +133,7 @@ class DocumentController(Controller):
         state: State,
         tenant: Tenant,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        after: FromQuery[str | None] = None,
+        after: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         gw = gateway_of(state)
         service = subjects.service(RESEARCH, "list_documents")
@@ -137,7 +151,7 @@ class DocumentController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         tenant: Tenant,
-        q: FromQuery[str],
+        q: Annotated[str, QueryParameter(min_length=1, max_length=1_000)],
         limit: Annotated[int, QueryParameter(ge=1, le=50)] = 10,
     ) -> Response[Any]:
         gw = gateway_of(state)

@@ -1,4 +1,8 @@
-"""One error body for every 4xx/5xx: `{"error": {"code", "message", "details"}}`."""
+"""One error body for every 4xx/5xx: `{"error": {"code", "message", "details"}}`.
+
+No body carries an exception's text: an actor's `internal` reply, and anything unexpected here, is
+logged with its text and answered with a fixed message.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,17 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from bus.errors import BusError
 from schemas.errors import ErrorCode
 
-__all__ = ["HTTP_STATUS", "ApiError", "error_response", "exception_handlers"]
+__all__ = ["HTTP_STATUS", "RETRY_AFTER_S", "ApiError", "ErrorEnvelope", "error_response", "exception_handlers"]
 
 log = structlog.get_logger("gateway")
+RETRY_AFTER_S = 5  # what a 503 tells the client to wait
+INTERNAL_MESSAGE = "internal error"
+MAX_MESSAGE = 500  # a decoder may quote the bad value: a hostile one can be as long as the body
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID: 422,
@@ -24,6 +36,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNKNOWN_AGENT: 422,
     ErrorCode.LIMIT_EXCEEDED: 422,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
@@ -63,8 +76,12 @@ class ApiError(Exception):
 
 
 def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Response[ErrorEnvelope]:
-    body = ErrorEnvelope(ErrorBody(code=code, message=message, details=details or {}))
-    headers = {"WWW-Authenticate": "Bearer"} if code is ErrorCode.UNAUTHORIZED else None
+    body = ErrorEnvelope(ErrorBody(code=code, message=_short(message), details=details or {}))
+    headers: dict[str, str] = {}
+    if code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    elif code is ErrorCode.UNAVAILABLE:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return Response(body, status_code=HTTP_STATUS[code], headers=headers)
 
 
@@ -72,28 +89,36 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorEnvelo
     return error_response(exc.code, exc.message, exc.details)
 
 
-def _bus_error(_: Request[Any, Any, Any], exc: BusError) -> Response[ErrorEnvelope]:
+def _bus_error(request: Request[Any, Any, Any], exc: BusError) -> Response[ErrorEnvelope]:
+    if exc.code is ErrorCode.INTERNAL:  # an actor's exception text stays in the logs
+        log.error("an actor failed", path=request.url.path, error=exc.message)
+        return error_response(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
     return error_response(exc.code, exc.message, dict(exc.details))
 
 
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorEnvelope]:
     """A body or query that does not match its schema (a body that is not JSON at all is a plain 400)."""
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    return error_response(
-        ErrorCode.INVALID, exc.detail or "the request does not match its schema", {"errors": problems}
-    )
+    problems = [
+        {k: _short(v) if isinstance(v, str) else v for k, v in p.items()} if isinstance(p, dict) else p
+        for p in (exc.extra if isinstance(exc.extra, list) else [])
+    ]
+    said = [f"{p['key']}: {p['message']}" for p in problems if isinstance(p, dict) and p.get("key")]
+    message = "; ".join(said[:3]) or exc.detail or "the request does not match its schema"
+    return error_response(ErrorCode.INVALID, message, {"errors": problems})
 
 
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
     code = CODE_OF_STATUS.get(exc.status_code, ErrorCode.INTERNAL if exc.status_code >= 500 else ErrorCode.INVALID)
-    response = error_response(code, exc.detail)
+    if exc.status_code >= 500:
+        log.error("server error", path=request.url.path, status=exc.status_code, error=exc.detail)
+    response = error_response(code, exc.detail if exc.status_code < 500 else INTERNAL_MESSAGE)
     response.status_code = exc.status_code
     return response
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
     log.exception("unhandled error", path=request.url.path)
-    response = error_response(ErrorCode.INTERNAL, "internal error")
+    response = error_response(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
     response.status_code = HTTP_500_INTERNAL_SERVER_ERROR
     return response
 

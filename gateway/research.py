@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -13,18 +13,19 @@ from litestar.response import Stream
 from bus import subjects
 from bus.streams import RESEARCH_EVT
 from gateway.auth import Tenant
+from gateway.checks import check_notification_config
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, gateway_of, ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
-from schemas.notifier import NotificationConfig
 from schemas.research import (
     CancelResearch,
     GetResearch,
     ResearchEvent,
     ResearchFinished,
     ResearchJob,
+    ResearchSpec,
     ResearchView,
     StartResearch,
 )
@@ -32,35 +33,15 @@ from schemas.research import (
 __all__ = ["ResearchController"]
 
 RESEARCH = subjects.ActorName.RESEARCH
-Question = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    max_subruns: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
-
-
-class NewResearch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    question: Question
-    agent: Name = "researcher"  # answers each sub-question
-    sources: Annotated[list[Literal["documents", "web"]], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["documents"]
-    )
-    max_subtasks: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
-    max_depth: Annotated[int, msgspec.Meta(ge=1, le=5)] = 2
-    budget: Budget = Budget()
-    deadline_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1800.0
-    notification_config: NotificationConfig | None = None
+class NewResearch(ResearchSpec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/research`: the fields of `StartResearch` but its id."""
 
 
 async def _job(gw: Gateway, request: Request[Any, Any, Any], tenant: str, job_id: str) -> ResearchJob:
-    view = await gw.bus.request(
-        subjects.service(RESEARCH, "get_research"),
-        GetResearch(job_id=ident(job_id)),
-        ResearchView,
-        trace=gw.trace(tenant, request),
+    view = await gw.ask(
+        RESEARCH, "get_research", GetResearch(job_id=ident(job_id)), ResearchView, gw.trace(tenant, request)
     )
     return view.job
 
@@ -77,11 +58,11 @@ class ResearchController(Controller):
         digest = gw.idempotency_digest(request, tenant)
         if (stored := await gw.recall(digest)) is not None:
             return Response(stored.body, status_code=stored.status, media_type="application/json")
-        fields = {**msgspec.to_builtins(data), "job_id": gw.make_id(digest, "research")}
-        cmd = msgspec.convert(fields, StartResearch)
-        view = await gw.bus.request(
-            subjects.service(RESEARCH, "start"), cmd, ResearchView, trace=gw.trace(tenant, request)
-        )
+        trace = gw.trace(tenant, request)
+        check_notification_config(data.notification_config)
+        await gw.agents.check(trace, agent=data.agent)
+        cmd = StartResearch(**msgspec.structs.asdict(data), job_id=gw.make_id(digest, "research"))
+        view = await gw.ask(RESEARCH, "start", cmd, ResearchView, trace)
         body: dict[str, Any] = full(view.job)
         if view.notification_secret is not None and cmd.notification_config is not None:
             body["notification_secret"] = view.notification_secret  # shown once: verifies the job's webhook
@@ -128,10 +109,6 @@ class ResearchController(Controller):
         self, request: Request[Any, Any, Any], state: State, tenant: Tenant, job_id: FromPath[str]
     ) -> Response[Any]:
         gw = gateway_of(state)
-        view = await gw.bus.request(
-            subjects.service(RESEARCH, "cancel_research"),
-            CancelResearch(job_id=ident(job_id)),
-            ResearchView,
-            trace=gw.trace(tenant, request),
-        )
+        cancel = CancelResearch(job_id=ident(job_id))
+        view = await gw.ask(RESEARCH, "cancel_research", cancel, ResearchView, gw.trace(tenant, request))
         return Response(full_json(view.job), status_code=202, media_type="application/json")

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
@@ -20,17 +20,22 @@ from nats.js.kv import KeyValue
 from bus import subjects
 from bus.client import Bus, Envelope
 from bus.codec import decode_union
+from bus.errors import BusError
 from bus.headers import Trace, new_id
 from bus.streams import RUN_OUT
 from gateway.auth import KeyCache
+from gateway.catalog import AgentCatalogCache
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
+from schemas._base import Message
 from schemas.conversation import TurnCompleted, TurnFailed
 from schemas.errors import ErrorCode
+from schemas.health import HealthCheck, HealthReport
 from schemas.runs import TERMINAL_OUTPUTS, RunOutput
 
 __all__ = ["Gateway", "Stored", "gateway_of", "ident"]
 
+T = TypeVar("T")
 IDEMPOTENCY_BUCKET = "ab_idempotency"
 ID_NAMESPACE = uuid.UUID("6f1c1f1e-5b8a-4f57-9a39-0c7c2b0e8a11")
 
@@ -92,7 +97,27 @@ class Gateway:
         self.bus = bus
         self.keys = KeyCache(bus, config.key_cache_s)
         self.turns = TurnWaiter(bus)
+        self.agents = AgentCatalogCache(bus)
         self._kv = kv
+
+    async def ask(self, actor: subjects.ActorName, verb: str, message: Message, reply: type[T], trace: Trace) -> T:
+        """Request/reply to `actor`; an internal failure while the actor reports itself unhealthy (its
+        PostgreSQL is down, say) is `unavailable` (503, Retry-After), not a 500."""
+        try:
+            return await self.bus.request(subjects.service(actor, verb), message, reply, trace=trace)
+        except BusError as e:
+            if e.code is ErrorCode.INTERNAL and not await self._healthy(actor, trace):
+                raise BusError(ErrorCode.UNAVAILABLE, f"the {actor.value} actor is unhealthy: try again later") from e
+            raise
+
+    async def _healthy(self, actor: subjects.ActorName, trace: Trace) -> bool:
+        try:
+            report = await self.bus.request(
+                subjects.service(actor, "health"), HealthCheck(), HealthReport, trace=trace, timeout=2.0
+            )
+        except BusError:
+            return False
+        return report.ok
 
     # --- idempotency -------------------------------------------------------------------------
 
@@ -146,7 +171,8 @@ class Gateway:
     def trace(tenant: str, request: Request[Any, Any, Any] | None = None) -> Trace:
         """A new trace for this request, continuing the caller's W3C traceparent when it sent one."""
         parent = request.headers.get("traceparent") if request is not None else None
-        correlation = (request.headers.get("x-correlation-id") if request is not None else None) or new_id()
+        given = request.headers.get("x-correlation-id") if request is not None else None
+        correlation = given if given and len(given) <= 128 else new_id()
         if parent and len(parent.split("-")) == 4:
             return Trace(tenant=tenant, correlation_id=correlation, traceparent=parent).child()
         return Trace(tenant=tenant, correlation_id=correlation)

@@ -6,7 +6,6 @@ Webhooks signature, checked by the trigger actor, is the authentication) and pas
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -18,11 +17,12 @@ from bus import subjects
 from bus.errors import BusError
 from bus.headers import Trace
 from gateway.auth import Tenant
+from gateway.checks import check_notification_config, check_time_zone
 from gateway.errors import ApiError
 from gateway.state import Gateway, Stored, gateway_of, ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
-from schemas.notifier import DeliveryList, DeliveryView, ListDeliveries, NotificationConfig, RetryDelivery
+from schemas.notifier import DeliveryList, DeliveryView, ListDeliveries, RetryDelivery
 from schemas.tasks import (
     CreateTask,
     DeleteTask,
@@ -33,15 +33,14 @@ from schemas.tasks import (
     IngestWebhook,
     ListTaskRuns,
     ListTasks,
-    MisfirePolicy,
-    OverlapPolicy,
     SetTaskEnabled,
+    TaskChangeFields,
     TaskList,
     TaskRunList,
     TaskRunView,
+    TaskSpec,
     TaskType,
     TaskView,
-    TriggerConfig,
     UpdateTask,
     WebhookAccepted,
 )
@@ -49,39 +48,21 @@ from schemas.tasks import (
 __all__ = ["TaskController", "TaskRunController", "webhook"]
 
 SCHEDULER = subjects.ActorName.SCHEDULER
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
 
 
-class NewTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    task_type: TaskType
-    prompt: Text
-    agent: str | None = None
-    pipeline: str | None = None  # run this pipeline (over the prompt) instead of one agent
-    inputs: dict[str, object] = {}
-    schedule_expression: str | None = None
-    interval_seconds: float | None = None
-    run_at: datetime | None = None
-    timezone: str = "UTC"
-    trigger_config: TriggerConfig | None = None
-    notification_config: NotificationConfig | None = None
-    thread: bool = False
-    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+class NewTask(TaskSpec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/tasks`: the fields of `CreateTask` but its id."""
 
 
-class TaskChanges(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    prompt: Text | None = None
-    agent: str | None = None
-    inputs: dict[str, object] | None = None
-    schedule_expression: str | None = None
-    interval_seconds: float | None = None
-    run_at: datetime | None = None
-    timezone: str | None = None
-    trigger_config: TriggerConfig | None = None
-    notification_config: NotificationConfig | None = None
-    thread: bool | None = None
-    misfire_policy: MisfirePolicy | None = None
-    overlap_policy: OverlapPolicy | None = None
+class TaskChanges(TaskChangeFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `PATCH /v1/tasks/{id}`: the fields of `UpdateTask` but its id."""
+
+
+async def _checked(gw: Gateway, trace: Trace, spec: TaskSpec | TaskChangeFields) -> None:
+    """What the schema types cannot say: the time zone, the notification targets, the agent exist."""
+    check_time_zone(spec.timezone)
+    check_notification_config(spec.notification_config)
+    await gw.agents.check(trace, agent=spec.agent, pipeline=spec.pipeline if isinstance(spec, TaskSpec) else None)
 
 
 def _json(status: int, body: Any) -> Response[bytes]:
@@ -89,7 +70,7 @@ def _json(status: int, body: Any) -> Response[bytes]:
 
 
 async def _ask(gw: Gateway, actor: subjects.ActorName, verb: str, message: Any, reply: type[Any], trace: Trace) -> Any:
-    return await gw.bus.request(subjects.service(actor, verb), message, reply, trace=trace)
+    return await gw.ask(actor, verb, message, reply, trace)
 
 
 def _task_body(view: TaskView) -> dict[str, Any]:
@@ -114,8 +95,10 @@ class TaskController(Controller):
         digest = gw.idempotency_digest(request, tenant)
         if (stored := await gw.recall(digest)) is not None:
             return Response(stored.body, status_code=stored.status, media_type="application/json")
-        cmd = msgspec.convert({**msgspec.to_builtins(data), "task_id": gw.make_id(digest, "task")}, CreateTask)
-        view: TaskView = await _ask(gw, SCHEDULER, "create", cmd, TaskView, gw.trace(tenant, request))
+        trace = gw.trace(tenant, request)
+        await _checked(gw, trace, data)
+        cmd = CreateTask(**msgspec.structs.asdict(data), task_id=gw.make_id(digest, "task"))
+        view: TaskView = await _ask(gw, SCHEDULER, "create", cmd, TaskView, trace)
         status = 202 if data.task_type is TaskType.DELEGATION else 201
         body = msgspec.json.encode(_task_body(view))
         await gw.remember(digest, Stored(status=status, body=body))
@@ -130,7 +113,7 @@ class TaskController(Controller):
         task_type: FromQuery[TaskType | None] = None,
         enabled: FromQuery[bool | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        after: FromQuery[str | None] = None,
+        after: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         gw = gateway_of(state)
         query = ListTasks(task_type=task_type, enabled=enabled, limit=limit, after=after)
@@ -157,8 +140,10 @@ class TaskController(Controller):
         data: JSONBody[TaskChanges],
     ) -> Response[Any]:
         gw = gateway_of(state)
-        cmd = msgspec.convert({**msgspec.to_builtins(data), "task_id": ident(task_id)}, UpdateTask)
-        view: TaskView = await _ask(gw, SCHEDULER, "update", cmd, TaskView, gw.trace(tenant, request))
+        trace = gw.trace(tenant, request)
+        cmd = UpdateTask(**msgspec.structs.asdict(data), task_id=ident(task_id))
+        await _checked(gw, trace, data)
+        view: TaskView = await _ask(gw, SCHEDULER, "update", cmd, TaskView, trace)
         return _json(200, _task_body(view))
 
     @delete("/{task_id:str}", status_code=200, summary="Delete a task and its runs")
@@ -205,7 +190,7 @@ class TaskController(Controller):
         tenant: Tenant,
         task_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        after: FromQuery[str | None] = None,
+        after: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         gw = gateway_of(state)
         query = ListTaskRuns(task_id=ident(task_id), limit=limit, after=after)
@@ -247,7 +232,7 @@ class TaskRunController(Controller):
             body["deliveries"] = full(listed.deliveries)
         except BusError as e:  # the run is still worth showing when the notifier is away
             body["deliveries"] = None
-            body["deliveries_error"] = e.message
+            body["deliveries_error"] = e.message if e.code is not ErrorCode.INTERNAL else "internal error"
         return _json(200, body)
 
     @post(

@@ -22,6 +22,7 @@ from gateway.auth import presented_key
 from gateway.bodies import NewMessage
 from gateway.conversations import start_turn
 from gateway.errors import ApiError
+from gateway.screening import screen_body
 from gateway.sse import event_json
 from gateway.state import Gateway, gateway_of
 from schemas.conversation import ConversationView, GetConversation
@@ -67,7 +68,12 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
         while True:
             raw = await socket.receive_data(mode="text")
             try:
+                screen_body(raw.encode())
                 body = msgspec.json.decode(raw, type=NewMessage)
+            except ApiError as e:
+                async with lock:
+                    await socket.send_data(_error(str(e.code), e.message).decode(), mode="text")
+                continue
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 async with lock:
                     await socket.send_data(_error("invalid", f'send {{"message": "..."}}: {e}').decode(), mode="text")

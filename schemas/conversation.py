@@ -7,6 +7,7 @@ from datetime import datetime
 
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
+from schemas.fields import AgentName, Metadata
 
 __all__ = [
     "ContinueConversation",
@@ -105,10 +106,10 @@ ConversationCommand = PostMessage | SetContext
 class CreateConversation(Message, frozen=True, kw_only=True, tag="create_conversation"):
     conversation_id: str
     pattern: Pattern = Pattern.CHATBOT
-    agent: str | None = None
+    agent: AgentName | None = None
     context: dict[str, object] = {}
     policy: Policy = Policy.ENQUEUE
-    metadata: dict[str, str] = {}
+    metadata: Metadata = {}
 
 
 class GetConversation(Message, frozen=True, kw_only=True, tag="get_conversation"):

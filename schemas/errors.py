@@ -18,6 +18,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"  # 404 (also for another tenant's ids)
     CONFLICT = "conflict"  # 409: e.g. a turn is running and the policy is `reject`
     TOO_LARGE = "too_large"  # 413
+    UNKNOWN_AGENT = "unknown_agent"  # 422: no such agent (or pipeline); details["agents"] lists those that exist
     LIMIT_EXCEEDED = "limit_exceeded"  # 422: a run hit its token or cost budget (details["limit"] says which)
     TIMEOUT = "timeout"  # 504: the bus did not answer in time
     UNAVAILABLE = "unavailable"  # 503: an actor or NATS is down

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
+from schemas.fields import AgentName, DocumentType
 from schemas.notifier import NotificationConfig
 from schemas.runs import Usage
 
@@ -35,6 +37,7 @@ __all__ = [
     "ResearchJob",
     "ResearchQuery",
     "ResearchReply",
+    "ResearchSpec",
     "ResearchStatus",
     "ResearchView",
     "SearchDocuments",
@@ -68,9 +71,9 @@ class DocumentHit(Record, frozen=True, kw_only=True):
 
 class IngestDocument(Message, frozen=True, kw_only=True, tag="ingest_document"):
     document_id: str
-    title: str
-    content: str
-    content_type: str = "text/plain"
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    content: Annotated[str, msgspec.Meta(min_length=1)]
+    content_type: DocumentType = "text/plain"
 
 
 class GetDocument(Message, frozen=True, kw_only=True, tag="get_document"):
@@ -151,9 +154,9 @@ class SubrunKind(enum.StrEnum):
 class ResearchBudget(Record, frozen=True, kw_only=True):
     """Hard limits; None means no limit. Sub-runs count every executor run the job starts."""
 
-    max_subruns: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
+    max_subruns: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=10**12)] | None = None
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0, le=10**6)] | None = None
 
 
 class Totals(Record, frozen=True, kw_only=True):
@@ -221,18 +224,28 @@ class ResearchJob(Record, frozen=True, kw_only=True):
     finished_at: datetime | None = None
 
 
-class StartResearch(Message, frozen=True, kw_only=True, tag="start_research"):
+SourceKind = Annotated[str, msgspec.Meta(pattern="^(documents|web)$")]
+
+
+class ResearchSpec(Record, frozen=True, kw_only=True):
+    """What a client says about a new research job: the fields of `StartResearch`, the body of `POST /v1/research`."""
+
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+    agent: AgentName = "researcher"  # answers each sub-question
+    sources: Annotated[list[SourceKind], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
+        default_factory=lambda: ["documents"]
+    )
+    max_subtasks: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
+    max_depth: Annotated[int, msgspec.Meta(ge=1, le=5)] = 2
+    budget: ResearchBudget = ResearchBudget()
+    deadline_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1800.0
+    notification_config: NotificationConfig | None = None
+
+
+class StartResearch(ResearchSpec, Message, frozen=True, kw_only=True, tag="start_research"):
     """ab.research.cmd.<tenant>.<job_id> (or the `start` service, which also answers with the job)."""
 
     job_id: str
-    question: str
-    agent: str = "researcher"
-    sources: list[str] = msgspec.field(default_factory=lambda: ["documents"])  # and/or "web"
-    max_subtasks: int = 8
-    max_depth: int = 2
-    budget: ResearchBudget = ResearchBudget()
-    deadline_seconds: float = 1800.0
-    notification_config: NotificationConfig | None = None
 
 
 class CancelResearch(Message, frozen=True, kw_only=True, tag="cancel_research"):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated
+
+import msgspec
 
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
+from schemas.fields import AgentName, CronExpression, NatsPattern, PipelineName, Prompt, Seconds, TimeZone
 from schemas.notifier import NotificationConfig
 from schemas.runs import Usage
 
 __all__ = [
+    "UPDATABLE_FIELDS",
     "CreateTask",
     "DeleteTask",
     "FireTask",
@@ -29,6 +34,7 @@ __all__ = [
     "SchedulerReply",
     "SetTaskEnabled",
     "Task",
+    "TaskChangeFields",
     "TaskChanged",
     "TaskList",
     "TaskRun",
@@ -36,6 +42,7 @@ __all__ = [
     "TaskRunList",
     "TaskRunStatus",
     "TaskRunView",
+    "TaskSpec",
     "TaskType",
     "TaskView",
     "TriggerConfig",
@@ -89,10 +96,12 @@ class TriggerConfig(Record, frozen=True, kw_only=True):
     """`webhook` when `subject` is None; else fire on every bus message matching `subject`
     (a NATS pattern, only messages of the task's tenant) whose JSON fields equal `filter`."""
 
-    subject: str | None = None
-    filter: dict[str, str] = {}  # dotted path in the event's JSON -> expected value (as text)
-    debounce_seconds: float = 0.0  # events closer together than this start one run (the last one)
-    max_runs_per_minute: int | None = None
+    subject: NatsPattern | None = None
+    # dotted path in the event's JSON -> expected value (as text)
+    filter: Annotated[dict[Annotated[str, msgspec.Meta(max_length=200)], str], msgspec.Meta(max_length=20)] = {}
+    # events closer together than this start one run (the last one)
+    debounce_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0
+    max_runs_per_minute: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
 
 
 class Task(Record, frozen=True, kw_only=True):
@@ -154,17 +163,18 @@ SchedulerCommand = FireTask
 # --- scheduler queries: ab.scheduler.svc.<verb> --------------------------------------------------
 
 
-class CreateTask(Message, frozen=True, kw_only=True, tag="create_task"):
-    task_id: str
+class TaskSpec(Record, frozen=True, kw_only=True):
+    """What a client says about a new task: the fields of `CreateTask`, and the body of `POST /v1/tasks`."""
+
     task_type: TaskType
-    prompt: str
-    agent: str | None = None
-    pipeline: str | None = None
+    prompt: Prompt
+    agent: AgentName | None = None
+    pipeline: PipelineName | None = None  # run this pipeline (over the prompt) instead of one agent
     inputs: dict[str, object] = {}
-    schedule_expression: str | None = None
-    interval_seconds: float | None = None
+    schedule_expression: CronExpression | None = None
+    interval_seconds: Seconds | None = None
     run_at: datetime | None = None
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     trigger_config: TriggerConfig | None = None
     notification_config: NotificationConfig | None = None
     thread: bool = False
@@ -172,22 +182,37 @@ class CreateTask(Message, frozen=True, kw_only=True, tag="create_task"):
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
 
 
-class UpdateTask(Message, frozen=True, kw_only=True, tag="update_task"):
-    """Only the fields that are set change (None: leave as is)."""
-
+class CreateTask(TaskSpec, Message, frozen=True, kw_only=True, tag="create_task"):
     task_id: str
-    prompt: str | None = None
-    agent: str | None = None
+
+
+class TaskChangeFields(Record, frozen=True, kw_only=True):
+    """What a client may change in a task (None: leave as is): `UpdateTask`, and the body of `PATCH /v1/tasks/{id}`.
+
+    Each field is the `TaskSpec` field of the same name, or None (tests/test_bad_input.py checks they agree).
+    """
+
+    prompt: Prompt | None = None
+    agent: AgentName | None = None
     inputs: dict[str, object] | None = None
-    schedule_expression: str | None = None
-    interval_seconds: float | None = None
+    schedule_expression: CronExpression | None = None
+    interval_seconds: Seconds | None = None
     run_at: datetime | None = None
-    timezone: str | None = None
+    timezone: TimeZone | None = None
     trigger_config: TriggerConfig | None = None
     notification_config: NotificationConfig | None = None
     thread: bool | None = None
     misfire_policy: MisfirePolicy | None = None
     overlap_policy: OverlapPolicy | None = None
+
+
+UPDATABLE_FIELDS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(TaskChangeFields))
+
+
+class UpdateTask(TaskChangeFields, Message, frozen=True, kw_only=True, tag="update_task"):
+    """Only the fields that are set change (None: leave as is)."""
+
+    task_id: str
 
 
 class GetTask(Message, frozen=True, kw_only=True, tag="get_task"):

@@ -29,6 +29,7 @@ from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
 from actors.executor.agent_run import run_agent
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
+from actors.executor.catalog import catalog_endpoint
 from actors.executor.config import ExecutorConfig
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
@@ -131,6 +132,7 @@ class ExecutorActor(Actor):
             Endpoint("get_run", GetRun, self._get_run),
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
+            catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
         )
 
     async def on_start(self) -> None:

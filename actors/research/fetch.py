@@ -55,6 +55,8 @@ async def _fetch(client: httpx.AsyncClient, url: str, allow: Allowlist, max_byte
             await check_url(url, allow)
         except UnsafeURL as e:
             raise FetchError(f"refusing to fetch {url}: {e}") from None
+        except ValueError:  # urlsplit: an unclosed IPv6 bracket, a port that is not a number
+            raise FetchError(f"not a URL: {url}") from None
         try:
             async with client.stream("GET", url, headers=HEADERS) as response:
                 if response.is_redirect:
@@ -69,7 +71,7 @@ async def _fetch(client: httpx.AsyncClient, url: str, allow: Allowlist, max_byte
                     )
                 body, truncated = await _read(response, max_bytes)
                 charset = response.charset_encoding or "utf-8"
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise FetchError(f"cannot fetch {url}: {e or type(e).__name__}") from None
         return _page(url, response.status_code, kind, body, charset, truncated, max_bytes)
     raise FetchError(f"too many redirects: {url} is more than {MAX_REDIRECTS} redirects away")

@@ -1,0 +1,23 @@
+"""ab.executor.svc.agents: the agents and pipelines this executor runs, so the gateway refuses unknown ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from bus.actor import Endpoint
+from bus.headers import Trace
+from schemas._base import Message
+from schemas.agents import AgentCatalog, ListAgents
+
+__all__ = ["catalog_endpoint"]
+
+
+def catalog_endpoint(
+    agents: Callable[[], Iterable[str]], pipelines: Callable[[], Iterable[str]]
+) -> Endpoint[ListAgents]:
+    """The endpoint; `agents` and `pipelines` are read on every request (they are loaded at start)."""
+
+    async def answer(_: ListAgents, __: Trace) -> Message:
+        return AgentCatalog(agents=sorted(agents()), pipelines=sorted(pipelines()))
+
+    return Endpoint("agents", ListAgents, answer)

@@ -1,0 +1,98 @@
+"""The OpenAPI document: every error status a route can answer, with the one error body, and the bearer key.
+
+The statuses follow from what the gateway does to every request rather than from each handler: every
+`/v1` route may answer 401 (no key), 422 (a bad value), 503 (an actor or NATS is away) and 504 (no
+reply in time); a route with an id in its path 404; one that takes a body 400 (not JSON, nested too deep)
+and 413 (too large); one that changes something 409 (a conflict with the state it changes).
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
+
+from schemas.errors import ErrorCode
+
+__all__ = ["COMPONENTS", "declare_errors"]
+
+ERROR_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["error"],
+    properties={
+        "error": Schema(
+            type=OpenAPIType.OBJECT,
+            required=["code", "message", "details"],
+            properties={
+                "code": Schema(type=OpenAPIType.STRING, enum=[c.value for c in ErrorCode]),
+                "message": Schema(type=OpenAPIType.STRING),
+                "details": Schema(type=OpenAPIType.OBJECT),
+            },
+        )
+    },
+)
+COMPONENTS = Components(
+    schemas={"Error": ERROR_SCHEMA},
+    security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an API key")},
+)
+DESCRIPTIONS = {
+    400: "the body is not JSON, or is nested too deep",
+    401: "no API key, an unknown one, or (a webhook) no valid signature",
+    404: "no such id (or it is another tenant's)",
+    409: "it conflicts with the current state (a turn running under policy `reject`, a job not ended, ...)",
+    413: "the body is too large",
+    422: "a value is not acceptable (`invalid`, `unknown_agent`, `limit_exceeded`)",
+    503: "an actor or NATS is unavailable: try again after Retry-After seconds",
+    504: "no answer in time",
+}
+
+
+def _statuses(path: str, method: str) -> set[int]:
+    if not path.startswith("/v1/"):
+        return {503} if path == "/health" else set()
+    statuses = {401, 422, 503, 504}
+    if "{" in path:
+        statuses.add(404)
+    if method in ("post", "put", "patch"):
+        statuses |= {400, 413}
+    if method != "get" or path.endswith("/report"):
+        statuses.add(409)
+    return statuses
+
+
+def _response(status: int) -> OpenAPIResponse:
+    headers: dict[str, OpenAPIHeader | Reference] | None = None
+    if status == 503:
+        headers = {"Retry-After": OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), description="seconds")}
+    return OpenAPIResponse(
+        description=DESCRIPTIONS[status],
+        headers=headers,
+        content={"application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Error"))},
+    )
+
+
+def declare_errors(app: Litestar) -> None:
+    """Add the error responses to every operation of `app`'s document (built now, once, and kept)."""
+    document = app.openapi_schema
+    for path, item in (document.paths or {}).items():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation: Operation | None = getattr(item, method)
+            if operation is None:
+                continue
+            responses = operation.responses or {}
+            for code in [c for c in responses if c.startswith(("4", "5"))]:
+                del responses[code]  # Litestar's own 400 describes a body this gateway never sends
+            for status in sorted(_statuses(path, method)):
+                responses[str(status)] = _response(status)
+            operation.responses = responses
+            if path.startswith("/v1/") and not path.startswith("/v1/tasks/webhooks/"):
+                operation.security = [{"bearer": []}]

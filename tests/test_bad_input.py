@@ -1,0 +1,199 @@
+"""Hostile input: every bad request gets a 4xx (or a 503) with the one error shape, carries no exception
+text or path, and nothing invalid reaches the bus; unknown agents are refused when named."""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+
+from actors._outbound import Allowlist
+from actors.research.fetch import FetchError, fetch_text
+from bus.embedded import EmbeddedPostgres
+from schemas.tasks import TaskChangeFields, TaskSpec
+from tests.conftest import Platform
+from tests.test_gateway_errors import assert_error
+
+Start = Callable[..., Awaitable[Platform]]
+SCHEDULED = {"task_type": "scheduled", "prompt": "p", "interval_seconds": 3600}
+
+
+def assert_clean(response: httpx.Response, status: int, code: str) -> dict[str, typing.Any]:
+    """The error shape, and nothing in it that names a file or an exception."""
+    error = assert_error(response, status, code)
+    text = response.text
+    for leak in ("site-packages", "/usr/", "/lib/python", "Traceback", "Error:", "asyncpg", "errno"):
+        assert leak not in text, text[:500]
+    return error
+
+
+@asynccontextmanager
+async def bus_requests(platform: Platform) -> AsyncIterator[list[str]]:
+    """The commands and service requests sent while the block ran, but health checks and the agent catalog."""
+    seen: list[str] = []
+
+    async def record(msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        if parts[0] == "ab" and parts[2:3] in (["cmd"], ["svc"]) and parts[-1] not in ("health", "agents"):
+            seen.append(msg.subject)
+
+    sub = await platform.bus.nc.subscribe(">", cb=record)
+    try:
+        yield seen
+    finally:
+        await platform.bus.nc.flush()
+        await asyncio.sleep(0.1)
+        await sub.unsubscribe()
+
+
+async def test_json_nested_10000_deep_is_a_400_on_every_route_that_takes_a_body(start_platform: Start) -> None:
+    platform = await start_platform()
+    async with httpx.AsyncClient(base_url=platform.url) as anonymous:
+        document = (await anonymous.get("/schema/openapi.json")).json()
+    deep = b"[" * 10_000 + b"]" * 10_000
+    unclosed = b'{"message": ' + b"[" * 10_000
+    async with platform.client() as client, bus_requests(platform) as seen:
+        for path, item in document["paths"].items():
+            url = path.replace("{", "").replace("}", "")  # any id will do: the body is refused first
+            for method in {"post", "put", "patch"} & item.keys():
+                for body in (deep, unclosed):
+                    response = await client.request(
+                        method, url, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    assert_clean(response, 400, "malformed")
+    assert seen == []
+
+
+async def test_a_nul_character_in_any_string_or_query_is_a_422(start_platform: Start) -> None:
+    platform = await start_platform()
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        messages = f"/v1/conversations/{conversation_id}/messages"
+        async with bus_requests(platform) as seen:
+            assert_clean(await client.post(messages, json={"message": "a\u0000b"}), 422, "invalid")
+            assert_clean(await client.post("/v1/conversations", json={"metadata": {"k\u0000": "v"}}), 422, "invalid")
+            context = {"context": {"deep": [{"x": "\u0000"}]}}
+            assert_clean(await client.put(f"/v1/conversations/{conversation_id}/context", json=context), 422, "invalid")
+            assert_clean(await client.get(messages, params={"before": "a\u0000"}), 422, "invalid")
+            assert_clean(await client.get("/v1/documents/search", params={"q": "\u0000"}), 422, "invalid")
+            assert_clean(await client.post("/v1/tasks", json={**SCHEDULED, "prompt": "\u0000"}), 422, "invalid")
+        assert seen == []
+        # a backslash followed by "u0000" is text like any other
+        sent = await client.post(messages, json={"message": "\\u0000 is how JSON writes NUL"})
+        assert sent.status_code == 200, sent.text
+        listed = (await client.get(messages)).json()["messages"]
+        assert listed[0]["content"] == "\\u0000 is how JSON writes NUL"
+
+
+async def test_values_out_of_bounds_are_refused_by_the_gateway_and_never_reach_the_bus(start_platform: Start) -> None:
+    platform = await start_platform(background=True)
+    huge = "x" * 900_000
+    async with platform.client() as client:
+        task = await client.post("/v1/tasks", json=SCHEDULED)
+        assert task.status_code == 201, task.text
+        task_url = f"/v1/tasks/{task.json()['id']}"
+        async with bus_requests(platform) as seen:
+            for timezone in ("Europe/" + huge[:100], huge, "Mars/Olympus_Mons", "../../../etc/passwd"):
+                assert_clean(await client.post("/v1/tasks", json={**SCHEDULED, "timezone": timezone}), 422, "invalid")
+                assert_clean(await client.patch(task_url, json={"timezone": timezone}), 422, "invalid")
+            email = {"channels": ["email"], "email_address": huge[:300_000] + "@example.com"}
+            assert_clean(
+                await client.post("/v1/tasks", json={**SCHEDULED, "notification_config": email}), 422, "invalid"
+            )
+            webhook = {"channels": ["webhook"], "webhook_url": "http://[::1"}
+            assert_clean(
+                await client.post("/v1/tasks", json={**SCHEDULED, "notification_config": webhook}), 422, "invalid"
+            )
+            assert_clean(await client.post("/v1/tasks", json={**SCHEDULED, "agent": huge}), 422, "invalid")
+            assert_clean(await client.post("/v1/tasks", json={**SCHEDULED, "interval_seconds": 1e308}), 422, "invalid")
+            assert_clean(await client.post("/v1/conversations", json={"agent": huge[:1000]}), 422, "invalid")
+            assert_clean(await client.post("/v1/research", json={"question": "q", "agent": huge}), 422, "invalid")
+            document = {"title": "t", "content": "a,b", "content_type": "text/csv"}
+            assert_clean(await client.post("/v1/documents", json=document), 422, "invalid")
+            upload = {"file": ("table.csv", b"a,b\n1,2\n", "text/csv")}
+            assert_clean(await client.post("/v1/documents", files=upload), 422, "invalid")
+            message = assert_clean(await client.post("/v1/conversations", json={"pattern": huge}), 422, "invalid")
+            assert len(message["message"]) <= 500 and len(str(message["details"])) < 5_000
+        assert seen == []
+        assert (await client.get(task_url)).json()["timezone"] == "UTC"
+
+
+async def test_unknown_agents_are_refused_at_creation_with_the_agents_that_exist(start_platform: Start) -> None:
+    platform = await start_platform(background=True)
+    async with platform.client() as client:
+        task_id = (await client.post("/v1/tasks", json=SCHEDULED)).json()["id"]
+        refused = [
+            await client.post("/v1/conversations", json={"agent": "no-such-agent"}),
+            await client.post("/v1/conversations", json={"agent": "pipeline:no-such-pipeline"}),
+            await client.post("/v1/tasks", json={**SCHEDULED, "agent": "no-such-agent"}),
+            await client.post("/v1/tasks", json={**SCHEDULED, "pipeline": "no-such-pipeline"}),
+            await client.patch(f"/v1/tasks/{task_id}", json={"agent": "no-such-agent"}),
+            await client.post("/v1/research", json={"question": "why?", "agent": "no-such-agent"}),
+        ]
+        for response in refused:
+            error = assert_clean(response, 422, "unknown_agent")
+            assert "assistant" in error["details"]["agents"] and "researcher" in error["details"]["agents"]
+            assert "text-analysis" in error["details"]["pipelines"]
+        listed = (await client.get("/v1/tasks")).json()["tasks"]
+        assert [(t["id"], t["agent"]) for t in listed] == [(task_id, "assistant")], listed
+        # the agents that exist are taken, and listed
+        created = await client.post("/v1/conversations", json={"agent": "summarizer"})
+        assert created.status_code == 201 and created.json()["agent"] == "summarizer", created.text
+        piped = await client.post("/v1/tasks", json={**SCHEDULED, "pipeline": "text-analysis"})
+        assert piped.status_code == 201, piped.text
+        patched = await client.patch(f"/v1/tasks/{task_id}", json={"agent": "summarizer"})
+        assert patched.status_code == 200 and patched.json()["agent"] == "summarizer", patched.text
+        catalog = (await client.get("/v1/agents")).json()
+        assert {"assistant", "summarizer", "researcher"} <= set(catalog["agents"])
+        assert catalog["pipelines"] == ["text-analysis"]
+
+
+async def test_a_postgresql_outage_answers_503_with_retry_after(
+    start_platform: Start, postgres: EmbeddedPostgres, database_url: str
+) -> None:
+    platform = await start_platform(background=True)
+    admin = await asyncpg.connect(postgres.uri())
+    names = [r["datname"] for r in await admin.fetch(r"SELECT datname FROM pg_database WHERE datname LIKE 't\_%'")]
+    name = next(n for n in names if n in database_url)
+    try:
+        async with platform.client() as client:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            response = await client.post("/v1/tasks", json={"task_type": "delegation", "prompt": "hi"})
+            error = assert_clean(response, 503, "unavailable")
+            assert int(response.headers["retry-after"]) > 0 and "scheduler" in error["message"]
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+            async def created() -> bool:
+                again = await client.post("/v1/tasks", json={"task_type": "delegation", "prompt": "hi"})
+                return again.status_code == 202
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await created():
+                assert asyncio.get_running_loop().time() < deadline, "the scheduler did not recover"
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_a_malformed_url_is_a_fetch_error() -> None:
+    for url in ("http://[::1", "http://example.com:port/", "http://[not-an-address]/"):
+        with pytest.raises(FetchError):
+            await fetch_text(url, allow=Allowlist.parse(""), max_bytes=1000, timeout_s=5)
+
+
+def test_a_tasks_changeable_fields_are_its_fields_or_none() -> None:
+    spec = {f.name: f.type for f in msgspec.structs.fields(TaskSpec)}
+    for field in msgspec.structs.fields(TaskChangeFields):
+        assert field.default is None and field.type == spec[field.name] | None, field.name
