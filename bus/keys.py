@@ -2,6 +2,8 @@
 
 A key is `ab_<random>`; the bucket stores only its SHA-256 (so a copy of the bucket grants nothing)
 mapped to the tenant and a name for humans. Lookups are one KV get; the gateway caches them briefly.
+The get is direct, so any replica answers it (a stream leader election does not stop lookups); a key
+a replica does not know yet is asked of the stream leader before it is called unknown.
 """
 
 from __future__ import annotations
@@ -44,18 +46,20 @@ async def lookup(bus: Bus, key: str) -> KeyRecord | None:
     """The key's record, or None for a key that was never made (or was revoked)."""
     if not key.startswith(PREFIX):
         return None
-    kv = await bus.key_value(BUCKET)
-    try:
-        entry = await kv.get(_digest(key))
-    except KeyNotFoundError:
-        return None
-    if entry.value is None:
-        return None
-    return msgspec.json.decode(entry.value, type=KeyRecord)
+    digest = _digest(key)
+    for leader in (False, True):  # a replica may not have the newest keys yet: then the stream leader
+        kv = await bus.key_value(BUCKET, leader=leader)
+        try:
+            entry = await kv.get(digest)
+        except KeyNotFoundError:
+            continue
+        if entry.value is not None:
+            return msgspec.json.decode(entry.value, type=KeyRecord)
+    return None
 
 
 async def revoke(bus: Bus, key: str) -> bool:
-    kv = await bus.key_value(BUCKET)
+    kv = await bus.key_value(BUCKET, leader=True)
     digest = _digest(key)
     try:
         await kv.get(digest)

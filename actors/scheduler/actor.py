@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ __all__ = ["SchedulerActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PAST_RUN_AT = timedelta(minutes=1)  # a one-shot time further back than this is refused as a mistake
+AFTER_COMMIT_WAIT_S = 1.0  # how long a reply waits for what its commit announces (see _after_commit)
 log = structlog.get_logger("scheduler")
 
 
@@ -304,10 +305,23 @@ class SchedulerActor(Actor):
 
     # --- queries -----------------------------------------------------------------------------
 
+    async def _after_commit(self, work: Awaitable[object], *, what: str) -> None:
+        """Announce what a commit did without failing the reply that reports the commit: wait briefly,
+        then let it go on as an owned task (its publish retries through a failover)."""
+
+        async def announce() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("not announced after commit", what=what)
+
+        await asyncio.wait({self.spawn(announce(), name=what)}, timeout=AFTER_COMMIT_WAIT_S)
+
     async def _changed(self, task: Task, trace: Trace, *, deleted: bool = False) -> None:
         self._wake.set()
         subject = subjects.scheduler_event(task.tenant, task.id, "changed")
-        await self.bus.publish(subject, TaskChanged(task=task, deleted=deleted), trace=trace)
+        changed = self.bus.publish(subject, TaskChanged(task=task, deleted=deleted), trace=trace)
+        await self._after_commit(changed, what=f"task {task.id} changed")
 
     def _validated(self, task: Task) -> Task:
         """The task with next_run_at set, or BusError(invalid) saying what is wrong."""
@@ -383,8 +397,8 @@ class SchedulerActor(Actor):
                     conn, run_id=new_id(), task=task, fired_by=FiredBy.NOW, now=now, firing_id=f"{task.id}-now"
                 )
         await self._changed(row.task, trace)
-        if run is not None:
-            await self._start(row.task, run)
+        if run is not None:  # started by the next tick if this does not get through
+            await self._after_commit(self._start(row.task, run), what=f"start of task run {run.id}")
         return TaskView(
             task=row.task, webhook_secret=webhook_secret, notification_secret=secret, last_runs=[run] if run else []
         )
