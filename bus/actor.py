@@ -19,14 +19,14 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 import structlog
 import uvloop
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -38,6 +38,7 @@ from bus.config import BusConfig
 from bus.errors import BusError, Reject, Retry
 from bus.headers import Header, Trace, use_trace
 from bus.logging import configure_logging
+from bus.pull import Pull
 from bus.streams import ConsumerSpec, ensure_consumer
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
@@ -60,6 +61,9 @@ class Delivery:
     stream_seq: int
     num_delivered: int
     trace: Trace
+    stream: str = ""
+    msg_id: str | None = None  # the publisher's Nats-Msg-Id
+    timestamp: datetime | None = None  # when the stream stored it
 
     @property
     def tenant(self) -> str:
@@ -98,8 +102,7 @@ class Actor:
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10_000}"
         self._bus: Bus | None = None
         self._service: Service | None = None
-        self._loops: list[asyncio.Task[None]] = []
-        self._pulls: list[JetStreamContext.PullSubscription] = []
+        self._consuming: dict[str, tuple[Pull, asyncio.Task[None]]] = {}
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._owned: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -116,6 +119,13 @@ class Actor:
 
     async def on_stop(self) -> None:
         """Close what on_start opened. Runs after in-flight work is finished or handed back."""
+
+    async def on_dead_letter(self, body: object | None, delivery: Delivery, reason: str) -> None:
+        """A message was dead-lettered: end the entity it was about visibly (e.g. mark it `failed`).
+
+        `body` is the decoded message, or None if it did not decode. Called after the message is in
+        the DLQ; an error here is logged and never undoes the dead-lettering.
+        """
 
     async def health_checks(self) -> dict[str, str]:
         """Dependency name -> 'ok' or the error text; /health shows these."""
@@ -150,12 +160,7 @@ class Actor:
                         handler=self._endpoint_handler(route),
                     )
                 case Consumer():
-                    await ensure_consumer(self.bus.js, self.bus_config, route.spec)
-                    sub = await self.bus.js.pull_subscribe_bind(
-                        durable=route.spec.durable, stream=route.spec.stream.name
-                    )
-                    self._pulls.append(sub)
-                    self._loops.append(asyncio.create_task(self._fetch_loop(route, sub)))
+                    await self.add_consumer(route)
         await self.bus.barrier()  # the server knows every endpoint before start() returns: no "no responders"
         self._log.info("actor started", instance=self.instance)
 
@@ -165,12 +170,8 @@ class Actor:
             return
         self._stopped = True
         self._stopping.set()
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        for sub in self._pulls:  # messages a cancelled fetch left behind are redelivered; drain must not wait on them
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for durable in list(self._consuming):  # what a pull had not handed over is redelivered
+            await self.remove_consumer(durable)
         if self._inflight:
             self._log.info("draining in-flight messages", count=len(self._inflight))
             _, pending = await asyncio.wait(list(self._inflight), timeout=self.drain_timeout_s)
@@ -210,40 +211,73 @@ class Actor:
 
     # --- consuming ---------------------------------------------------------------------------
 
-    async def _fetch_loop(self, route: Consumer[Any], sub: JetStreamContext.PullSubscription) -> None:
-        slots = asyncio.Semaphore(route.concurrency)
+    async def add_consumer(self, route: Consumer[Any]) -> None:
+        """Create (or update) the route's durable consumer and start consuming it now.
+
+        For consumers that come and go while the actor runs (e.g. one per trigger); a durable
+        already consumed here is replaced."""
+        await self.remove_consumer(route.spec.durable)
+        await ensure_consumer(self.bus.js, self.bus_config, route.spec)
+        pull = Pull(self.bus.nc, stream=route.spec.stream.name, durable=route.spec.durable)
+        await pull.start()
+        self._consuming[route.spec.durable] = (pull, asyncio.create_task(self._consume(route, pull)))
+
+    async def remove_consumer(self, durable: str, *, delete_from: str | None = None) -> None:
+        """Stop consuming `durable` (its in-flight messages finish); with `delete_from` (the stream
+        name), also delete the consumer from JetStream."""
+        entry = self._consuming.pop(durable, None)
+        if entry is not None:
+            pull, loop = entry
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await pull.stop()  # messages it had not handed over are redelivered after ack_wait
+        if delete_from is not None:
+            with contextlib.suppress(NotFoundError):
+                await self.bus.js.delete_consumer(delete_from, durable)
+
+    async def _consume(self, route: Consumer[Any], pull: Pull) -> None:
+        """Hand each message to its own task as it arrives, with at most `concurrency` at once."""
+        running: set[asyncio.Task[None]] = set()
+        room_freed = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self._inflight.pop(task, None)
+            room_freed.set()
+
         while not self._stopping.is_set():
-            await slots.acquire()
-            free = 1
-            while free < min(route.concurrency, 64) and not slots.locked():
-                await slots.acquire()
-                free += 1
+            room = route.concurrency - len(running)
+            if room <= 0:
+                room_freed.clear()
+                await room_freed.wait()
+                continue
             try:
-                msgs = await sub.fetch(batch=free, timeout=5.0)
-            except (TimeoutError, NatsTimeoutError):
-                msgs = []
+                msg = await pull.next(room)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a reconnect in progress: wait and fetch again
-                self._log.warning("fetch failed", error=str(e))
+            except Exception as e:  # a reconnect in progress: wait and pull again
+                self._log.warning("pull failed", durable=route.spec.durable, error=str(e))
                 await asyncio.sleep(0.5)
-                msgs = []
-            for _ in range(free - len(msgs)):
-                slots.release()
-            for msg in msgs:
-                task = asyncio.create_task(self._deliver(route, msg))
-                self._inflight[task] = msg
-                task.add_done_callback(lambda t: self._finished(t, slots))
-
-    def _finished(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
-        self._inflight.pop(task, None)
-        slots.release()
+                continue
+            if msg is None:
+                continue
+            task = asyncio.create_task(self._deliver(route, msg))
+            running.add(task)
+            self._inflight[task] = msg
+            task.add_done_callback(finished)
 
     async def _deliver(self, route: Consumer[Any], msg: Msg) -> None:
+        """Decode, handle, then settle the message; every failure is handled and logged here once."""
         meta = msg.metadata
         trace = Trace.from_headers(msg.headers)
         delivery = Delivery(
-            subject=msg.subject, stream_seq=meta.sequence.stream, num_delivered=meta.num_delivered, trace=trace
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            trace=trace,
+            stream=meta.stream,
+            msg_id=(msg.headers or {}).get(Header.MSG_ID.value),
+            timestamp=meta.timestamp,
         )
         use_trace(trace)
         structlog.contextvars.bind_contextvars(
@@ -253,32 +287,41 @@ class Actor:
         try:
             body = decode_union(msg.data, route.inbox)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            await self._dead_letter(msg, delivery, f"undecodable: {e}")
+            await self._settle_logged(self._dead_letter(msg, None, delivery, f"undecodable: {e}"), msg)
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await route.handler(body, delivery)
         except Retry as e:
-            await msg.nak(delay=e.delay)
             self._log.info("retry", subject=msg.subject, reason=e.reason, delay=e.delay)
+            await self._settle_logged(msg.nak(delay=e.delay), msg)
         except Reject as e:
-            await self._dead_letter(msg, delivery, e.reason)
+            await self._settle_logged(self._dead_letter(msg, body, delivery, e.reason), msg)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await msg.nak()
+                await msg.nak()  # another replica picks it up at once
             raise
         except Exception as e:
             if delivery.num_delivered >= self.bus_config.max_deliver:
-                await self._dead_letter(msg, delivery, f"failed {delivery.num_delivered} times: {e!r}")
+                reason = f"failed {delivery.num_delivered} times: {e!r}"
+                await self._settle_logged(self._dead_letter(msg, body, delivery, reason), msg)
             else:
                 delay = BACKOFF_S[min(delivery.num_delivered, len(BACKOFF_S)) - 1]
                 self._log.exception("handler failed", subject=msg.subject, attempt=delivery.num_delivered)
-                await msg.nak(delay=delay)
+                await self._settle_logged(msg.nak(delay=delay), msg)
         else:
-            await msg.ack_sync()
+            await self._settle_logged(msg.ack_sync(), msg)
             self._log.debug("handled", subject=msg.subject, ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             heartbeat.cancel()
+
+    async def _settle_logged(self, settling: Awaitable[Any], msg: Msg) -> None:
+        """Ack, nak or dead-letter; if NATS is away the message stays unacked and is redelivered
+        after ack_wait, so a failure here is logged, not raised into a task nobody awaits."""
+        try:
+            await settling
+        except Exception as e:
+            self._log.warning("could not settle a message: it will be redelivered", subject=msg.subject, error=repr(e))
 
     async def _heartbeat(self, msg: Msg) -> None:
         interval = max(self.bus_config.ack_wait_s / 3, 0.2)
@@ -287,10 +330,11 @@ class Actor:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+    async def _dead_letter(self, msg: Msg, body: object | None, delivery: Delivery, reason: str) -> None:
         headers = dict(msg.headers or {})
-        headers.pop(Header.MSG_ID.value, None)
         headers |= {
+            # a term that fails after the publish redelivers it: dead-lettered again, stored once
+            Header.MSG_ID.value: f"dlq-{delivery.stream}-{delivery.stream_seq}",
             Header.DEAD_REASON.value: reason[:2000],
             Header.DEAD_SUBJECT.value: msg.subject,
             Header.DEAD_STREAM_SEQ.value: str(delivery.stream_seq),
@@ -299,6 +343,10 @@ class Actor:
         await self.bus.js.publish(subjects.dead_letter(self.name), msg.data, headers=headers)
         await msg.term()
         self._log.warning("dead-lettered", subject=msg.subject, reason=reason)
+        try:
+            await self.on_dead_letter(body, delivery, reason)
+        except Exception:
+            self._log.exception("on_dead_letter failed", subject=msg.subject)
 
     # --- endpoints ---------------------------------------------------------------------------
 

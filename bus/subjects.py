@@ -237,6 +237,11 @@ def service(actor: ActorName, verb: str) -> str:
     return _join(actor.value, "svc", token(verb))
 
 
+def consumer_next(stream: str, durable: str) -> str:
+    """JetStream's API subject for pulling messages from a durable consumer (not under `ab.`)."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{token(stream)}.{token(durable)}"
+
+
 def dead_letter(actor: ActorName) -> str:
     return _join("dlq", actor.value)
 

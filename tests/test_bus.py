@@ -6,13 +6,15 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from nats.aio.msg import Msg
+
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.client import Bus
 from bus.config import BusConfig
 from bus.errors import Retry
 from bus.headers import Header, Trace
-from bus.streams import CONVERSATION_CMD, DLQ, ConsumerSpec
+from bus.streams import CONVERSATION_CMD, CONVERSATION_EVT, DLQ, ConsumerSpec
 from schemas._base import Message
 from schemas.conversation import ConversationCommand, GetConversation, PostMessage
 from schemas.health import HealthCheck, HealthReport
@@ -108,4 +110,61 @@ async def test_endpoints_answer_and_micro_ping_sees_the_actor(bus_config: BusCon
         assert health.ok
         ping = await bus.nc.request("$SRV.PING.agentbus-conversation", b"", timeout=2)
         assert b"agentbus-conversation" in ping.data
+        await bus.close()
+
+
+async def test_a_late_pull_status_does_not_hold_the_next_message(bus_config: BusConfig) -> None:
+    """Under load a pull's `408 Request Timeout` can arrive after the client gave up on it and made
+    a new pull. nats-py's fetch(batch>1) took that stale status as the answer to its new pull, sent
+    a long pull for the whole batch and then held the first message that came until the batch
+    filled or a pull expired: the multi-second stalls of issue 9. Here the stale status is sent on
+    purpose, right after the consumer's pull request; the next message must still arrive at once."""
+    actor = EchoActor(bus_config)
+    bus = await Bus.connect(bus_config)
+    pulls: asyncio.Queue[str] = asyncio.Queue()
+
+    async def seen_pull(msg: Msg) -> None:
+        pulls.put_nowait(msg.reply)
+
+    await bus.nc.subscribe(subjects.consumer_next(CONVERSATION_CMD.name, SPEC.durable), cb=seen_pull)
+    await bus.barrier()
+    async with running(actor):
+        trace = Trace(tenant="acme")
+        for i in range(3):
+            await asyncio.sleep(0.3)
+            while not pulls.empty():
+                inbox = pulls.get_nowait()
+                await bus.nc.publish(inbox, b"", headers={"Status": "408", "Description": "Request Timeout"})
+            await asyncio.sleep(0.2)
+            await bus.publish(subjects.conversation_command("acme", "c1"), post(f"m{i}"), trace=trace)
+
+            async def served(count: int = i + 1) -> bool:
+                return len(actor.seen) == count
+
+            # far above a healthy hop (~1 ms) and far below the stall (until a 5 s pull expires)
+            await wait_until(served, timeout=2.0, what=f"message {i} handed over without waiting for a batch")
+    await bus.close()
+
+
+async def test_consumers_added_and_removed_at_run_time(bus_config: BusConfig) -> None:
+    actor = EchoActor(bus_config)
+    extra: list[str] = []
+
+    async def handle(message: ConversationCommand, delivery: Delivery) -> None:
+        assert isinstance(message, PostMessage)
+        extra.append(message.content)
+
+    spec = ConsumerSpec(CONVERSATION_EVT, "test-extra", subjects.conversation_event("acme", "c2", "posted"))
+    async with running(actor):
+        bus = await Bus.connect(bus_config)
+        trace = Trace(tenant="acme")
+        await actor.add_consumer(Consumer(spec, ConversationCommand, handle))
+        await bus.publish(subjects.conversation_event("acme", "c2", "posted"), post("extra"), trace=trace)
+
+        async def served() -> bool:
+            return extra == ["extra"]
+
+        await wait_until(served, what="the added consumer's message")
+        await actor.remove_consumer(spec.durable, delete_from=CONVERSATION_EVT.name)
+        assert spec.durable not in [c.name for c in await bus.js.consumers_info(CONVERSATION_EVT.name)]
         await bus.close()

@@ -495,7 +495,8 @@ class TriggerActor(Actor):
                     num_delivered=meta.num_delivered,
                     trace=Trace.from_headers(msg.headers),
                 )
-                await self._dead_letter(msg, delivery, f"trigger {task_id}: failed {meta.num_delivered} times: {e!r}")
+                reason = f"trigger {task_id}: failed {meta.num_delivered} times: {e!r}"
+                await self._dead_letter(msg, None, delivery, reason)
             else:
                 log.exception("trigger event failed", task_id=task_id, subject=msg.subject)
                 await msg.nak(delay=BACKOFF_S[min(meta.num_delivered, len(BACKOFF_S)) - 1])
