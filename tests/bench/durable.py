@@ -32,11 +32,15 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from bus.pull import Pull
-from tests.bench.harness import CpuMeter, Infra, Latency, Scale, free_port, measure, processes
+from tests.bench.harness import CpuMeter, Infra, Latency, Report, Scale, free_port, measure, processes
 
 __all__ = ["TASK", "TURN", "Floor", "Plan", "Step", "run_floor"]
 
-STREAM = "BENCH_DURABLE"
+# One stream per hop, as the platform spreads its messages over several streams (conversation
+# commands, executor commands, executor events, run output, conversation and scheduler events):
+# with sync_interval always each stream fsyncs its own writes, so one stream for all would make a
+# bottleneck the platform does not have.
+HOP_NAMES = ("cmd", "run", "finished", "out", "turn", "changed", "done")
 HOPS = "floorjs"  # JetStream subjects: floorjs.<plan>.<hop>.<id>; the entry waits on floorjs.<plan>.done.<id>
 SERVICES = "floorsvc"  # core request/reply subjects, outside the stream
 TABLE = "bench_durable_floor"
@@ -46,8 +50,8 @@ MAX_IN_FLIGHT = 64
 @dataclass(frozen=True)
 class Step:
     """One actor's part: pulled from `consumes` (or answered as the request `name`), then `before`
-    commits, `agent` runs, `calls` are requested, one publish per hop in `emits` and `sink` more
-    that nobody pulls (run output) with the `after` commits alongside, then ack_sync (or reply)."""
+    commits, `agent` runs, `calls` are requested, one publish per hop in `emits` and in `sinks` (hops
+    nobody pulls: run output, events) with the `after` commits alongside, then ack_sync (or reply)."""
 
     name: str
     process: str
@@ -56,12 +60,12 @@ class Step:
     agent: bool = False
     calls: tuple[str, ...] = ()
     emits: tuple[str, ...] = ()
-    sink: int = 0
+    sinks: tuple[str, ...] = ()
     after: int = 0
 
     @property
     def publishes(self) -> int:
-        return len(self.emits) + self.sink
+        return len(self.emits) + len(self.sinks)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class Plan:
         }
 
 
+RUN_OUTPUT = ("out",) * 4  # RunStarted, TextDelta, UsageReported, RunCompleted
+
 # A chat turn, counted from the code (gateway/conversations.py, actors/conversation/actor.py,
 # actors/executor/actor.py + output.py, at the commit of this file):
 #   gateway       publish PostMessage on the conversation's command subject                  1 publish
@@ -104,8 +110,8 @@ TURN = Plan(
     entry="cmd",
     entry_is_request=False,
     steps=(
-        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sink=1),
-        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sink=4, after=1),
+        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sinks=("out",)),
+        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sinks=RUN_OUTPUT, after=1),
         Step("finish", "conversation", consumes="finished", before=1, emits=("done",)),
     ),
 )
@@ -126,15 +132,19 @@ TASK = Plan(
     entry="create",
     entry_is_request=True,
     steps=(
-        Step("create", "scheduler", before=1, calls=("conv-create",), emits=("cmd",), sink=1, after=1),
+        Step("create", "scheduler", before=1, calls=("conv-create",), emits=("cmd",), sinks=("changed",), after=1),
         Step("conv-create", "conversation", before=1),
-        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sink=1),
-        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sink=4, after=1),
-        Step("finish", "conversation", consumes="finished", before=1, sink=1),
+        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sinks=("out",)),
+        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sinks=RUN_OUTPUT, after=1),
+        Step("finish", "conversation", consumes="finished", before=1, sinks=("turn",)),
         Step("task-finish", "scheduler", consumes="finished", before=1, emits=("done",)),
     ),
 )
 PLANS = {p.name: p for p in (TURN, TASK)}
+
+
+def _stream(hop: str) -> str:
+    return f"BENCH_DURABLE_{hop.upper()}"
 
 
 def _durable(plan: Plan, step: Step) -> str:
@@ -174,12 +184,15 @@ class _Worker:
         for call in step.calls:
             await self.nc.request(f"{SERVICES}.{self.plan_name}.{call}", job.encode(), timeout=10)
         sends: list[Awaitable[Any]] = [self._publish(f"{self.hops}.{hop}.{job}", f"{job}:{hop}") for hop in step.emits]
-        sends += [self._publish(f"{self.hops}.out.{job}", f"{job}:{step.name}:{i}") for i in range(step.sink)]
+        sends += [
+            self._publish(f"{self.hops}.{hop}.{job}", f"{job}:{step.name}:{i}") for i, hop in enumerate(step.sinks)
+        ]
         sends += [self._commit() for _ in range(step.after)]
         await asyncio.gather(*sends)
 
     async def consume(self, plan: Plan, step: Step) -> None:
-        pull = Pull(self.nc, stream=STREAM, durable=_durable(plan, step))
+        assert step.consumes is not None
+        pull = Pull(self.nc, stream=_stream(step.consumes), durable=_durable(plan, step))
         await pull.start()
         in_flight: set[asyncio.Task[None]] = set()
 
@@ -269,6 +282,14 @@ class Floor:
     c32: Latency
     cpu: CpuMeter
 
+    @property
+    def cpu_ms(self) -> float:
+        """CPU ms per unit of work in the c=32 phase, all processes together."""
+        return self.cpu.per_unit_ms(len(self.c32.samples))
+
+    def report_cpu(self, report: Report, title: str, unit: str) -> None:
+        self.cpu.report(report, title, len(self.c32.samples), unit)
+
 
 async def _prepare(servers: Infra, plan: Plan) -> None:
     conn = await asyncpg.connect(servers.postgres.uri())
@@ -278,15 +299,18 @@ async def _prepare(servers: Infra, plan: Plan) -> None:
         await conn.close()
     nc = await nats.connect(servers.nats.url)
     js = nc.jetstream()
-    config = StreamConfig(name=STREAM, subjects=[f"{HOPS}.>"], storage=StorageType.FILE, max_age=600.0)
-    try:
-        await js.add_stream(config)
-    except Exception:
-        await js.update_stream(config)
+    for hop in HOP_NAMES:
+        config = StreamConfig(
+            name=_stream(hop), subjects=[f"{HOPS}.*.{hop}.*"], storage=StorageType.FILE, max_age=600.0
+        )
+        try:
+            await js.add_stream(config)
+        except Exception:
+            await js.update_stream(config)
     for step in plan.steps:
         if step.consumes is not None:
             await js.add_consumer(
-                STREAM,
+                _stream(step.consumes),
                 ConsumerConfig(
                     durable_name=_durable(plan, step),
                     filter_subject=f"{HOPS}.{plan.name}.{step.consumes}.*",
@@ -296,8 +320,9 @@ async def _prepare(servers: Infra, plan: Plan) -> None:
     await nc.close()
 
 
-async def run_floor(servers: Infra, logs: Path, scale: Scale, plan: Plan) -> Floor:
-    """The plan's floor at c=1 and c=32 over HTTP, with the CPU of every process in the c=32 phase."""
+async def run_floor(servers: Infra, logs: Path, scale: Scale, plan: Plan, *, c1: int, c32: int) -> Floor:
+    """The plan's floor, `c1` units at c=1 and `c32` at c=32 over HTTP, with the CPU of every
+    process in the c=32 phase."""
     await _prepare(servers, plan)
     port = free_port()
     commands = {f"durable-{plan.name}-{p}": ["-m", __name__, "worker", plan.name, p] for p in plan.processes}
@@ -320,11 +345,11 @@ async def run_floor(servers: Infra, logs: Path, scale: Scale, plan: Plan) -> Flo
                     nonlocal counter
                     counter += 1
                     job = f"{plan.name}{os.getpid()}n{counter}"
-                    if plan.entry_is_request:
-                        done[job] = asyncio.get_running_loop().create_future()
+                    finished = done[job] = asyncio.get_running_loop().create_future()
                     (await client.post("/go", json={"id": job})).raise_for_status()
-                    if plan.entry_is_request:
-                        await asyncio.wait_for(done[job], 10)
+                    if plan.entry_is_request:  # a turn's answer comes after its end; a task's before
+                        await asyncio.wait_for(finished, 10)
+                    done.pop(job, None)
 
                 deadline = time.monotonic() + 30
                 while True:  # until every process is up: the first job goes all the way through
@@ -335,14 +360,14 @@ async def run_floor(servers: Infra, logs: Path, scale: Scale, plan: Plan) -> Flo
                         if time.monotonic() > deadline:
                             raise
                         await asyncio.sleep(0.2)
-                c1 = await measure(go, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+                c1_latency = await measure(go, total=c1, concurrency=1, warmup=scale.warmup)
                 cpu = CpuMeter.of(servers, {name: child.pid for name, child in children.items()})
                 cpu.start()
-                c32 = await measure(go, total=scale.turns_c32, concurrency=32, warmup=0)
+                c32_latency = await measure(go, total=c32, concurrency=32, warmup=0)
                 cpu.stop()
     finally:
         await nc.close()
-    return Floor(plan, c1, c32, cpu)
+    return Floor(plan, c1_latency, c32_latency, cpu)
 
 
 def main() -> None:

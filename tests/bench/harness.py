@@ -314,6 +314,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every core has spent busy so far (the `cpu` line of /proc/stat, idle and iowait left out)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -348,6 +354,8 @@ class CpuMeter:
         self._before: dict[str, float] = {}
         self.used_s: dict[str, float] = {}
         self.wall_s = 0.0
+        self.machine_s = 0.0
+        self._machine_before = 0.0
         self._t0 = 0.0
 
     @classmethod
@@ -364,11 +372,13 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = {name: probe() for name, probe in self._probes.items()}
+        self._machine_before = machine_cpu_seconds()
         self._t0 = time.perf_counter()
 
     def stop(self) -> None:
         self.wall_s = time.perf_counter() - self._t0
         self.used_s = {name: probe() - self._before[name] for name, probe in self._probes.items()}
+        self.machine_s = machine_cpu_seconds() - self._machine_before
 
     def rows(self, units: int) -> list[tuple[object, ...]]:
         """(process, CPU ms per unit, share of the total, cores busy) rows and their total."""
@@ -383,6 +393,9 @@ class CpuMeter:
             for name, used in sorted(self.used_s.items(), key=lambda kv: -kv[1])
         ]
         rows.append(("total", f"{total * 1000 / units:.2f}", "100%", f"{total / self.wall_s:.2f}"))
+        # what else ran meanwhile: on a shared machine, the figures above got only what was left
+        others = max(self.machine_s - total, 0.0)
+        rows.append(("(other processes on this machine)", "", "", f"{others / self.wall_s:.2f}"))
         return rows
 
     def report(self, report: Report, title: str, units: int, unit: str) -> None:
