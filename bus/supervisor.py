@@ -1,6 +1,9 @@
 """`agentbus run`: NATS and PostgreSQL (embedded, or yours), then every actor and the gateway as child processes.
 
-Nothing is restarted automatically: a child that exits is reported, the rest keep running.
+A child that exits while serving is reported with its last lines and started again after a capped
+exponential backoff (0.5 s, 1 s, 2 s ... 30 s; back to 0.5 s once it has stayed up a minute), so a
+`kill -9` of any actor costs a pause, never accepted work: its unacked messages are redelivered to
+the new process. A child that keeps crashing is never given up on, and each crash is said.
 Ctrl-C or SIGTERM stops the children (SIGTERM, wait, SIGKILL), then nats-server, then PostgreSQL.
 """
 
@@ -25,10 +28,24 @@ import httpx
 
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
-__all__ = ["ACTORS", "Child", "RunConfig", "Running", "Supervisor", "say"]
+__all__ = ["ACTORS", "Child", "RunConfig", "Running", "Supervisor", "restart_delay", "say"]
 
 # Every actor `agentbus run` starts, as `python -m actors.<name>`: adding one is adding its name here.
 ACTORS: tuple[str, ...] = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
+
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0  # a child that ran this long before it died starts its backoff over
+CRASH_LOOP = 5  # consecutive quick crashes after which the supervisor says it keeps crashing
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds before restarting a child after its `crashes`-th quick crash in a row.
+
+    A capped exponential, written out: tenacity retries a call until it succeeds, while a supervisor
+    restarts a process whose success is to keep running, with its own rule for when to start over.
+    """
+    return min(RESTART_MAX_S, RESTART_FIRST_S * 2.0 ** max(crashes - 1, 0))
 
 
 def say(text: str) -> None:
@@ -82,7 +99,7 @@ class RunConfig:
     home: Path = Path(".agentbus")
     nats_url: str | None = None  # None: start the embedded nats-server
     database_url: str | None = None  # None: start the embedded PostgreSQL
-    nats_port: int = 4222  # preferred port of the embedded nats-server
+    nats_port: int = 4222  # preferred port of the embedded nats-server (a free one if it is taken)
     port: int = 8000  # preferred gateway port
     log_format: str = "console"
     start_timeout_s: float = 90.0
@@ -96,6 +113,7 @@ class RunConfig:
             home=Path(e.get("AGENTBUS_HOME", ".agentbus")).resolve(),
             nats_url=e.get("NATS_URL") or None,
             database_url=e.get("DATABASE_URL") or None,
+            nats_port=int(e.get("AGENTBUS_NATS_PORT", d.nats_port)),
             port=int(e.get("AGENTBUS_PORT", d.port)),
             log_format=e.get("AGENTBUS_LOG_FORMAT", d.log_format),
         )
@@ -120,8 +138,11 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     pump: asyncio.Task[None] | None = None
+    started_at: float = 0.0
+    crashes: int = 0  # quick crashes in a row
 
     async def start(self, env: Mapping[str, str]) -> None:
+        self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             env=dict(env),
@@ -154,7 +175,11 @@ class Child:
 
     def report(self, why: str) -> None:
         code = self.process.returncode if self.process is not None else None
-        say(f"{self.name} {why} (exit code {code}); its last lines:")
+        killed = ""
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                killed = f" = {signal.Signals(-code).name}"
+        say(f"{self.name} {why} (exit code {code}{killed}); its last lines:")
         for line in list(self.tail)[-15:]:
             say(f"  {line}")
 
@@ -168,6 +193,7 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
+        self._env: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._first_signal_at = 0.0
 
@@ -205,7 +231,7 @@ class Supervisor:
         if self._stopping.is_set():
             return 0
         port = free_port(self.config.port)
-        env = {
+        self._env = env = {
             **os.environ,
             "NATS_URL": nats_url,
             "DATABASE_URL": database_url,
@@ -281,21 +307,49 @@ class Supervisor:
         return False
 
     async def _watch(self) -> None:
-        """Serve until stopped, reporting any child that exits (nothing is restarted)."""
-        waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process is not None}
+        """Serve until stopped, restarting any child that exits (see the module docstring)."""
+        keepers = [asyncio.create_task(self._keep(child)) for child in self.children]
+        try:
+            await self._stopping.wait()
+            await asyncio.gather(*keepers)  # each returns at once when stopping
+        finally:
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+
+    async def _keep(self, child: Child) -> None:
+        """Restart `child` each time it exits, with backoff, until the supervisor stops."""
+        while child.process is not None:
+            if not await self._until_stopping(child.process.wait()):
+                return
+            await _drain(child)
+            if self._stopping.is_set():
+                return
+            lived = time.monotonic() - child.started_at
+            child.crashes = 1 if lived >= STABLE_S else child.crashes + 1
+            child.report(f"exited unexpectedly after {lived:.1f}s")
+            delay = restart_delay(child.crashes)
+            if child.crashes >= CRASH_LOOP:
+                say(f"{child.name} keeps crashing ({child.crashes} times in a row): still restarting it, fix the cause")
+            say(f"restarting {child.name} in {delay:g}s")
+            if not await self._until_stopping(asyncio.sleep(delay)):
+                return
+            await child.start(self._env)
+            assert child.process is not None
+            say(f"{child.name} restarted (pid {child.process.pid})")
+
+    async def _until_stopping(self, work: Awaitable[object]) -> bool:
+        """Await `work` unless the supervisor is told to stop first; True if `work` finished."""
+        done = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            while not self._stopping.is_set() and waits:
-                done, _ = await asyncio.wait([stop, *waits], return_when=asyncio.FIRST_COMPLETED)
-                for task in done - {stop}:
-                    child = waits.pop(task)
-                    await _drain(child)
-                    child.report("exited and is not restarted")
-            await self._stopping.wait()
+            await asyncio.wait({done, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in [stop, *waits]:
-                task.cancel()
-            await asyncio.gather(stop, *waits, return_exceptions=True)
+            for task in (done, stop):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(done, stop, return_exceptions=True)
+        return done.done() and not done.cancelled() and not self._stopping.is_set()
 
     async def _stop_children(self) -> None:
         alive = [c for c in self.children if c.alive]

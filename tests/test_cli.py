@@ -17,6 +17,7 @@ from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
 from bus.embedded import free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,6 +56,8 @@ class Run:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        self._follower: asyncio.Task[None] | None = None
+        self._cursor = 0  # where `said` looks from: past the last line it found
 
     async def ready(self, timeout: float = 120.0) -> None:
         assert self.proc.stdout is not None
@@ -66,6 +69,44 @@ class Run:
                 self.lines.append(raw.decode().rstrip())
                 if self.lines[-1].startswith("Ctrl-C stops everything"):
                     return
+
+    def follow(self) -> None:
+        """Keep reading its output (into `lines`) in the background, so the supervisor never blocks on it."""
+
+        async def read() -> None:
+            assert self.proc.stdout is not None
+            async for raw in self.proc.stdout:
+                self.lines.append(raw.decode().rstrip())
+
+        self._cursor = len(self.lines)
+        self._follower = asyncio.create_task(read())
+
+    async def said(self, text: str, timeout: float) -> str:
+        """The next line containing `text` after what `said` found before (or since `follow`)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for number in range(self._cursor, len(self.lines)):
+                if text in self.lines[number]:
+                    self._cursor = number + 1
+                    return self.lines[number]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"agentbus run did not say {text!r} in {timeout}s:\n" + "\n".join(self.lines[-30:]))
+
+    async def stop(self) -> None:
+        """Ctrl-C, and wait for it to exit."""
+        self.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            if self._follower is not None:
+                await self._follower
+            await self.proc.wait()
+
+    def child(self, module: str) -> int:
+        """The PID of the supervisor's child running `python -m <module>`."""
+        for pid in self.descendants():
+            with contextlib.suppress(OSError):
+                if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                    return pid
+        raise AssertionError(f"no child runs {module}")
 
     def value(self, label: str) -> str:
         """The first word after `label` in the welcome block (its lines start with two spaces)."""
@@ -87,9 +128,14 @@ async def agentbus_run(cwd: Path, env: dict[str, str]) -> AsyncIterator[Run]:
         sys.executable, "-m", "bus.cli", "run",
         cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
+    run = Run(proc)
     try:
-        yield Run(proc)
+        yield run
     finally:
+        if run._follower is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run._follower, timeout=60)
         if proc.returncode is None:  # a failed test: stop it the way a user would, so nothing is left running
             proc.send_signal(signal.SIGINT)
             try:
@@ -107,10 +153,17 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and ") Z " not in Path(f"/proc/{pid}/stat").read_text()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the processes it started")
-async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
+def _embedded_env() -> dict[str, str]:
+    """`agentbus run` with its embedded servers, on free ports (never the default ones)."""
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env["AGENTBUS_PORT"] = str(free_port())
+    env["AGENTBUS_NATS_PORT"] = str(free_port())
+    return env
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the processes it started")
+async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
+    env = _embedded_env()
     keys_seen: list[str] = []
     for _ in range(2):
         async with agentbus_run(tmp_path, env) as run:
@@ -129,3 +182,34 @@ async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Pa
             assert run.proc.returncode == 0, rest.decode()
             assert [pid for pid in [*started, postmaster] if alive(pid)] == []
     assert keys_seen[0] == keys_seen[1]  # the second run found the first one's NATS data (and key)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the processes it started")
+async def test_run_restarts_a_killed_executor_and_the_work_accepted_meanwhile_completes(tmp_path: Path) -> None:
+    async with agentbus_run(tmp_path, _embedded_env()) as run:
+        await run.ready()
+        run.follow()
+        gateway, key = run.value("gateway"), run.value("API key")
+        executor = run.child("actors.executor")
+        os.kill(executor, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {key}"}) as http:
+            response = await http.post("/v1/tasks", json={"task_type": "delegation", "prompt": "while it was down"})
+            assert response.status_code == 202, response.text
+            (queued,) = response.json()["last_runs"]
+            reported = await run.said("executor exited unexpectedly", timeout=10)
+            assert "SIGKILL" in reported
+            await run.said("restarting executor in", timeout=5)
+            await run.said("executor restarted", timeout=10)
+            assert run.child("actors.executor") != executor
+
+            async def completed() -> bool:
+                run_view = (await http.get(f"/v1/task-runs/{queued['id']}")).json()
+                assert run_view["status"] in ("queued", "running", "completed"), run_view
+                return bool(run_view["status"] == "completed")
+
+            try:
+                await wait_until(completed, timeout=60, interval=0.25, what="the task accepted while it was down")
+            except AssertionError as e:
+                raise AssertionError("\n".join([str(e), *run.lines[-60:]])) from None
+        await run.stop()
+        assert run.proc.returncode == 0, "\n".join(run.lines[-40:])
