@@ -78,6 +78,10 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     max_tokens: int | None = None  # the run fails with limit_exceeded past this many tokens (input + output)
     max_cost_usd: float | None = None  # likewise for cost, where the model's price is known
     sources: list[str] | None = None  # research: the source tools it may use (documents, web); None: its agent's
+    # True: the executor announces the end only as RunFinished, and the requester publishes it on the
+    # run's output once it has stored what the run produced (a conversation turn): so the last event
+    # of a run's stream comes after the state it reports (read-your-writes)
+    end_by_requester: bool = False
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import websockets
 from httpx_sse import aconnect_sse
@@ -212,3 +213,61 @@ async def test_a_runs_tree_nests_its_sub_runs(start_platform: Start) -> None:
         tree = (await client.get(f"/v1/runs/{root['run_id']}/tree")).json()
     assert tree["id"] == root["run_id"] and tree["conversation_id"] == conversation_id
     assert [(c["id"], c["parent_run_id"], c["children"]) for c in tree["children"]] == [(child, root["run_id"], [])]
+
+
+async def test_when_a_stream_ends_its_reply_is_stored(start_platform: Start, database_url: str) -> None:
+    """Read-your-writes: a client that reloads the history when the stream ends sees the reply. The
+    conversation's row is held locked while the run finishes, so storing the reply waits; the stream
+    (SSE, then the WebSocket) must not end before it is stored."""
+    platform = await start_platform(FunctionModel(stream_function=_slow_words))
+    async with platform.client() as client:
+        conversation_id = await new_conversation(client)
+        url = f"/v1/conversations/{conversation_id}/messages"
+        ws_url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
+
+        async def hold_the_conversation() -> None:
+            db = await asyncpg.connect(database_url)
+            try:
+                async with db.transaction():
+                    await db.execute(
+                        "SELECT 1 FROM conversation.conversations WHERE id = $1 FOR UPDATE", conversation_id
+                    )
+                    await asyncio.sleep(1.0)  # the run ends meanwhile; its turn cannot be stored yet
+            finally:
+                await db.close()
+
+        async def sse_turn() -> None:
+            holding: asyncio.Task[None] | None = None
+            async with aconnect_sse(client, "POST", url, json={"message": "one", "stream": True}) as source:
+                async for sse in source.aiter_sse():
+                    if sse.event == "started":
+                        holding = asyncio.create_task(hold_the_conversation())
+            listed = (await client.get(url)).json()["messages"]  # reloaded right after the stream's end
+            assert [m["role"] for m in listed] == ["user", "assistant"], listed
+            assert holding is not None
+            await holding
+
+        async def ws_turn() -> None:
+            async with websockets.connect(ws_url) as socket:
+                await socket.send(json.dumps({"message": "two"}))
+                holding: asyncio.Task[None] | None = None
+                async with asyncio.timeout(15):
+                    while True:
+                        event = json.loads(await socket.recv())
+                        if event["event"] == "started":
+                            holding = asyncio.create_task(hold_the_conversation())
+                        if event["event"] in ("completed", "failed", "cancelled"):
+                            break
+            listed = (await client.get(url)).json()["messages"]
+            assert [m["role"] for m in listed] == ["user", "assistant"] * 2, listed
+            assert holding is not None
+            await holding
+
+        await sse_turn()
+        await ws_turn()
+
+
+async def _slow_words(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    for word in ("stored ", "before ", "the ", "end"):
+        await asyncio.sleep(0.05)
+        yield word

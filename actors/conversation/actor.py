@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from nats.js.errors import NotFoundError
 
@@ -49,7 +50,7 @@ from schemas.conversation import (
     TurnFailed,
 )
 from schemas.errors import ErrorCode, ErrorReply
-from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunFailed, RunFinished, RunRequest, RunView
+from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunEnd, RunFailed, RunFinished, RunRequest, RunView
 
 __all__ = ["ConversationActor"]
 
@@ -66,6 +67,7 @@ class Outcome:
     start: RunRequest | None = None
     cancel: str | None = None  # the run to interrupt
     turn_event: TurnCompleted | TurnFailed | None = None
+    end: RunEnd | None = None  # the run's end, for its output stream: published once the turn is stored
 
 
 def rejection(active_run_id: str | None) -> ErrorReply:
@@ -216,6 +218,8 @@ class ConversationActor(Actor):
             sends.append(self.bus.publish(output, outcome.accepted, trace=trace, msg_id=f"{run_id}:accepted"))
         if outcome.turn_event is not None:
             sends.append(self._turn_event(tenant, outcome.turn_event, trace))
+        if outcome.end is not None:  # the turn is committed: a client reading at the stream's end sees it
+            sends.append(self.bus.publish(output, outcome.end, trace=trace, msg_id=f"{run_id}:end"))
         if outcome.start is not None:
             sends.append(self._request_run(tenant, outcome.start, trace))
         if outcome.cancel is not None:
@@ -228,6 +232,7 @@ class ConversationActor(Actor):
 
     async def _request_run(self, tenant: str, request: RunRequest, trace: Trace) -> None:
         trace = trace.child(run_id=request.run_id)
+        request = msgspec.structs.replace(request, end_by_requester=True)  # the turn's end follows its commit
         subject = subjects.executor_command(tenant, request.run_id)
         await self.bus.publish(subject, request, trace=trace, msg_id=request.run_id)
 
@@ -274,7 +279,7 @@ class ConversationActor(Actor):
             else:
                 status = "failed" if isinstance(result, RunFailed) else "cancelled"
                 await store.finish_turn(conn, turn, status, new_messages=None, reply=None)
-        outcome = Outcome(turn_event=await self._turn_event_for(conn, turn, finished))
+        outcome = Outcome(turn_event=await self._turn_event_for(conn, turn, finished), end=result)
         # the next queued turn; on a redelivery, the running one again (its request is deduped by the bus)
         outcome.start = await store.next_request(conn, conversation)
         if outcome.start is None and conversation.active_run_id not in (None, turn.run_id):

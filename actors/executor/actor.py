@@ -203,9 +203,13 @@ class ExecutorActor(Actor):
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
-                await asyncio.gather(
-                    writer.publish(end, msg_id=f"{req.run_id}:end"), self._publish_finished(req, tenant, trace, end)
-                )
+                if req.end_by_requester:
+                    await writer.flush()  # every delta is on the stream before the requester ends it
+                    await self._publish_finished(req, tenant, trace, end)
+                else:
+                    await asyncio.gather(
+                        writer.publish(end, msg_id=f"{req.run_id}:end"), self._publish_finished(req, tenant, trace, end)
+                    )
             finally:
                 await writer.close()
 
@@ -317,8 +321,11 @@ class ExecutorActor(Actor):
     # --- announcing an end -------------------------------------------------------------------
 
     async def _announce(self, req: RunRequest, tenant: str, trace: Trace, end: RunEnd) -> None:
-        """Announce a run that already ended: its terminal output (deduped) and RunFinished."""
-        await self.bus.publish(subjects.run_output(tenant, req.run_id), end, trace=trace, msg_id=f"{req.run_id}:end")
+        """Announce a run that already ended: its terminal output (deduped; unless its requester does
+        that) and RunFinished."""
+        if not req.end_by_requester:
+            output = subjects.run_output(tenant, req.run_id)
+            await self.bus.publish(output, end, trace=trace, msg_id=f"{req.run_id}:end")
         await self._publish_finished(req, tenant, trace, end)
 
     async def _publish_finished(self, req: RunRequest, tenant: str, trace: Trace, end: RunEnd) -> None:
