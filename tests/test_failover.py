@@ -21,8 +21,9 @@ import pytest
 from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
-from bus.embedded import EmbeddedNatsCluster, free_port
+from bus.embedded import EmbeddedNats, EmbeddedNatsCluster, free_port
 from bus.streams import CONVERSATION_CMD, EXECUTOR_CMD, EXECUTOR_EVT, RUN_OUT, SCHEDULER_CMD, SCHEDULER_EVT
+from gateway.state import IDEMPOTENCY_BUCKET
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,8 +37,10 @@ ON_THE_PATH = (
     RUN_OUT.name,  # the executor's output
     EXECUTOR_EVT.name,  # RunFinished
     f"KV_{keys.BUCKET}",  # API key lookups
+    f"KV_{IDEMPOTENCY_BUCKET}",  # the gateway's record of each answer, written after the task's commit
 )
 TRICKLE_S = 10.0  # one delegation every 100 ms for this long
+JOBS = int(TRICKLE_S * 10)
 KILL_AFTER_S = 3.0
 
 
@@ -83,10 +86,12 @@ async def _move_leader(bus: Bus, stream: str, to: str) -> None:
 
 
 class Client:
-    """Delegates one task every 100 ms; retries a 503/504 with the same Idempotency-Key, as a client should."""
+    """Delegates one task every 100 ms; retries a 503/504 with the same Idempotency-Key, as a client should.
+    Each job comes with an API key of its own, so the gateway looks a key up during the failover too."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, api_keys: list[str]) -> None:
         self.http = http
+        self.api_keys = api_keys
         self.statuses: Counter[int] = Counter()
         self.unexpected: list[str] = []
         self.accepted: dict[int, str] = {}  # job number -> task id
@@ -94,9 +99,10 @@ class Client:
 
     async def delegate(self, number: int, deadline: float) -> None:
         body = {"task_type": "delegation", "prompt": f"job {number}"}
+        headers = {"Idempotency-Key": f"job-{number}", "Authorization": f"Bearer {self.api_keys[number]}"}
         while time.monotonic() < deadline:
             try:
-                response = await self.http.post("/v1/tasks", json=body, headers={"Idempotency-Key": f"job-{number}"})
+                response = await self.http.post("/v1/tasks", json=body, headers=headers)
             except httpx.TransportError:  # a kept-alive connection the server closed as it was reused
                 self.connection_errors += 1
                 continue
@@ -152,54 +158,56 @@ async def test_killing_the_stream_leaders_loses_fails_and_duplicates_nothing_acc
     env = {**actor_env, "AGENTBUS_STREAM_REPLICAS": "3"}
     bus = await Bus.connect(bus_config)  # declares every stream, with three replicas
     try:
-        key = await keys.create_key(bus, tenant="t1", name="test")
+        api_keys = [await keys.create_key(bus, tenant="t1", name=f"job-{n}") for n in range(JOBS)]
         for name in ("conversation", "executor", "scheduler"):
             spawn_actor(name, env)
-        victim = await _meta_leader(cluster)  # the worst node to lose: it also leads every stream below
-        for stream in ON_THE_PATH:
-            await _move_leader(bus, stream, victim)
+        limits = httpx.Limits(keepalive_expiry=1.0)  # below uvicorn's 5 s, so no request meets a closing connection
+        headers = {"Authorization": f"Bearer {api_keys[0]}"}
+        with _gateway_process(env, tmp_path / "gateway.log") as url:
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, limits=limits) as http:
+                await wait_until(lambda: _healthy(http), timeout=30, what="/health 200")
+                victim = await _meta_leader(cluster)  # the worst node to lose: it also leads every stream below
+                for stream in ON_THE_PATH:
+                    await _move_leader(bus, stream, victim)
+                print(f"failover: platform up, leaders on {victim}, after {time.monotonic() - begun:.1f}s")
+                await _failover(cluster.node(victim), http, Client(http, api_keys), begun)
     finally:
         await bus.close()
 
+
+async def _failover(victim: EmbeddedNats, http: httpx.AsyncClient, client: Client, begun: float) -> None:
+    """Delegate steadily, kill `victim` on the way, then check what became of every accepted task."""
     health: list[tuple[float, int]] = []
-    limits = httpx.Limits(keepalive_expiry=1.0)  # below uvicorn's 5 s, so no request meets a closing connection
-    headers = {"Authorization": f"Bearer {key}"}
-    with _gateway_process(env, tmp_path / "gateway.log") as url:
-        async with (
-            httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, limits=limits) as http,
-            _health_sampler(http, health),
-        ):
-            await wait_until(lambda: _healthy(http), timeout=30, what="/health 200 before the kill")
-            print(f"failover: platform up, leaders on {victim}, after {time.monotonic() - begun:.1f}s")
-            client = Client(http)
-            started = time.monotonic()
-            jobs: list[asyncio.Task[None]] = []
-            killed_at = 0.0
-            for number in range(int(TRICKLE_S * 10)):
-                if not killed_at and time.monotonic() - started >= KILL_AFTER_S:
-                    cluster.node(victim).kill()
-                    killed_at = time.monotonic()
-                jobs.append(asyncio.create_task(client.delegate(number, deadline=started + TRICKLE_S + 15)))
-                await asyncio.sleep(0.1)
-            await asyncio.gather(*jobs)
-            print(f"failover: all answered after {time.monotonic() - begun:.1f}s: {client.statuses}")
+    async with _health_sampler(http, health):
+        await wait_until(lambda: _healthy(http), timeout=30, what="/health 200 before the kill")
+        started = time.monotonic()
+        jobs: list[asyncio.Task[None]] = []
+        killed_at = 0.0
+        for number in range(JOBS):
+            if not killed_at and time.monotonic() - started >= KILL_AFTER_S:
+                victim.kill()
+                killed_at = time.monotonic()
+            jobs.append(asyncio.create_task(client.delegate(number, deadline=started + TRICKLE_S + 15)))
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*jobs)
+        print(f"failover: all answered after {time.monotonic() - begun:.1f}s: {client.statuses}")
 
-            assert client.unexpected == [], client.unexpected
-            assert client.statuses[500] == 0
-            assert sorted(client.accepted) == list(range(len(jobs))), f"not accepted in time: {client.statuses}"
-            runs = await _runs_when_ended(http, list(client.accepted.values()))
-            print(f"failover: every run ended after {time.monotonic() - begun:.1f}s")
-            await wait_until(lambda: _healthy(http), timeout=20, what="/health 200 after the failover")
-
-            failed = {task_id: r for task_id, rs in runs.items() for r in rs if r["status"] != "completed"}
-            assert failed == {}, failed
-            assert {task_id: len(rs) for task_id, rs in runs.items() if len(rs) != 1} == {}
-            listed = (await http.get("/v1/tasks", params={"limit": 200})).json()["tasks"]
-            assert len(listed) == len(client.accepted)  # no task created twice
-            conversations = [rs[0]["conversation_id"] for rs in runs.values()]
-            replies = await asyncio.gather(*(_assistant_messages(http, c) for c in conversations))
-            assert Counter(replies) == {1: len(runs)}  # one stored reply per task
+        assert client.unexpected == [], client.unexpected
+        assert client.statuses[500] == 0
+        assert sorted(client.accepted) == list(range(JOBS)), f"not accepted in time: {client.statuses}"
+        runs = await _runs_when_ended(http, list(client.accepted.values()))
+        print(f"failover: every run ended after {time.monotonic() - begun:.1f}s")
+        await wait_until(lambda: _healthy(http), timeout=20, what="/health 200 after the failover")
     assert any(code == 503 and at > killed_at for at, code in health), "/health never reported the failover"
+
+    failed = {task_id: r for task_id, rs in runs.items() for r in rs if r["status"] != "completed"}
+    assert failed == {}, failed
+    assert {task_id: len(rs) for task_id, rs in runs.items() if len(rs) != 1} == {}
+    listed = (await http.get("/v1/tasks", params={"limit": 200})).json()["tasks"]
+    assert len(listed) == JOBS  # no task created twice
+    conversations = [rs[0]["conversation_id"] for rs in runs.values()]
+    replies = await asyncio.gather(*(_assistant_messages(http, c) for c in conversations))
+    assert Counter(replies) == {1: JOBS}  # one stored reply per task
 
 
 async def _healthy(http: httpx.AsyncClient) -> bool:
