@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get
+import msgspec
+from litestar import Request, get
 from litestar.datastructures import State
 
 from gateway.auth import Tenant
 from gateway.state import gateway_of
-from gateway.views import full_json
 
-__all__ = ["list_agents"]
+__all__ = ["Agents", "list_agents"]
+
+
+class Agents(msgspec.Struct, frozen=True, kw_only=True):
+    agents: list[str]
+    pipelines: list[str]  # each runs as agent `pipeline:<name>`
 
 
 @get(
@@ -19,9 +24,7 @@ __all__ = ["list_agents"]
     tags=["agents"],
     summary="The agents and pipelines a conversation, task or research job may name",
 )
-async def list_agents(request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Response[bytes]:
+async def list_agents(request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Agents:
     gw = gateway_of(state)
     catalog = await gw.agents.catalog(gw.trace(tenant, request))
-    return Response(
-        full_json({"agents": catalog.agents, "pipelines": catalog.pipelines}), media_type="application/json"
-    )
+    return Agents(agents=catalog.agents, pipelines=catalog.pipelines)

@@ -41,7 +41,6 @@ ERROR_SCHEMA = Schema(
     },
 )
 COMPONENTS = Components(
-    schemas={"Error": ERROR_SCHEMA},
     security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an API key")},
 )
 DESCRIPTIONS = {
@@ -83,6 +82,7 @@ def _response(status: int) -> OpenAPIResponse:
 def declare_errors(app: Litestar) -> None:
     """Add the error responses to every operation of `app`'s document (built now, once, and kept)."""
     document = app.openapi_schema
+    document.components.schemas["Error"] = ERROR_SCHEMA  # Litestar sets the schemas it generates, only those
     for path, item in (document.paths or {}).items():
         for method in ("get", "put", "post", "delete", "patch"):
             operation: Operation | None = getattr(item, method)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from bus import subjects
@@ -87,7 +88,11 @@ class TaskController(Controller):
     path = "/v1/tasks"
     tags = ["tasks"]
 
-    @post("/", summary="Create a task (a delegation runs at once and answers 202)")
+    @post(
+        "/",
+        summary="Create a task (a delegation runs at once and answers 202)",
+        responses={202: ResponseSpec(None, description="a delegation: created, and its run started")},
+    )
     async def create(
         self, request: Request[Any, Any, Any], state: State, tenant: Tenant, data: JSONBody[NewTask]
     ) -> Response[Any]:
