@@ -94,7 +94,7 @@ class _Platform:
         await nc.subscribe(f"ab.scheduler.evt.{TENANT}.*.completed", cb=on_finished)
         try:
             with processes(PLATFORM, self.env, self.logs) as children:
-                await wait_http(f"{self.base}/health", timeout=90)
+                await wait_http(f"{self.base}/health", timeout=90, children=children)
                 async with httpx.AsyncClient(base_url=self.base, headers=self.headers, timeout=60) as client:
                     await self._dispatch(client, completions, {name: c.pid for name, c in children.items()})
                     self.delegated[1] = await self._delegated(client)

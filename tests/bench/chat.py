@@ -123,7 +123,7 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, object]
     base = f"http://127.0.0.1:{port}"
     try:
         with processes(commands, env, logs) as children:
-            await wait_http(f"{base}/health", timeout=60)
+            await wait_http(f"{base}/health", timeout=60, children=children)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
                 # a new conversation per turn, so every turn is the same work as the floor's Agent.run
                 # (no history to load); the conversations are made before the clock starts

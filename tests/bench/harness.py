@@ -432,10 +432,16 @@ async def services_up(nc: NatsClient, actor: str, instances: int = 1, *, timeout
             raise TimeoutError(f"{instances} {actor} instances are not started after {timeout_s:.0f}s")
 
 
-async def wait_http(url: str, *, timeout: float = 30.0) -> None:
+async def wait_http(
+    url: str, *, timeout: float = 30.0, children: Mapping[str, subprocess.Popen[bytes]] | None = None
+) -> None:
+    """Until `url` answers 200; fails at once, naming it, if one of `children` exits meanwhile."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
+            for name, child in (children or {}).items():
+                if child.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {child.returncode} while {url} was not ready")
             try:
                 if (await client.get(url)).status_code == 200:
                     return

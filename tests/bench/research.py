@@ -144,11 +144,11 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     platform = {"executor": ["-m", "actors.executor"], "gateway": ["-m", "gateway"]}
     results: list[Result] = []
-    with processes(platform, env, logs):
+    with processes(platform, env, logs) as children:
         for concurrency, total in ((RESEARCH_QUESTIONS, scale.research_jobs), (4, scale.research_jobs_small)):
             research_env = {**env, "AGENTBUS_RESEARCH_CONCURRENCY": str(concurrency)}
-            with processes({f"research-c{concurrency}": ["-m", "actors.research"]}, research_env, logs):
-                await wait_http(f"{base}/health", timeout=90)
+            with processes({f"research-c{concurrency}": ["-m", "actors.research"]}, research_env, logs) as actor:
+                await wait_http(f"{base}/health", timeout=90, children=children | actor)
                 async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
                     results.append(await _jobs(client, concurrency, total, warmup=not scale.smoke))
 
