@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -287,16 +288,16 @@ class Actor:
         try:
             body = decode_union(msg.data, route.inbox)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            await self._settle_logged(self._dead_letter(msg, None, delivery, f"undecodable: {e}"), msg)
+            await self._settle_logged(partial(self._dead_letter, msg, None, delivery, f"undecodable: {e}"), msg)
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await route.handler(body, delivery)
         except Retry as e:
             self._log.info("retry", subject=msg.subject, reason=e.reason, delay=e.delay)
-            await self._settle_logged(msg.nak(delay=e.delay), msg)
+            await self._settle_logged(partial(msg.nak, delay=e.delay), msg)
         except Reject as e:
-            await self._settle_logged(self._dead_letter(msg, body, delivery, e.reason), msg)
+            await self._settle_logged(partial(self._dead_letter, msg, body, delivery, e.reason), msg)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()  # another replica picks it up at once
@@ -304,22 +305,22 @@ class Actor:
         except Exception as e:
             if delivery.num_delivered >= self.bus_config.max_deliver:
                 reason = f"failed {delivery.num_delivered} times: {e!r}"
-                await self._settle_logged(self._dead_letter(msg, body, delivery, reason), msg)
+                await self._settle_logged(partial(self._dead_letter, msg, body, delivery, reason), msg)
             else:
                 delay = BACKOFF_S[min(delivery.num_delivered, len(BACKOFF_S)) - 1]
                 self._log.exception("handler failed", subject=msg.subject, attempt=delivery.num_delivered)
-                await self._settle_logged(msg.nak(delay=delay), msg)
+                await self._settle_logged(partial(msg.nak, delay=delay), msg)
         else:
-            await self._settle_logged(msg.ack_sync(), msg)
+            await self._settle_logged(msg.ack_sync, msg)
             self._log.debug("handled", subject=msg.subject, ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             heartbeat.cancel()
 
-    async def _settle_logged(self, settling: Awaitable[Any], msg: Msg) -> None:
+    async def _settle_logged(self, settling: Callable[[], Awaitable[Any]], msg: Msg) -> None:
         """Ack, nak or dead-letter; if NATS is away the message stays unacked and is redelivered
         after ack_wait, so a failure here is logged, not raised into a task nobody awaits."""
         try:
-            await settling
+            await settling()
         except Exception as e:
             self._log.warning("could not settle a message: it will be redelivered", subject=msg.subject, error=repr(e))
 

@@ -83,6 +83,8 @@ async def run_agent(
         error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit})
         return RunFailed(run_id=run_id, error=error), Usage()
     except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
+        if (lost := writer.failure) is not None:  # the bus failed, not the run: it goes back and is redone
+            raise lost from e
         log.warning("run failed", error=repr(e))
         return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(e).__name__}: {e}"), Usage()
     if result is None:

@@ -41,6 +41,13 @@ class OutputWriter:
         await self._bus.publish(self._subject, message, trace=self._trace, msg_id=msg_id)
         self.published += 1
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The publisher's error once it has failed (NATS unreachable past the bus's retries)."""
+        if self._task.done() and not self._task.cancelled():
+            return self._task.exception()
+        return None
+
     async def flush(self) -> None:
         self._queue.put_nowait(None)
         joined = asyncio.ensure_future(self._queue.join())
