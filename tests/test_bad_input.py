@@ -4,6 +4,7 @@ text or path, and nothing invalid reaches the bus; unknown agents are refused wh
 from __future__ import annotations
 
 import asyncio
+import json
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+import websockets
 from nats.aio.msg import Msg
 
 from actors._outbound import Allowlist
@@ -90,6 +92,24 @@ async def test_a_nul_character_in_any_string_or_query_is_a_422(start_platform: S
         assert sent.status_code == 200, sent.text
         listed = (await client.get(messages)).json()["messages"]
         assert listed[0]["content"] == "\\u0000 is how JSON writes NUL"
+
+
+async def test_bad_frames_on_the_chat_websocket_get_an_error_frame_and_the_socket_stays(start_platform: Start) -> None:
+    platform = await start_platform()
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
+        async with websockets.connect(url, max_size=None) as socket, bus_requests(platform) as seen:
+            for frame, code in (("[" * 10_000 + "]" * 10_000, "malformed"), ('{"message": "a\\u0000"}', "invalid")):
+                await socket.send(frame)
+                async with asyncio.timeout(10):
+                    assert json.loads(await socket.recv())["error"]["code"] == code
+            await platform.bus.nc.flush()
+            assert seen == []  # neither became a command
+            await socket.send(json.dumps({"message": "hello"}))
+            async with asyncio.timeout(15):
+                while json.loads(await socket.recv())["event"] != "completed":
+                    pass
 
 
 async def test_values_out_of_bounds_are_refused_by_the_gateway_and_never_reach_the_bus(start_platform: Start) -> None:
