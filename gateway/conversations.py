@@ -92,10 +92,11 @@ async def post_message(
         reply = TurnReply(run_id=run_id, message=event.message, model=event.model, offline=event.offline)
         stored = Stored(status=200, body=full_json(reply))
     else:
+        internal = event.error.code is ErrorCode.INTERNAL  # its text, an exception's, stays in the run's record
         error = {
             "code": event.error.code,
-            "message": event.error.message,
-            "details": {**event.error.details, "run_id": run_id},
+            "message": "the turn failed: internal error" if internal else event.error.message,
+            "details": {"run_id": run_id} if internal else {**event.error.details, "run_id": run_id},
         }
         stored = Stored(status=HTTP_STATUS[event.error.code], body=msgspec.json.encode({"error": error}))
     await gw.remember(digest, stored)
