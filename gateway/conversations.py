@@ -38,6 +38,11 @@ from schemas.runs import RunFailed
 __all__ = ["ConversationController", "post_message", "start_turn"]
 
 CONVERSATION = subjects.ActorName.CONVERSATION
+# a failed turn's text for these codes is an exception's (the model's, a tool's): it stays in the run's record
+SCRUBBED = {
+    ErrorCode.INTERNAL: "the turn failed: internal error",
+    ErrorCode.UNAVAILABLE: "the turn failed: its model or a tool is unavailable; the run's record says why",
+}
 
 
 def _json(status: int, body: bytes) -> Response[bytes]:
@@ -92,12 +97,9 @@ async def post_message(
         reply = TurnReply(run_id=run_id, message=event.message, model=event.model, offline=event.offline)
         stored = Stored(status=200, body=full_json(reply))
     else:
-        internal = event.error.code is ErrorCode.INTERNAL  # its text, an exception's, stays in the run's record
-        error = {
-            "code": event.error.code,
-            "message": "the turn failed: internal error" if internal else event.error.message,
-            "details": {"run_id": run_id} if internal else {**event.error.details, "run_id": run_id},
-        }
+        code = event.error.code
+        details = {"run_id": run_id} if code in SCRUBBED else {**event.error.details, "run_id": run_id}
+        error = {"code": code, "message": SCRUBBED.get(code, event.error.message), "details": details}
         stored = Stored(status=HTTP_STATUS[event.error.code], body=msgspec.json.encode({"error": error}))
     await gw.remember(digest, stored)
     return _json(stored.status, stored.body)

@@ -15,6 +15,8 @@ import msgspec
 import pytest
 import websockets
 from nats.aio.msg import Msg
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from actors._outbound import Allowlist
 from actors.research.fetch import FetchError, fetch_text
@@ -205,6 +207,20 @@ async def test_a_postgresql_outage_answers_503_with_retry_after(
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_a_turn_whose_model_raises_answers_without_the_exceptions_text(start_platform: Start) -> None:
+    def broken(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise RuntimeError("secret token sk-123 in /usr/lib/python3/site-packages/provider.py")
+
+    platform = await start_platform(FunctionModel(broken))
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        response = await client.post(f"/v1/conversations/{conversation_id}/messages", json={"message": "hi"})
+        assert response.status_code >= 500 and "sk-123" not in response.text, response.text
+        error = assert_clean(response, response.status_code, response.json()["error"]["code"])
+        run = await client.get(f"/v1/runs/{error['details']['run_id']}")
+        assert run.json()["status"] == "failed"  # the reason stays in the run's record
 
 
 async def test_a_malformed_url_is_a_fetch_error() -> None:
