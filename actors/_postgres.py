@@ -9,17 +9,40 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["Conn", "database_url", "health", "migrate", "open_pool"]
+__all__ = ["DATABASE_DOWN", "Conn", "as_struct", "as_structs", "database_url", "health", "migrate", "open_pool"]
+
+T = TypeVar("T")
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection, or one borrowed from a pool: what the actors' SQL functions take."""
+
+
+def as_struct(row: asyncpg.Record, type_: type[T], **extra: Any) -> T:
+    """A row as `type_` (a Struct or dataclass): columns by field name, jsonb into nested Structs, text
+    into enums, with `extra` for fields no column holds; columns without a field are ignored."""
+    return msgspec.convert({**row, **extra} if extra else dict(row), type_)
+
+
+def as_structs(rows: Iterable[asyncpg.Record], type_: type[T]) -> list[T]:
+    return [msgspec.convert(dict(row), type_) for row in rows]
+
+
+# PostgreSQL is away (down, restarting, unreachable): an actor's endpoints answer `unavailable`
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
 
 
 def database_url() -> str:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
+from actors._postgres import as_struct, as_structs
 from bus.codec import decode_union, encode
-from schemas.runs import STATUS_OF_END, RunCancelled, RunEnd, RunFailed, RunRecord, RunRequest, RunStatus, Usage
+from schemas.runs import STATUS_OF_END, RunCancelled, RunEnd, RunFailed, RunRecord, RunRequest, Usage
 
 __all__ = ["Begun", "RunStore"]
 
@@ -96,7 +97,7 @@ class RunStore:
                     """,
                     run_id, tenant, reason, encode(RunCancelled(run_id=run_id, reason=reason)),
                 )  # fmt: skip
-                return (_record(row), []) if row is not None else None
+                return (as_struct(row, RunRecord), []) if row is not None else None
             below = await conn.fetch(
                 """
                 WITH RECURSIVE below AS (
@@ -109,7 +110,7 @@ class RunStore:
                 """,
                 run_id, tenant,
             )  # fmt: skip
-        return _record(row), [r["id"] for r in below]
+        return as_struct(row, RunRecord), [r["id"] for r in below]
 
     async def tree(self, run_id: str, tenant: str) -> list[RunRecord]:
         """The run and all its descendants, breadth first (empty if the run is not this tenant's).
@@ -126,27 +127,8 @@ class RunStore:
             """,
             run_id, tenant,
         )  # fmt: skip
-        return [_record(r) for r in rows]
+        return as_structs(rows, RunRecord)
 
     async def get(self, run_id: str, tenant: str) -> RunRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
-        return _record(row) if row is not None else None
-
-
-def _record(row: asyncpg.Record) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        tenant=row["tenant"],
-        agent=row["agent"],
-        model=row["model"],
-        status=RunStatus(row["status"]),
-        conversation_id=row["conversation_id"],
-        parent_run_id=row["parent_run_id"],
-        offline=row["offline"],
-        attempt=row["attempt"],
-        usage=msgspec.convert(row["usage"], Usage),
-        error=row["error"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+        return as_struct(row, RunRecord) if row is not None else None

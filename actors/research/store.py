@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-import msgspec
 
+from actors._postgres import as_struct, as_structs
 from schemas.research import (
     Citation,
     ResearchJob,
@@ -26,23 +27,23 @@ __all__ = ["JobRow", "JobStore", "totals_of"]
 FINISHED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)  # a sub-run is also `pending` before it starts
 
 
+@dataclass(frozen=True, slots=True)
 class JobRow:
     """One jobs row: the command that started it and where it stands."""
 
-    def __init__(self, row: asyncpg.Record) -> None:
-        self.id: str = row["id"]
-        self.tenant: str = row["tenant"]
-        self.spec = msgspec.convert(row["spec"], StartResearch)
-        self.notification_secret: str = row["notification_secret"]
-        self.status = ResearchStatus(row["status"])
-        self.stopped_by = StopReason(row["stopped_by"]) if row["stopped_by"] else None
-        self.error: str | None = row["error"]
-        self.cancel_reason: str | None = row["cancel_reason"]
-        self.report: str | None = row["report"]
-        self.citations = msgspec.convert(row["citations"], list[Citation])
-        self.created_at: datetime = row["created_at"]
-        self.started_at: datetime | None = row["started_at"]
-        self.finished_at: datetime | None = row["finished_at"]
+    id: str
+    tenant: str
+    spec: StartResearch
+    notification_secret: str
+    status: ResearchStatus
+    stopped_by: StopReason | None
+    error: str | None
+    cancel_reason: str | None
+    report: str | None
+    citations: list[Citation]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
     @property
     def finished(self) -> bool:
@@ -72,23 +73,6 @@ class JobRow:
             started_at=self.started_at,
             finished_at=self.finished_at,
         )
-
-
-def _subrun(row: asyncpg.Record) -> Subrun:
-    return Subrun(
-        run_id=row["run_id"],
-        kind=SubrunKind(row["kind"]),
-        depth=row["depth"],
-        question=row["question"],
-        why=row["why"],
-        status=row["status"],
-        output=row["output"],
-        error=row["error"],
-        sources=msgspec.convert(row["sources"], list[Source]),
-        usage=msgspec.convert(row["usage"], Usage),
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
 
 
 def totals_of(subruns: list[Subrun]) -> Totals:
@@ -124,15 +108,15 @@ class JobStore:
             row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", spec.job_id)
         if row is None or row["tenant"] != tenant:
             return None
-        return JobRow(row), created
+        return as_struct(row, JobRow), created
 
     async def get(self, job_id: str, tenant: str) -> JobRow | None:
         row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND tenant = $2", job_id, tenant)
-        return JobRow(row) if row is not None else None
+        return as_struct(row, JobRow) if row is not None else None
 
     async def subruns(self, job_id: str) -> list[Subrun]:
         rows = await self.pool.fetch("SELECT * FROM subruns WHERE job_id = $1 ORDER BY seq", job_id)
-        return [_subrun(r) for r in rows]
+        return as_structs(rows, Subrun)
 
     async def begin(self, job_id: str) -> JobRow:
         """The job as it stands, its clock started at its first delivery (a resumed job keeps its deadline)."""
@@ -141,7 +125,7 @@ class JobStore:
         )
         if row is None:
             raise LookupError(f"no research job {job_id}")
-        return JobRow(row)
+        return as_struct(row, JobRow)
 
     async def set_status(self, job_id: str, status: ResearchStatus) -> None:
         await self.pool.execute(
@@ -156,7 +140,7 @@ class JobStore:
             """,
             job_id, tenant, reason,
         )  # fmt: skip
-        return JobRow(row) if row is not None else None
+        return as_struct(row, JobRow) if row is not None else None
 
     async def finish(
         self,
@@ -180,7 +164,7 @@ class JobStore:
             row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
             if row is None:
                 raise LookupError(f"no research job {job_id}")
-        return JobRow(row)
+        return as_struct(row, JobRow)
 
     # --- sub-runs ----------------------------------------------------------------------------
 

@@ -2,67 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
 
-from actors._postgres import Conn
-from schemas.notifier import NotificationConfig
+from actors._postgres import Conn, as_struct, as_structs
 from schemas.runs import Usage
 from schemas.tasks import (
     FiredBy,
-    MisfirePolicy,
-    OverlapPolicy,
     Task,
     TaskRun,
     TaskRunStatus,
-    TaskType,
-    TriggerConfig,
 )
 
-__all__ = ["TaskRow", "task_of", "task_run_of"]
+__all__ = ["TaskRow", "task_of", "task_row_of"]
 
 OPEN = ("queued", "running")
 
 
+@dataclass(frozen=True, slots=True)
 class TaskRow:
     """A task as stored, with what only the scheduler sees (its notification secret)."""
 
-    def __init__(self, row: asyncpg.Record) -> None:
-        self.task = task_of(row)
-        self.notification_secret: str = row["notification_secret"]
+    task: Task
+    notification_secret: str
 
 
-def _struct(value: Any, type_: type[Any]) -> Any:
-    return msgspec.convert(value, type_) if value is not None else None
+def task_row_of(row: asyncpg.Record) -> TaskRow:
+    return TaskRow(task=task_of(row), notification_secret=row["notification_secret"])
 
 
 def task_of(row: asyncpg.Record) -> Task:
-    return Task(
-        id=row["id"],
-        tenant=row["tenant"],
-        task_type=TaskType(row["task_type"]),
-        prompt=row["prompt"],
-        agent=row["agent"],
-        pipeline=row["pipeline"],
-        inputs=row["inputs"],
-        schedule_expression=row["schedule_expression"],
-        interval_seconds=row["interval_seconds"],
-        run_at=row["run_at"],
-        timezone=row["timezone"],
-        trigger_config=_struct(row["trigger_config"], TriggerConfig),
-        notification_config=_struct(row["notification_config"], NotificationConfig),
-        thread=row["thread"],
-        misfire_policy=MisfirePolicy(row["misfire_policy"]),
-        overlap_policy=OverlapPolicy(row["overlap_policy"]),
-        enabled=row["enabled"],
-        next_run_at=row["next_run_at"],
-        webhook_url=_webhook_path(row),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return as_struct(row, Task, webhook_url=_webhook_path(row))
 
 
 def _webhook_path(row: asyncpg.Record) -> str | None:
@@ -71,25 +44,6 @@ def _webhook_path(row: asyncpg.Record) -> str | None:
     if row["task_type"] != "triggered" or (isinstance(config, dict) and config.get("subject")):
         return None
     return f"/v1/tasks/webhooks/{row['id']}"
-
-
-def task_run_of(row: asyncpg.Record) -> TaskRun:
-    return TaskRun(
-        id=row["id"],
-        task_id=row["task_id"],
-        tenant=row["tenant"],
-        fired_by=FiredBy(row["fired_by"]),
-        scheduled_for=row["scheduled_for"],
-        conversation_id=row["conversation_id"],
-        status=TaskRunStatus(row["status"]),
-        output=row["output"],
-        error=row["error"],
-        event=row["event"],
-        usage=msgspec.convert(row["usage"], Usage),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
 
 
 async def insert_task(conn: Conn, task: Task, secret: str) -> TaskRow | None:
@@ -107,13 +61,13 @@ async def insert_task(conn: Conn, task: Task, secret: str) -> TaskRow | None:
         msgspec.to_builtins(task.notification_config), task.thread, task.misfire_policy.value,
         task.overlap_policy.value, task.enabled, task.next_run_at, secret, task.created_at, task.pipeline,
     )  # fmt: skip
-    return TaskRow(row) if row is not None else None
+    return task_row_of(row) if row is not None else None
 
 
 async def get_task(conn: Conn, task_id: str, tenant: str, *, lock: bool = False) -> TaskRow | None:
     sql = "SELECT * FROM tasks WHERE id = $1 AND tenant = $2" + (" FOR UPDATE" if lock else "")
     row = await conn.fetchrow(sql, task_id, tenant)
-    return TaskRow(row) if row is not None else None
+    return task_row_of(row) if row is not None else None
 
 
 async def save_task(conn: Conn, task: Task) -> TaskRow:
@@ -130,12 +84,12 @@ async def save_task(conn: Conn, task: Task) -> TaskRow:
         task.updated_at,
     )  # fmt: skip
     assert row is not None
-    return TaskRow(row)
+    return task_row_of(row)
 
 
 async def delete_task(conn: Conn, task_id: str, tenant: str) -> TaskRow | None:
     row = await conn.fetchrow("DELETE FROM tasks WHERE id = $1 AND tenant = $2 RETURNING *", task_id, tenant)
-    return TaskRow(row) if row is not None else None
+    return task_row_of(row) if row is not None else None
 
 
 async def list_tasks(
@@ -161,7 +115,7 @@ async def due_tasks(conn: Conn, now: datetime, limit: int) -> list[TaskRow]:
         """,
         now, limit,
     )  # fmt: skip
-    return [TaskRow(r) for r in rows]
+    return [task_row_of(r) for r in rows]
 
 
 async def set_next(conn: Conn, task_id: str, next_run_at: datetime | None) -> None:
@@ -200,7 +154,7 @@ async def insert_run(
         """,
         run_id, task.id, task.tenant, fired_by.value, scheduled_for, firing_id, status.value, event, now,
     )  # fmt: skip
-    return task_run_of(row) if row is not None else None
+    return as_struct(row, TaskRun) if row is not None else None
 
 
 async def mark_started(conn: Conn, run_id: str, conversation_id: str, now: datetime) -> None:
@@ -218,7 +172,7 @@ async def unstarted_runs(conn: Conn, before: datetime, limit: int) -> list[TaskR
         "SELECT * FROM task_runs WHERE status = 'queued' AND created_at < $1 ORDER BY created_at LIMIT $2",
         before, limit,
     )  # fmt: skip
-    return [task_run_of(r) for r in rows]
+    return as_structs(rows, TaskRun)
 
 
 async def finish_run(
@@ -240,14 +194,14 @@ async def finish_run(
         run_id, status.value, output, error, msgspec.to_builtins(usage), now, OPEN,
     )  # fmt: skip
     if row is not None:
-        return task_run_of(row), True
+        return as_struct(row, TaskRun), True
     row = await conn.fetchrow("SELECT * FROM task_runs WHERE id = $1", run_id)
-    return (task_run_of(row), False) if row is not None else None
+    return (as_struct(row, TaskRun), False) if row is not None else None
 
 
 async def get_run(conn: Conn, run_id: str, tenant: str) -> TaskRun | None:
     row = await conn.fetchrow("SELECT * FROM task_runs WHERE id = $1 AND tenant = $2", run_id, tenant)
-    return task_run_of(row) if row is not None else None
+    return as_struct(row, TaskRun) if row is not None else None
 
 
 async def list_runs(conn: Conn, task_id: str, *, limit: int, after: str | None = None) -> list[TaskRun]:
@@ -258,9 +212,9 @@ async def list_runs(conn: Conn, task_id: str, *, limit: int, after: str | None =
         """,
         task_id, after, limit,
     )  # fmt: skip
-    return [task_run_of(r) for r in rows]
+    return as_structs(rows, TaskRun)
 
 
 async def task_row(conn: Conn, task_id: str) -> TaskRow | None:
     row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
-    return TaskRow(row) if row is not None else None
+    return task_row_of(row) if row is not None else None

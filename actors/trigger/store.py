@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from actors._postgres import Conn
+from actors._postgres import Conn, as_struct, as_structs
 from schemas.tasks import FiredBy, TriggerConfig
 
 __all__ = ["Pending", "TriggerRow"]
@@ -51,17 +51,7 @@ class Pending:
 
 
 def _row(record: asyncpg.Record | None) -> TriggerRow | None:
-    if record is None:
-        return None
-    return TriggerRow(
-        task_id=record["task_id"],
-        tenant=record["tenant"],
-        secret=record["secret"],
-        config=msgspec.convert(record["config"], TriggerConfig),
-        enabled=record["enabled"],
-        dropped=record["dropped"],
-        task_updated_at=record["task_updated_at"],
-    )
+    return as_struct(record, TriggerRow) if record is not None else None
 
 
 async def get(conn: Conn, task_id: str, *, lock: bool = False, skip_locked: bool = False) -> TriggerRow | None:
@@ -74,7 +64,7 @@ async def listening(conn: Conn) -> list[TriggerRow]:
     records = await conn.fetch(
         f"SELECT {_COLUMNS} FROM triggers WHERE enabled AND config->>'subject' IS NOT NULL ORDER BY task_id"
     )
-    return [r for r in map(_row, records) if r is not None]
+    return as_structs(records, TriggerRow)
 
 
 async def register(
@@ -203,15 +193,7 @@ async def take_due(conn: Conn, task_id: str) -> Pending | None:
         """,
         task_id,
     )
-    if record is None:
-        return None
-    return Pending(
-        task_id=record["task_id"],
-        firing_id=record["firing_id"],
-        fired_by=FiredBy(record["fired_by"]),
-        event=record["event"],
-        trace=record["trace"],
-    )
+    return as_struct(record, Pending) if record is not None else None
 
 
 async def next_due_in(conn: Conn) -> float | None:
