@@ -60,7 +60,11 @@ def _internal(address: IPAddress) -> bool:
 
 def check_url_syntax(url: str) -> str:
     """The URL's host, if it is an absolute http(s) URL; else UnsafeURL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1"
+        raise UnsafeURL("the URL is malformed") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeURL(f"only http and https URLs are allowed, not {parts.scheme or 'no scheme'!r}")
     if not parts.hostname:

@@ -79,6 +79,10 @@ class Consumer(Generic[T]):
     inbox: Any  # a Struct or a union of tagged Structs; the handler's parameter type says which
     handler: Callable[[T, Delivery], Awaitable[None]]
     concurrency: int = 64
+    # wait for the server to confirm each ack: for a consumer whose next message reads the stream
+    # and must no longer see this one (the conversation's ordering check). A plain ack that is lost
+    # only means a redelivery, which every handler takes as a repeat.
+    sync_ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,8 @@ class Actor:
     name: ClassVar[subjects.ActorName]
     version: ClassVar[str] = "0.1.0"
     description: ClassVar[str] = ""
+    # errors that mean "a dependency is down, ask again later" (an endpoint answers `unavailable`)
+    unavailable_errors: ClassVar[tuple[type[Exception], ...]] = (OSError, TimeoutError)
 
     def __init__(self, bus_config: BusConfig, *, drain_timeout_s: float = 10.0) -> None:
         self.bus_config = bus_config
@@ -311,7 +317,7 @@ class Actor:
                 self._log.exception("handler failed", subject=msg.subject, attempt=delivery.num_delivered)
                 await self._settle_logged(partial(msg.nak, delay=delay), msg)
         else:
-            await self._settle_logged(msg.ack_sync, msg)
+            await self._settle_logged(msg.ack_sync if route.sync_ack else msg.ack, msg)
             self._log.debug("handled", subject=msg.subject, ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             heartbeat.cancel()
@@ -364,13 +370,18 @@ class Actor:
             try:
                 body = decode_union(request.data, route.request)
                 reply = await route.handler(body, trace)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            except msgspec.ValidationError as e:  # well-formed, but a value is out of bounds
+                reply = ErrorReply(code=ErrorCode.INVALID, message=str(e))
+            except msgspec.DecodeError as e:
                 reply = ErrorReply(code=ErrorCode.MALFORMED, message=str(e))
             except BusError as e:
                 reply = e.reply()
-            except Exception as e:
+            except self.unavailable_errors:
+                self._log.exception("endpoint failed: a dependency is unavailable", verb=route.verb)
+                reply = ErrorReply(code=ErrorCode.UNAVAILABLE, message=f"{self.name.value} cannot serve this now")
+            except Exception:  # the text stays in the log: a reply never carries an exception's text
                 self._log.exception("endpoint failed", verb=route.verb)
-                reply = ErrorReply(code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}")
+                reply = ErrorReply(code=ErrorCode.INTERNAL, message=f"{self.name.value} failed to answer {route.verb}")
             await request.respond(encode(reply))
 
         return dispatch

@@ -60,14 +60,24 @@ async def _query(gw: Gateway, verb: str, message: Any, reply: type[Any], trace: 
 
 
 async def start_turn(
-    gw: Gateway, tenant: str, conversation_id: str, body: NewMessage, trace: Trace, *, run_id: str, message_id: str
+    gw: Gateway,
+    tenant: str,
+    conversation_id: str,
+    body: NewMessage,
+    trace: Trace,
+    *,
+    run_id: str,
+    message_id: str,
+    stream: bool,
 ) -> None:
+    """Publish the turn; `stream`: someone watches its tokens (else the run publishes none)."""
     post_cmd = PostMessage(
         conversation_id=conversation_id,
         message_id=message_id,
         run_id=run_id,
         content=body.message,
         metadata=body.metadata,
+        stream=stream,
     )
     await gw.bus.publish(
         subjects.conversation_command(tenant, conversation_id), post_cmd, trace=trace, msg_id=message_id
@@ -80,11 +90,15 @@ async def post_message(
     run_id, message_id = gw.make_id(digest, "run"), gw.make_id(digest, "message")
     trace = trace.child(run_id=run_id)
     if body.stream:
-        await start_turn(gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id)
+        await start_turn(
+            gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
+        )
         await gw.remember(digest, Stored(status=200, stream_run_id=run_id))
         return await _stream_run(gw, tenant, run_id)
     with gw.turns.expect(run_id) as turn:
-        await start_turn(gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id)
+        await start_turn(
+            gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
+        )
         try:
             event = await asyncio.wait_for(turn, gw.config.reply_timeout_s)
         except TimeoutError:

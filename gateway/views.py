@@ -12,7 +12,8 @@ __all__ = ["full", "full_json"]
 def full(value: Any) -> Any:
     """`value` as JSON-ready builtins with every field of every Struct in it."""
     if isinstance(value, msgspec.Struct):
-        return {f.name: full(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
+        # __struct_fields__: the names, without msgspec.structs.fields' per-call annotation lookup
+        return {name: full(getattr(value, name)) for name in value.__struct_fields__}
     if isinstance(value, dict):
         return {k: full(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

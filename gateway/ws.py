@@ -88,6 +88,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
                 trace.child(run_id=run_id),
                 run_id=run_id,
                 message_id=gw.make_id(None, "message"),
+                stream=True,
             )
             task = asyncio.create_task(_relay(gw, socket, lock, tenant, run_id))
             relays.add(task)

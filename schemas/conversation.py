@@ -88,6 +88,7 @@ class PostMessage(Message, frozen=True, kw_only=True, tag="post_message"):
     content: str
     metadata: dict[str, str] = {}
     data: dict[str, object] | None = None  # an event payload: reaches the model as quoted data, never as instructions
+    stream: bool = True  # False: nobody watches the tokens, so the run publishes none (cheaper)
 
 
 class SetContext(Message, frozen=True, kw_only=True, tag="set_context"):

@@ -82,6 +82,9 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     # run's output once it has stored what the run produced (a conversation turn): so the last event
     # of a run's stream comes after the state it reports (read-your-writes)
     end_by_requester: bool = False
+    # False: nobody watches the run's tokens (a task, a non-streamed turn): no text deltas or tool
+    # calls are published, only its start, usage and end
+    stream: bool = True
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):

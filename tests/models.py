@@ -45,7 +45,11 @@ class Gate:
         for word in self.after:
             yield word
 
-    def _whole(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    async def _whole(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        """The same, for a run nobody streams: it waits at the gate, then answers whole."""
+        self.requests.append(messages)
+        self.reached.set()
+        await self.opened.wait()
         return ModelResponse(parts=[TextPart("".join(self.before + self.after))])
 
     def model(self) -> FunctionModel:

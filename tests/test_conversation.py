@@ -7,10 +7,12 @@ pydantic-ai JSON, so every turn's timing is in the test's hands.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from nats.aio.msg import Msg
@@ -234,8 +236,9 @@ async def start(bus_config: BusConfig, database_url: str) -> AsyncIterator[Start
     """start(replicas=1) -> (client, fake executor), with that many conversation actors running."""
     stack: list[Any] = []
 
-    async def start_actors(replicas: int = 1) -> tuple[Client, FakeExecutor]:
-        actors = [ConversationActor(bus_config, ConversationConfig(database_url=database_url)) for _ in range(replicas)]
+    async def start_actors(replicas: int = 1, max_deliver: int | None = None) -> tuple[Client, FakeExecutor]:
+        config = bus_config if max_deliver is None else dataclasses.replace(bus_config, max_deliver=max_deliver)
+        actors = [ConversationActor(config, ConversationConfig(database_url=database_url)) for _ in range(replicas)]
         ctx = running(*actors)
         await ctx.__aenter__()
         stack.append(ctx)
@@ -406,6 +409,32 @@ async def test_a_failed_turn_keeps_the_message_but_adds_no_history(start: Start)
     await client.post(conversation_id, "second")
     assert history_of(await executor.next()) == []
     assert [m.content for m in await client.messages(conversation_id)] == ["first", "second"]
+
+
+async def test_a_turn_whose_end_cannot_be_stored_fails_with_the_reason_and_the_next_turn_runs(
+    start: Start, database_url: str
+) -> None:
+    """A dead-lettered result ends its turn visibly: PostgreSQL refuses to store the reply, the
+    RunFinished is dead-lettered, and the turn ends failed ("gave up: ...") instead of staying the
+    conversation's running turn forever and holding every later one back."""
+    client, executor = await start(max_deliver=2)
+    db = await asyncpg.connect(database_url)
+    await db.execute(
+        """
+        CREATE FUNCTION conversation.refuse_doomed() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+        CREATE TRIGGER refuse_doomed BEFORE UPDATE ON conversation.turns FOR EACH ROW
+        WHEN (NEW.status = 'completed' AND NEW.prompt = 'doomed') EXECUTE FUNCTION conversation.refuse_doomed();
+        """
+    )
+    await db.close()
+    conversation_id = await client.create()
+    await client.post(conversation_id, "doomed")
+    await executor.complete(await executor.next(), "never stored")
+    (failed,) = await client.turns(conversation_id, 1)
+    assert isinstance(failed, TurnFailed) and failed.error.message.startswith("gave up:")
+    await client.post(conversation_id, "second")
+    assert (await executor.next()).prompt == "second"
 
 
 async def test_redelivered_commands_and_results_change_nothing(start: Start) -> None:

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from nats.js.errors import NotFoundError
 
-from actors._postgres import Conn, open_pool
+from actors._postgres import DATABASE_DOWN, Conn, open_pool
 from actors._postgres import health as postgres_health
 from actors.conversation import store
 from actors.conversation.config import ConversationConfig
@@ -81,6 +81,7 @@ def rejection(active_run_id: str | None) -> ErrorReply:
 
 class ConversationActor(Actor):
     name = subjects.ActorName.CONVERSATION
+    unavailable_errors = DATABASE_DOWN
     description = "conversations, history and turn order"
 
     def __init__(self, bus_config: BusConfig, config: ConversationConfig) -> None:
@@ -100,6 +101,7 @@ class ConversationActor(Actor):
                 ConsumerSpec(CONVERSATION_CMD, "conversation-cmd", subjects.conversation_commands()),
                 ConversationCommand,
                 self._on_command,
+                sync_ack=True,  # the next command of the conversation must not find this one still queued
             ),
             Consumer(
                 ConsumerSpec(EXECUTOR_EVT, "conversation-runs", subjects.executor_finished_all()),
@@ -183,9 +185,11 @@ class ConversationActor(Actor):
             data=cmd.data,
             message_id=cmd.message_id,
             metadata=cmd.metadata,
+            stream=cmd.stream,
         )
         position = conversation.queued_runs + (1 if conversation.active_run_id else 0)
-        outcome = Outcome(accepted=RunAccepted(run_id=cmd.run_id, position=position))
+        # a turn nobody streams has no listener for its place in the queue
+        outcome = Outcome(accepted=RunAccepted(run_id=cmd.run_id, position=position) if cmd.stream else None)
         outcome.start = await store.next_request(conn, conversation)
         if conversation.policy is Policy.INTERRUPT and conversation.active_run_id is not None:
             outcome.cancel = conversation.active_run_id
@@ -196,10 +200,11 @@ class ConversationActor(Actor):
         if turn.status == "rejected":
             return Outcome(failed=rejection(None))
         if turn.status == "running":
-            accepted = RunAccepted(run_id=turn.run_id, position=0)
+            accepted = RunAccepted(run_id=turn.run_id, position=0) if turn.stream else None
             return Outcome(accepted=accepted, start=await store.run_request(conn, conversation, turn))
         if turn.status == "queued":
-            outcome = Outcome(accepted=RunAccepted(run_id=turn.run_id, position=await store.queued_ahead(conn, turn)))
+            ahead = await store.queued_ahead(conn, turn)
+            outcome = Outcome(accepted=RunAccepted(run_id=turn.run_id, position=ahead) if turn.stream else None)
             if conversation.policy is Policy.INTERRUPT:  # the first attempt may have stopped before asking
                 outcome.cancel = conversation.active_run_id
             return outcome
@@ -245,9 +250,33 @@ class ConversationActor(Actor):
         except BusError as e:  # the run ends on its own then; the queued turn follows it
             self._log.warning("could not interrupt the running turn", run_id=run_id, error=str(e))
 
+    async def on_dead_letter(self, body: object | None, delivery: Delivery, reason: str) -> None:
+        """A turn given up on ends `failed` with the reason, so its waiters are released and the
+        conversation's next turn starts: as if its run had failed (a turn never recorded only has
+        its failure announced)."""
+        error = ErrorReply(code=ErrorCode.INTERNAL, message=f"gave up: {reason}")
+        match body:
+            case PostMessage():
+                run_id, conversation_id = body.run_id, body.conversation_id
+            case RunFinished() if body.conversation_id is not None:
+                run_id, conversation_id = body.run_id, body.conversation_id
+            case _:
+                return
+        async with self.pool.acquire() as conn:
+            turn = await store.get_turn(conn, run_id)
+        if turn is None:  # refused before it was recorded
+            trace = delivery.trace.child(run_id=run_id)
+            await self._publish(Outcome(failed=error), delivery.tenant, conversation_id, run_id, trace)
+        elif turn.status in ("queued", "running"):
+            result = RunFailed(run_id=run_id, error=error)
+            await self._on_run_finished(
+                RunFinished(run_id=run_id, conversation_id=conversation_id, result=result), delivery
+            )
+
     # --- run results -------------------------------------------------------------------------
 
     async def _on_run_finished(self, finished: RunFinished, delivery: Delivery) -> None:
+        """Store the turn's end, announce it, and start the conversation's next turn."""
         if finished.conversation_id is None:
             return  # not a conversation's run (a research sub-run, say)
         tenant = delivery.tenant

@@ -9,18 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import msgspec
 
-from actors._postgres import Conn
+from actors._postgres import Conn, as_struct, as_structs
 from bus.headers import new_id
 from schemas.conversation import (
     ContinueConversation,
     Conversation,
     CreateConversation,
     Pattern,
-    Policy,
-    Role,
     StoredMessage,
 )
 from schemas.runs import RunRequest
@@ -53,44 +50,15 @@ CONVERSATION = """
 """
 
 
-def _conversation(row: asyncpg.Record) -> Conversation:
-    return Conversation(
-        id=row["id"],
-        tenant=row["tenant"],
-        pattern=Pattern(row["pattern"]),
-        agent=row["agent"],
-        policy=Policy(row["policy"]),
-        context=row["context"],
-        metadata=row["metadata"],
-        parent_id=row["parent_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        active_run_id=row["active_run_id"],
-        queued_runs=row["queued_runs"],
-    )
-
-
-def _message(row: asyncpg.Record) -> StoredMessage:
-    return StoredMessage(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        role=Role(row["role"]),
-        content=row["content"],
-        run_id=row["run_id"],
-        created_at=row["created_at"],
-        metadata=row["metadata"],
-    )
-
-
 async def get(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
     row = await conn.fetchrow(CONVERSATION, conversation_id, tenant)
-    return _conversation(row) if row is not None else None
+    return as_struct(row, Conversation) if row is not None else None
 
 
 async def lock(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
     """The conversation, its row locked until the transaction ends; None if it is not this tenant's."""
     row = await conn.fetchrow(CONVERSATION + " FOR UPDATE OF c", conversation_id, tenant)
-    return _conversation(row) if row is not None else None
+    return as_struct(row, Conversation) if row is not None else None
 
 
 async def create(
@@ -175,22 +143,12 @@ class Turn:
     status: str
     prompt: str
     data: dict[str, object] | None
-
-
-def _turn(row: asyncpg.Record) -> Turn:
-    return Turn(
-        run_id=row["run_id"],
-        conversation_id=row["conversation_id"],
-        seq=row["seq"],
-        status=row["status"],
-        prompt=row["prompt"],
-        data=row["data"],
-    )
+    stream: bool = True
 
 
 async def get_turn(conn: Conn, run_id: str) -> Turn | None:
     row = await conn.fetchrow("SELECT * FROM turns WHERE run_id = $1", run_id)
-    return _turn(row) if row is not None else None
+    return as_struct(row, Turn) if row is not None else None
 
 
 async def insert_turn(
@@ -203,11 +161,15 @@ async def insert_turn(
     data: dict[str, object] | None,
     message_id: str,
     metadata: dict[str, str],
+    stream: bool = True,
 ) -> None:
     """A queued turn and the user's message."""
     await conn.execute(
-        "INSERT INTO turns (run_id, conversation_id, seq, status, prompt, data) VALUES ($1, $2, $3, 'queued', $4, $5)",
-        run_id, conversation_id, seq, prompt, data,
+        """
+        INSERT INTO turns (run_id, conversation_id, seq, status, prompt, data, stream)
+        VALUES ($1, $2, $3, 'queued', $4, $5, $6)
+        """,
+        run_id, conversation_id, seq, prompt, data, stream,
     )  # fmt: skip
     await conn.execute(
         """
@@ -253,7 +215,7 @@ async def next_request(conn: Conn, conversation: Conversation) -> RunRequest | N
         """,
         conversation.id,
     )
-    return await run_request(conn, conversation, _turn(row)) if row is not None else None
+    return await run_request(conn, conversation, as_struct(row, Turn)) if row is not None else None
 
 
 async def run_request(conn: Conn, conversation: Conversation, turn: Turn) -> RunRequest:
@@ -265,6 +227,7 @@ async def run_request(conn: Conn, conversation: Conversation, turn: Turn) -> Run
         conversation_id=conversation.id,
         context=conversation.context if conversation.pattern is Pattern.SIDEKICK else None,
         data=turn.data,
+        stream=turn.stream,
     )
 
 
@@ -288,7 +251,7 @@ async def finish_turn(
 
 async def reply_of(conn: Conn, run_id: str) -> StoredMessage | None:
     row = await conn.fetchrow("SELECT * FROM messages WHERE run_id = $1 AND role = 'assistant'", run_id)
-    return _message(row) if row is not None else None
+    return as_struct(row, StoredMessage) if row is not None else None
 
 
 async def list_messages(conn: Conn, conversation_id: str, *, limit: int, before: str | None) -> list[StoredMessage]:
@@ -301,4 +264,4 @@ async def list_messages(conn: Conn, conversation_id: str, *, limit: int, before:
         """,
         conversation_id, before, limit,
     )  # fmt: skip
-    return [_message(r) for r in reversed(rows)]
+    return as_structs(reversed(rows), StoredMessage)

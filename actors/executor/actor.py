@@ -25,8 +25,8 @@ from nats.js.errors import NotFoundError
 from pydantic_ai import CancellationToken
 from pydantic_ai.models import Model
 
+from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
-from actors._postgres import open_pool
 from actors.executor.agent_run import run_agent
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.catalog import catalog_endpoint
@@ -91,6 +91,7 @@ class ActiveRun:
 
 class ExecutorActor(Actor):
     name = subjects.ActorName.EXECUTOR
+    unavailable_errors = DATABASE_DOWN
     description = "runs pydantic-ai agents and streams their output"
 
     def __init__(self, bus_config: BusConfig, config: ExecutorConfig, *, model_override: Model | None = None) -> None:
@@ -228,11 +229,12 @@ class ExecutorActor(Actor):
             error = ErrorReply(code=ErrorCode.INVALID, message=f"unknown agent or pipeline {req.agent!r}")
             return RunFailed(run_id=req.run_id, error=error), Usage()
         model = runner.model
-        writer.emit(  # published by the writer while the model starts
-            RunStarted(
-                run_id=req.run_id, agent=runner.name, model=model.name, offline=model.offline, attempt=begun.attempt
+        if req.stream:  # published by the writer while the model starts; a run nobody watches skips it
+            writer.emit(
+                RunStarted(
+                    run_id=req.run_id, agent=runner.name, model=model.name, offline=model.offline, attempt=begun.attempt
+                )
             )
-        )
         deps = self._deps(runner, req, trace, depth, resume=resume)
         return await run_agent(
             runner, req, deps, token=active.token, writer=writer, cancel_reason=lambda: active.reason or CANCELLED

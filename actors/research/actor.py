@@ -10,8 +10,8 @@ from typing import Any, assert_never
 
 import asyncpg
 
+from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
-from actors._postgres import open_pool
 from actors.research.budget import check_limits
 from actors.research.config import ResearchConfig
 from actors.research.documents import DocumentStore
@@ -43,6 +43,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class ResearchActor(Actor):
     name = subjects.ActorName.RESEARCH
+    unavailable_errors = DATABASE_DOWN
     description = "research jobs, and their sources: ingested documents and fetched pages"
 
     def __init__(self, bus_config: BusConfig, config: ResearchConfig) -> None:

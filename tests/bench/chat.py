@@ -217,7 +217,7 @@ def _floor_rows(
             f"p50 x{platform.p50_ms / summed(0.5):.2f}  p99 x{platform.p99_ms / summed(0.99):.2f}",
         ),
         (
-            f"durable floor {label} ({TURN.counts()['pub-acked publishes']} pub-acks, ack_sync, Agent.run, commits)",
+            f"durable floor {label} ({TURN.counts()['pub-acked publishes']} pub-acks, acks, Agent.run, commits)",
             *durable.cells(),
             f"{durable.per_s:.0f}",
             f"p50 x{platform.p50_ms / durable.p50_ms:.2f}  p99 x{platform.p99_ms / durable.p99_ms:.2f}"
@@ -266,7 +266,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
             (
                 "NATS messages in (publishes, acks, pulls, requests)",
                 f"{float(platform['msgs_per_turn']):.1f}",  # type: ignore[arg-type]
-                f"{counts['pub-acked publishes']} publishes, {counts['ack_sync']} acks, pulls (batched)",
+                f"{counts['pub-acked publishes']} publishes, {counts['ack_sync'] + counts['plain acks']} acks, pulls",
             ),
         ],
     )

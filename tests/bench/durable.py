@@ -2,7 +2,8 @@
 
 The same JetStream hops as the platform makes for a chat turn (and for a delegated task) — each
 message published with its publish-ack awaited and a `Nats-Msg-Id`, pulled by a durable consumer
-(bus.pull, as the actors pull) and acked with `ack_sync` — the same PostgreSQL commits (a
+(bus.pull, as the actors pull) and acked as the platform acks them (`ack_sync` where the next
+message must not see this one, a plain ack elsewhere) — the same PostgreSQL commits (a
 single-row INSERT each, on a pool) and `Agent.run` with TestModel, across the same number of
 processes, entered over HTTP (uvicorn + Litestar). No schemas, no history, no logging, no
 ordering check: the ratio of the platform to this is what its own code costs.
@@ -51,7 +52,7 @@ MAX_IN_FLIGHT = 64
 class Step:
     """One actor's part: pulled from `consumes` (or answered as the request `name`), then `before`
     commits, `agent` runs, `calls` are requested, one publish per hop in `emits` and in `sinks` (hops
-    nobody pulls: run output, events) with the `after` commits alongside, then ack_sync (or reply)."""
+    nobody pulls: run output, events) with the `after` commits alongside, then the ack (or reply)."""
 
     name: str
     process: str
@@ -62,6 +63,7 @@ class Step:
     emits: tuple[str, ...] = ()
     sinks: tuple[str, ...] = ()
     after: int = 0
+    sync_ack: bool = False  # ack_sync (the conversation's commands: its ordering check reads the stream)
 
     @property
     def publishes(self) -> int:
@@ -83,50 +85,50 @@ class Plan:
         """What one unit of work costs in bus and database operations."""
         return {
             "pub-acked publishes": sum(s.publishes for s in self.steps) + (0 if self.entry_is_request else 1),
-            "ack_sync": sum(1 for s in self.steps if s.consumes is not None),
+            "ack_sync": sum(1 for s in self.steps if s.consumes is not None and s.sync_ack),
+            "plain acks": sum(1 for s in self.steps if s.consumes is not None and not s.sync_ack),
             "commits": sum(s.before + s.after for s in self.steps),
             "core requests": len([s for s in self.steps for _ in s.calls]) + (1 if self.entry_is_request else 0),
             "Agent.run": sum(1 for s in self.steps if s.agent),
         }
 
 
-RUN_OUTPUT = ("out",) * 4  # RunStarted, TextDelta, UsageReported, RunCompleted
-
-# A chat turn, counted from the code (gateway/conversations.py, actors/conversation/actor.py,
-# actors/executor/actor.py + output.py, at the commit of this file):
+# A non-streamed chat turn, counted from the code (gateway/conversations.py,
+# actors/conversation/actor.py, actors/executor/actor.py + agent_run.py, at the commit of this file).
+# Nobody streams it, so it publishes no RunAccepted, RunStarted, TextDelta or UsageReported:
 #   gateway       publish PostMessage on the conversation's command subject                  1 publish
 #   conversation  _post: one transaction (lock, insert turn, next request), then publish
-#                 RunAccepted (run output) and RunRequest (executor command); ack_sync        1 commit, 2 publishes
-#   executor      _run: store.begin (1 commit), Agent.run, then publish RunStarted, TextDelta
-#                 (coalesced: one for TestModel's short reply), UsageReported, RunCompleted (run
-#                 output) and RunFinished (executor event), store.finish (1 commit); ack_sync  2 commits, 5 publishes
-#   conversation  _on_run_finished: one transaction (lock, store reply), publish TurnCompleted;
-#                 ack_sync                                                                    1 commit, 1 publish
+#                 RunRequest (executor command); ack_sync (the ordering check)               1 commit, 1 publish
+#   executor      _run: store.begin (1 commit), Agent.run, store.finish (1 commit), then
+#                 publish RunFinished (executor event); ack                                  2 commits, 1 publish
+#   conversation  _on_run_finished: one transaction (lock, store reply), then publish
+#                 TurnCompleted and the run's end on its output (after the commit); ack       1 commit, 2 publishes
 #   gateway       TurnCompleted through a core subscription (TurnWaiter)
-# = 9 publishes with their acks, 3 ack_syncs, 4 commits, 1 Agent.run. Left out as not a guarantee's
-# price: the ordering check's direct get per command, and every read.
+# = 5 publishes with their acks, 1 ack_sync + 2 acks, 4 commits, 1 Agent.run. Left out as not a
+# guarantee's price: the ordering check's direct get per command, and every read.
 TURN = Plan(
     name="turn",
     entry="cmd",
     entry_is_request=False,
     steps=(
-        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sinks=("out",)),
-        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sinks=RUN_OUTPUT, after=1),
-        Step("finish", "conversation", consumes="finished", before=1, emits=("done",)),
+        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sync_ack=True),
+        # the commit that stores the run's end comes before its announcement
+        Step("run", "executor", consumes="run", before=2, agent=True, emits=("finished",)),
+        Step("finish", "conversation", consumes="finished", before=1, emits=("done",), sinks=("out",)),
     ),
 )
 
 # A delegated task, counted from the code (gateway/tasks.py, actors/scheduler/actor.py, and the
-# turn above, which the scheduler starts as a conversation turn):
+# turn above, which the scheduler starts as a conversation turn nobody streams):
 #   gateway       request scheduler.create (core)
 #   scheduler     _create: one transaction (task + run), publish TaskChanged; _start: request
 #                 conversation.create (core; 1 commit there), publish PostMessage, mark_started
 #                 (1 commit); reply                                                           2 commits, 2 publishes
-#   conversation  create: 1 commit. Then the turn's three steps above                         1 + 4 commits, 8 publishes
+#   conversation  create: 1 commit. Then the turn's three steps above                         1 + 4 commits, 4 publishes
 #   scheduler     _on_finished (its own consumer of RunFinished, beside the conversation's):
-#                 finish_run (1 commit), publish TaskRunFinished; ack_sync                     1 commit, 1 publish
+#                 finish_run (1 commit), publish TaskRunFinished; ack                          1 commit, 1 publish
 #   client        TaskRunFinished through a core subscription
-# = 11 publishes with their acks, 4 ack_syncs, 8 commits, 2 core requests, 1 Agent.run.
+# = 7 publishes with their acks, 1 ack_sync + 3 acks, 8 commits, 2 core requests, 1 Agent.run.
 TASK = Plan(
     name="task",
     entry="create",
@@ -134,9 +136,9 @@ TASK = Plan(
     steps=(
         Step("create", "scheduler", before=1, calls=("conv-create",), emits=("cmd",), sinks=("changed",), after=1),
         Step("conv-create", "conversation", before=1),
-        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sinks=("out",)),
-        Step("run", "executor", consumes="run", before=1, agent=True, emits=("finished",), sinks=RUN_OUTPUT, after=1),
-        Step("finish", "conversation", consumes="finished", before=1, sinks=("turn",)),
+        Step("accept", "conversation", consumes="cmd", before=1, emits=("run",), sync_ack=True),
+        Step("run", "executor", consumes="run", before=2, agent=True, emits=("finished",)),
+        Step("finish", "conversation", consumes="finished", before=1, sinks=("turn", "out")),
         Step("task-finish", "scheduler", consumes="finished", before=1, emits=("done",)),
     ),
 )
@@ -198,7 +200,7 @@ class _Worker:
 
         async def handle(msg: Msg) -> None:
             await self.work(step, msg.subject.rsplit(".", 1)[1])
-            await msg.ack_sync()
+            await (msg.ack_sync() if step.sync_ack else msg.ack())
 
         while True:
             if len(in_flight) >= MAX_IN_FLIGHT:
