@@ -8,16 +8,21 @@ Layout (see docs/bus.md):
   ab.executor.ctl.cancel.<tenant>.<run_id> cancel broadcast to every executor replica (core NATS)
   ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
+
+The parse helpers at the end read subjects (and subscription patterns) in the same layout.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 
 __all__ = [
     "ActorName",
+    "EventSubject",
     "InvalidToken",
+    "consumer_next",
     "conversation_command",
     "conversation_commands",
     "conversation_event",
@@ -37,6 +42,11 @@ __all__ = [
     "notifier_commands",
     "notifier_event",
     "notifier_events",
+    "notifier_in_app",
+    "parse_event",
+    "pattern_error",
+    "pattern_matches",
+    "pattern_tenant",
     "research_cancel",
     "research_cancels",
     "research_command",
@@ -215,6 +225,11 @@ def notifier_event(tenant: str, delivery_id: str, kind: str) -> str:
     return _join("notifier", "evt", token(tenant), token(delivery_id), token(kind))
 
 
+def notifier_in_app(tenant: str) -> str:
+    """Every in-app notification of one tenant (what its SSE stream and list replay)."""
+    return _join("notifier", "evt", token(tenant), "*", "in_app")
+
+
 def notifier_events() -> str:
     return _join("notifier", "evt", ">")
 
@@ -248,3 +263,62 @@ def dead_letter(actor: ActorName) -> str:
 
 def dead_letters() -> str:
     return _join("dlq", ">")
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventSubject:
+    """An event subject taken apart: ab.<area>.evt.<tenant>.<entity_id>[.<kind>]."""
+
+    area: str
+    tenant: str
+    entity_id: str
+    kind: str  # the tokens after the entity id, joined by dots ("" if there are none)
+
+
+def parse_event(subject: str) -> EventSubject | None:
+    """The parts of an event subject; None for any other subject (or a pattern)."""
+    tokens = subject.split(".")
+    if len(tokens) < 5 or tokens[0] != PREFIX or tokens[2] != "evt" or any(t in ("*", ">") for t in tokens):
+        return None
+    return EventSubject(area=tokens[1], tenant=tokens[3], entity_id=tokens[4], kind=".".join(tokens[5:]))
+
+
+def pattern_error(pattern: str) -> str | None:
+    """Why `pattern` is not a NATS subject (or subscription pattern); None if it is one."""
+    tokens = pattern.split(".")
+    for i, tok in enumerate(tokens):
+        if not tok or any(c.isspace() for c in tok):
+            return f"not a NATS subject pattern: {pattern!r}"
+        if ("*" in tok or ">" in tok) and len(tok) > 1:
+            return f"a wildcard must be a whole token: {pattern!r}"
+        if tok == ">" and i != len(tokens) - 1:
+            return f"`>` may only be the last token: {pattern!r}"
+    return None
+
+
+def pattern_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a final `>` is one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(want):
+        if tok == ">":
+            return len(got) > i
+        if i >= len(got) or (tok != "*" and tok != got[i]):
+            return False
+    return len(got) == len(want)
+
+
+def pattern_tenant(pattern: str) -> str | None:
+    """The tenant whose events `pattern` is confined to: it is valid and starts with
+    `ab.<area>.evt.<tenant>.` with a literal area and tenant (so one events stream holds all it
+    matches). None for a pattern that is not such, e.g. one spanning tenants or areas."""
+    if pattern_error(pattern) is not None:
+        return None
+    tokens = pattern.split(".")
+    if len(tokens) < 5 or tokens[0] != PREFIX or tokens[2] != "evt":
+        return None
+    if any(t in ("*", ">") for t in tokens[1:4]):
+        return None
+    return tokens[3]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -24,9 +25,10 @@ from standardwebhooks import Webhook
 
 from actors.trigger.actor import TriggerActor
 from actors.trigger.config import TriggerActorConfig
-from actors.trigger.patterns import check_subject, consumer_name, matches, own_event, subject_matches
+from actors.trigger.patterns import check_subject, consumer_name, listens_to, matches, own_event
 from actors.trigger.signatures import new_secret, sign, verify
 from bus import subjects
+from bus.actor import Delivery
 from bus.client import Bus
 from bus.codec import decode
 from bus.config import BusConfig
@@ -202,12 +204,29 @@ def test_subject_patterns_stay_inside_the_tenants_events() -> None:
         with pytest.raises(BusError) as caught:
             check_subject(bad, "acme")
         assert caught.value.code == "invalid", bad
-    assert subject_matches("ab.x.evt.acme.*.done", "ab.x.evt.acme.t1.done")
-    assert not subject_matches("ab.x.evt.acme.*.done", "ab.x.evt.acme.t1.t2.done")
-    assert subject_matches("ab.x.evt.acme.>", "ab.x.evt.acme.t1.t2.done")
-    assert not subject_matches("ab.x.evt.acme.>", "ab.x.evt.acme")
+    assert listens_to("ab.notifier.evt.acme.*.delivered", "acme")
+    assert not listens_to("ab.notifier.evt.acme.*.delivered", "other")
     assert own_event("ab.scheduler.evt.acme.t1.completed", "acme", "t1")
     assert not own_event("ab.scheduler.evt.acme.t2.completed", "acme", "t1")
+    assert not own_event("ab.notifier.evt.acme.t1.delivered", "acme", "t1")
+
+
+def test_subjects_are_parsed_as_they_are_built() -> None:
+    built = subjects.scheduler_event("acme", "task-a", "completed")
+    assert subjects.parse_event(built) == subjects.EventSubject(
+        area="scheduler", tenant="acme", entity_id="task-a", kind="completed"
+    )
+    assert subjects.parse_event(subjects.scheduler_command("acme", "task-a")) is None
+    assert subjects.parse_event("ab.scheduler.evt.*.task-a.completed") is None  # a pattern, not a subject
+    assert subjects.pattern_tenant(subjects.notifier_events()) is None  # every tenant's
+    assert subjects.pattern_tenant("ab.notifier.evt.acme.>") == "acme"
+    assert subjects.pattern_error("ab.x.evt.acme.d*") and subjects.pattern_error("ab..x")
+    assert subjects.pattern_error(subjects.conversation_turns_all()) is None
+    assert subjects.pattern_matches("ab.x.evt.acme.*.done", "ab.x.evt.acme.t1.done")
+    assert not subjects.pattern_matches("ab.x.evt.acme.*.done", "ab.x.evt.acme.t1.t2.done")
+    assert subjects.pattern_matches("ab.x.evt.acme.>", "ab.x.evt.acme.t1.t2.done")
+    assert not subjects.pattern_matches("ab.x.evt.acme.>", "ab.x.evt.acme")
+    assert subjects.pattern_matches(subjects.conversation_turns_all(), subjects.conversation_event("a", "c", "turn"))
 
 
 def test_signatures_agree_with_the_standard_webhooks_library() -> None:
@@ -490,16 +509,16 @@ async def test_a_redelivered_event_fires_once(
     core = await bus.nc.subscribe(subjects.scheduler_commands(), cb=seen)  # every publish, duplicates too
     actor = TriggerActor(bus_config, actor_config(database_url))
     deliveries: list[int] = []
-    original = actor._on_event
-
-    async def crash_before_the_first_ack(task_id: str, msg: Msg) -> None:
-        await original(task_id, msg)
-        deliveries.append(msg.metadata.num_delivered)
-        if len(deliveries) == 1:
-            raise RuntimeError("killed after firing, before the ack")
-
-    monkeypatch.setattr(actor, "_on_event", crash_before_the_first_ack)
     async with running(actor):
+        original = actor.listeners.on_event
+
+        async def crash_before_the_first_ack(task_id: str, raw: msgspec.Raw, delivery: Delivery) -> None:
+            await original(task_id, raw, delivery)
+            deliveries.append(delivery.num_delivered)
+            if len(deliveries) == 1:
+                raise RuntimeError("killed after firing, before the ack")
+
+        monkeypatch.setattr(actor.listeners, "on_event", crash_before_the_first_ack)
         await harness.register("t-5", TriggerConfig(subject=SOURCE))
         await harness.emit(b'{"n": 1}')
 
@@ -535,7 +554,7 @@ async def test_two_replicas_share_one_debounce_and_one_limit(
         await harness.register("limited", TriggerConfig(subject=limited, max_runs_per_minute=3))
 
         async def both_listen() -> bool:
-            return all({"debounced", "limited"} <= r._listeners.keys() for r in replicas)
+            return all({"debounced", "limited"} <= r.listeners.listening.keys() for r in replicas)
 
         await wait_until(both_listen, timeout=10, what="both replicas to listen")
         for n in range(10):
@@ -545,6 +564,18 @@ async def test_two_replicas_share_one_debounce_and_one_limit(
     debounced = [f.event for f in fired if f.task_id == "debounced"]
     assert debounced == [{"n": 9}]
     assert len([f for f in fired if f.task_id == "limited"]) == 3
+
+
+async def test_a_consumer_deleted_under_a_listening_trigger_is_recreated(harness: Harness) -> None:
+    await harness.register("t-7", TriggerConfig(subject=SOURCE))
+    await harness.bus.js.delete_consumer(NOTIFIER_EVT.name, consumer_name("t-7"))
+
+    async def back() -> bool:
+        return await harness.consumer_exists("t-7")
+
+    await wait_until(back, timeout=10, what="the trigger's consumer to be recreated")
+    await harness.emit(b'{"after": "recreated"}')
+    assert [f.event for f in await harness.fired(expect=1, wait=5.0)] == [{"after": "recreated"}]
 
 
 async def test_orphaned_trigger_consumers_are_swept(harness: Harness) -> None:

@@ -22,69 +22,37 @@ __all__ = [
     "check_subject",
     "consumer_name",
     "event_firing_id",
-    "in_scope",
+    "listens_to",
     "matches",
     "own_event",
-    "subject_matches",
     "webhook_firing_id",
 ]
 
 CONSUMER_PREFIX = "trigger-task-"  # never `trigger-tasks`, the TaskChanged consumer
 
 
-def _pattern_error(subject: str) -> str | None:
-    tokens = subject.split(".")
-    for i, tok in enumerate(tokens):
-        if not tok or any(c.isspace() for c in tok):
-            return f"not a NATS subject pattern: {subject!r}"
-        if ("*" in tok or ">" in tok) and len(tok) > 1:
-            return f"a wildcard must be a whole token: {subject!r}"
-        if tok == ">" and i != len(tokens) - 1:
-            return f"`>` may only be the last token: {subject!r}"
-    return None
-
-
-def in_scope(subject: str, tenant: str) -> bool:
-    """True if `subject` is a valid pattern inside `ab.<area>.evt.<tenant>.`."""
-    if _pattern_error(subject) is not None:
-        return False
-    tokens = subject.split(".")
-    return (
-        len(tokens) >= 5
-        and tokens[0] == subjects.PREFIX
-        and tokens[1] not in ("*", ">")
-        and tokens[2] == "evt"
-        and tokens[3] == tenant
-    )
+def listens_to(subject: str, tenant: str) -> bool:
+    """Whether a trigger of `tenant` may listen to `subject`: only to its own tenant's events."""
+    return subjects.pattern_tenant(subject) == tenant
 
 
 def check_subject(subject: str, tenant: str) -> None:
     """BusError(invalid) unless `subject` is a pattern over `tenant`'s own events."""
-    error = _pattern_error(subject)
+    error = subjects.pattern_error(subject)
     if error is not None:
         raise BusError(ErrorCode.INVALID, error)
-    if not in_scope(subject, tenant):
+    if not listens_to(subject, tenant):
         raise BusError(
             ErrorCode.INVALID,
             f"a trigger subject must start with ab.<area>.evt.{tenant}. (a task listens only to its tenant's events)",
         )
 
 
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: `*` is one token, a final `>` is one or more."""
-    want, got = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(want):
-        if tok == ">":
-            return len(got) > i
-        if i >= len(got) or (tok != "*" and tok != got[i]):
-            return False
-    return len(got) == len(want)
-
-
 def own_event(subject: str, tenant: str, task_id: str) -> bool:
     """An event the task itself caused (`ab.scheduler.evt.<tenant>.<task id>.…`): it never fires the task."""
-    tokens = subject.split(".")
-    return len(tokens) >= 5 and tokens[1:5] == [subjects.ActorName.SCHEDULER.value, "evt", tenant, task_id]
+    event = subjects.parse_event(subject)
+    scheduler = subjects.ActorName.SCHEDULER.value
+    return event is not None and (event.area, event.tenant, event.entity_id) == (scheduler, tenant, task_id)
 
 
 def matches(event: Any, expected: Mapping[str, str]) -> bool:
