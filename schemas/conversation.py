@@ -8,6 +8,7 @@ from datetime import datetime
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
 from schemas.fields import AgentName, Metadata
+from schemas.runs import HistoryRef
 
 __all__ = [
     "ContinueConversation",
@@ -19,6 +20,10 @@ __all__ = [
     "ConversationView",
     "CreateConversation",
     "GetConversation",
+    "GetHistory",
+    "HistoryCursor",
+    "HistoryPage",
+    "HistoryPart",
     "ListMessages",
     "MessageList",
     "Pattern",
@@ -130,7 +135,21 @@ class ContinueConversation(Message, frozen=True, kw_only=True, tag="continue_con
     new_conversation_id: str
 
 
-ConversationQuery = CreateConversation | GetConversation | ListMessages | SetContext | ContinueConversation
+class HistoryCursor(Record, frozen=True, kw_only=True):
+    """Where a history page starts: `offset` bytes into the first part with a sequence >= `seq`."""
+
+    seq: int = 0  # 0: what the conversation started from; else a turn's command sequence
+    offset: int = 0
+
+
+class GetHistory(Message, frozen=True, kw_only=True, tag="get_history"):
+    """One page of the history a RunRequest names by reference (scoped by the trace's tenant)."""
+
+    ref: HistoryRef
+    after: HistoryCursor = HistoryCursor()  # the previous page's `next`; a later `seq` skips parts already held
+
+
+ConversationQuery = CreateConversation | GetConversation | ListMessages | SetContext | ContinueConversation | GetHistory
 
 
 class ConversationView(Message, frozen=True, kw_only=True, tag="conversation"):
@@ -141,7 +160,22 @@ class MessageList(Message, frozen=True, kw_only=True, tag="message_list"):
     messages: list[StoredMessage]
 
 
-ConversationReply = ConversationView | MessageList | ErrorReply
+class HistoryPart(Record, frozen=True, kw_only=True):
+    """Consecutive bytes of one part of the history: a JSON array of pydantic-ai messages (what the
+    conversation started from, or one turn's new messages), split across pages when it is large."""
+
+    seq: int
+    data: bytes  # base64 on the wire, so a page's size is known before it is encoded
+
+
+class HistoryPage(Message, frozen=True, kw_only=True, tag="history_page"):
+    """Parts in order, at most the conversation's page size in all; `next` is None on the last page."""
+
+    parts: list[HistoryPart] = []
+    next: HistoryCursor | None = None
+
+
+ConversationReply = ConversationView | MessageList | HistoryPage | ErrorReply
 
 
 # --- events (JetStream, fan-out) --------------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = [
     "ExecutorReply",
     "GetRun",
     "GetRunTree",
+    "HistoryRef",
     "PipelineMode",
     "PipelineOutput",
     "PipelineStep",
@@ -63,8 +64,21 @@ class Usage(Record, frozen=True, kw_only=True):
 # --- commands ---------------------------------------------------------------------------------
 
 
+class HistoryRef(Record, frozen=True, kw_only=True):
+    """A conversation's history held by the conversation actor, pinned to the turns it includes.
+
+    The executor reads it in pages (`ab.conversation.svc.history`, GetHistory): what it started
+    from, then every completed turn with a command sequence up to `through_seq`. Those turns have
+    ended, so the same reference always reads the same history."""
+
+    conversation_id: str
+    through_seq: int = 0  # the last turn included (its command's stream sequence); 0: none
+    size: int = 0  # bytes of pydantic-ai JSON it holds
+
+
 class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
-    """Run one agent turn. `history` is pydantic-ai's own JSON (ModelMessagesTypeAdapter)."""
+    """Run one agent turn. `history` is pydantic-ai's own JSON (ModelMessagesTypeAdapter); a large
+    one travels by reference instead (`history_ref`, with `history` left empty)."""
 
     run_id: str
     agent: str
@@ -85,6 +99,7 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     # False: nobody watches the run's tokens (a task, a non-streamed turn): no text deltas or tool
     # calls are published, only its start, usage and end
     stream: bool = True
+    history_ref: HistoryRef | None = None  # the history to read from its conversation (then `history` is empty)
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):

@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from actors._postgres import DATABASE_DOWN, Conn, open_pool
 from actors._postgres import health as postgres_health
-from actors.conversation import store
+from actors.conversation import history, store
 from actors.conversation.config import ConversationConfig
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
@@ -39,6 +39,7 @@ from schemas.conversation import (
     ConversationView,
     CreateConversation,
     GetConversation,
+    GetHistory,
     ListMessages,
     MessageList,
     Policy,
@@ -113,6 +114,7 @@ class ConversationActor(Actor):
             Endpoint("messages", ListMessages, self._messages),
             Endpoint("context", SetContext, self._context),
             Endpoint("continue", ContinueConversation, self._continue),
+            Endpoint("history", GetHistory, self._history),
         )
 
     async def on_start(self) -> None:
@@ -190,7 +192,7 @@ class ConversationActor(Actor):
         position = conversation.queued_runs + (1 if conversation.active_run_id else 0)
         # a turn nobody streams has no listener for its place in the queue
         outcome = Outcome(accepted=RunAccepted(run_id=cmd.run_id, position=position) if cmd.stream else None)
-        outcome.start = await store.next_request(conn, conversation)
+        outcome.start = await store.next_request(conn, conversation, inline_limit=self.config.history_inline_bytes)
         if conversation.policy is Policy.INTERRUPT and conversation.active_run_id is not None:
             outcome.cancel = conversation.active_run_id
         return outcome
@@ -201,7 +203,7 @@ class ConversationActor(Actor):
             return Outcome(failed=rejection(None))
         if turn.status == "running":
             accepted = RunAccepted(run_id=turn.run_id, position=0) if turn.stream else None
-            return Outcome(accepted=accepted, start=await store.run_request(conn, conversation, turn))
+            return Outcome(accepted=accepted, start=await self._run_request(conn, conversation, turn))
         if turn.status == "queued":
             ahead = await store.queued_ahead(conn, turn)
             outcome = Outcome(accepted=RunAccepted(run_id=turn.run_id, position=ahead) if turn.stream else None)
@@ -209,6 +211,9 @@ class ConversationActor(Actor):
                 outcome.cancel = conversation.active_run_id
             return outcome
         return Outcome()
+
+    async def _run_request(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> RunRequest:
+        return await store.run_request(conn, conversation, turn, inline_limit=self.config.history_inline_bytes)
 
     async def _publish(self, outcome: Outcome, tenant: str, conversation_id: str, run_id: str, trace: Trace) -> None:
         """Everything the outcome says, concurrently: each message is deduped by its id on a redelivery."""
@@ -310,11 +315,11 @@ class ConversationActor(Actor):
                 await store.finish_turn(conn, turn, status, new_messages=None, reply=None)
         outcome = Outcome(turn_event=await self._turn_event_for(conn, turn, finished), end=result)
         # the next queued turn; on a redelivery, the running one again (its request is deduped by the bus)
-        outcome.start = await store.next_request(conn, conversation)
+        outcome.start = await store.next_request(conn, conversation, inline_limit=self.config.history_inline_bytes)
         if outcome.start is None and conversation.active_run_id not in (None, turn.run_id):
             running = await store.get_turn(conn, conversation.active_run_id)
             if running is not None:
-                outcome.start = await store.run_request(conn, conversation, running)
+                outcome.start = await self._run_request(conn, conversation, running)
         return outcome
 
     async def _turn_event_for(self, conn: Conn, turn: store.Turn, finished: RunFinished) -> TurnCompleted | TurnFailed:
@@ -375,6 +380,18 @@ class ConversationActor(Actor):
                 raise BusError(ErrorCode.CONFLICT, f"conversation id {cmd.new_conversation_id} is taken")
             await store.copy_messages(conn, parent.id, child.id)
         return ConversationView(conversation=child)
+
+    async def _history(self, query: GetHistory, trace: Trace) -> Message:
+        """A page of the history a RunRequest names by reference; not found for another tenant's."""
+        async with self.pool.acquire() as conn:
+            await self._found(conn, query.ref.conversation_id, trace.tenant)
+            return await history.page(
+                conn,
+                query.ref.conversation_id,
+                through_seq=query.ref.through_seq,
+                after=query.after,
+                budget=self.config.history_page_bytes,
+            )
 
     async def _found(self, conn: Conn, conversation_id: str, tenant: str) -> Conversation:
         conversation = await store.get(conn, conversation_id, tenant)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from actors._postgres import Conn, as_struct, as_structs
+from actors.conversation import history as history_parts
 from bus.headers import new_id
 from schemas.conversation import (
     ContinueConversation,
@@ -20,7 +21,7 @@ from schemas.conversation import (
     Pattern,
     StoredMessage,
 )
-from schemas.runs import RunRequest
+from schemas.runs import HistoryRef, RunRequest
 
 __all__ = [
     "Turn",
@@ -120,19 +121,7 @@ async def set_context(conn: Conn, conversation_id: str, tenant: str, context: di
 
 async def history(conn: Conn, conversation: Conversation) -> str:
     """pydantic-ai JSON of every completed turn, in order, after what the conversation started from."""
-    row = await conn.fetchrow(
-        """
-        SELECT base_history, (
-            SELECT array_agg(new_messages ORDER BY seq) FROM turns
-            WHERE conversation_id = $1 AND status = 'completed' AND new_messages IS NOT NULL
-        ) AS turns
-        FROM conversations WHERE id = $1
-        """,
-        conversation.id,
-    )
-    parts: list[str] = [row["base_history"], *(row["turns"] or [])] if row is not None else []
-    inner = [p.strip()[1:-1].strip() for p in parts]  # each part is a JSON array: splice their items
-    return "[" + ",".join(p for p in inner if p) + "]"
+    return (await history_parts.whole(conn, conversation.id)).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +189,7 @@ async def queued_ahead(conn: Conn, turn: Turn) -> int:
     return int(count)
 
 
-async def next_request(conn: Conn, conversation: Conversation) -> RunRequest | None:
+async def next_request(conn: Conn, conversation: Conversation, *, inline_limit: int) -> RunRequest | None:
     """Start the earliest queued turn if none is running: mark it running and build its RunRequest."""
     running = await conn.fetchval(
         "SELECT 1 FROM turns WHERE conversation_id = $1 AND status = 'running'", conversation.id
@@ -215,15 +204,25 @@ async def next_request(conn: Conn, conversation: Conversation) -> RunRequest | N
         """,
         conversation.id,
     )
-    return await run_request(conn, conversation, as_struct(row, Turn)) if row is not None else None
+    turn = as_struct(row, Turn) if row is not None else None
+    return await run_request(conn, conversation, turn, inline_limit=inline_limit) if turn is not None else None
 
 
-async def run_request(conn: Conn, conversation: Conversation, turn: Turn) -> RunRequest:
+async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inline_limit: int) -> RunRequest:
+    """The turn's RunRequest: its history (every completed turn before it) inline while it is at most
+    `inline_limit` bytes, else by a reference the executor reads in pages."""
+    extent = await history_parts.extent(conn, conversation.id, before_seq=turn.seq)
+    inline, ref = msgspec.Raw(b"[]"), None
+    if extent.size <= inline_limit:
+        inline = msgspec.Raw(await history_parts.whole(conn, conversation.id, through_seq=extent.through_seq))
+    else:
+        ref = HistoryRef(conversation_id=conversation.id, through_seq=extent.through_seq, size=extent.size)
     return RunRequest(
         run_id=turn.run_id,
         agent=conversation.agent,
         prompt=turn.prompt,
-        history=msgspec.Raw((await history(conn, conversation)).encode()),
+        history=inline,
+        history_ref=ref,
         conversation_id=conversation.id,
         context=conversation.context if conversation.pattern is Pattern.SIDEKICK else None,
         data=turn.data,

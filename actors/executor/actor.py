@@ -31,6 +31,7 @@ from actors.executor.agent_run import run_agent
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.catalog import catalog_endpoint
 from actors.executor.config import ExecutorConfig
+from actors.executor.history import HistoryCache, read_history
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
@@ -100,6 +101,7 @@ class ExecutorActor(Actor):
         self.model_override = model_override
         self.runners: dict[str, Runner] = {}
         self.pipelines: dict[str, PipelineSpec] = {}
+        self.histories = HistoryCache()  # conversations' histories read by reference, for their next turns
         self._store: RunStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
@@ -237,7 +239,13 @@ class ExecutorActor(Actor):
             )
         deps = self._deps(runner, req, trace, depth, resume=resume)
         return await run_agent(
-            runner, req, deps, token=active.token, writer=writer, cancel_reason=lambda: active.reason or CANCELLED
+            runner,
+            req,
+            deps,
+            token=active.token,
+            writer=writer,
+            cancel_reason=lambda: active.reason or CANCELLED,
+            history=lambda: read_history(self.bus, self.histories, req, trace),
         )
 
     def _pipeline_of(self, req: RunRequest) -> PipelineSpec | None:

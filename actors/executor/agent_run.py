@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from pydantic_ai.messages import (
 )
 
 from actors.executor.agents import RunDeps, Runner
+from actors.executor.history import HistoryUnreadable
 from actors.executor.output import OutputWriter
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
@@ -55,11 +56,19 @@ async def run_agent(
     token: CancellationToken,
     writer: OutputWriter,
     cancel_reason: Callable[[], str],
+    history: Callable[[], Awaitable[bytes]],
 ) -> tuple[RunEnd, Usage]:
-    """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended."""
+    """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
+
+    `history` gives the request's history as JSON (read from its conversation when it travels by
+    reference); a conversation that cannot answer now raises BusError, and the run is redone later."""
     run_id = req.run_id
     try:
-        history: list[ModelMessage] = ModelMessagesTypeAdapter.validate_json(bytes(req.history))
+        raw = await history()
+    except HistoryUnreadable as e:
+        return _failed(run_id, ErrorCode.NOT_FOUND, str(e)), Usage()
+    try:
+        messages: list[ModelMessage] = ModelMessagesTypeAdapter.validate_json(raw)
     except ValueError as e:
         return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
     limits = UsageLimits(
@@ -69,10 +78,10 @@ async def run_agent(
     result: AgentRunResult[Any] | None = None
     try:
         if req.stream:
-            result = await _streamed(runner, req, deps, history, token, limits, writer)
+            result = await _streamed(runner, req, deps, messages, token, limits, writer)
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
             result = await runner.agent.run(
-                user_prompt(req), message_history=history, deps=deps, cancellation_token=token, usage_limits=limits
+                user_prompt(req), message_history=messages, deps=deps, cancellation_token=token, usage_limits=limits
             )
     except AgentRunCancelled:
         return RunCancelled(run_id=run_id, reason=cancel_reason()), Usage()
