@@ -1,4 +1,4 @@
-"""The Litestar app: routes, auth, the one error shape, OpenAPI, and the bus connection's lifetime."""
+"""The Litestar app: routes, auth, the one error shape, the access log, OpenAPI, and the bus connection's lifetime."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from bus.client import Bus
 from bus.config import BusConfig
+from gateway.access_log import RequestStamp, finish_response, note_tenant
 from gateway.agents import list_agents
 from gateway.auth import presented_key
 from gateway.config import GatewayConfig
@@ -35,7 +36,9 @@ __all__ = ["create_app"]
 
 async def provide_tenant(request: Request[Any, Any, Any], state: State) -> str:
     """The tenant of the request's API key: everything the request sees is scoped to it."""
-    return await gateway_of(state).keys.tenant(presented_key(request))
+    tenant = await gateway_of(state).keys.tenant(presented_key(request))
+    note_tenant(request, tenant)
+    return tenant
 
 
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
@@ -67,6 +70,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             health,
         ],
         before_request=screen_request,
+        middleware=[RequestStamp()],
+        before_send=[finish_response],
         dependencies={"tenant": Provide(provide_tenant)},
         exception_handlers=exception_handlers,
         lifespan=[lifespan],

@@ -23,6 +23,7 @@ from bus.codec import decode_union
 from bus.errors import BusError
 from bus.headers import Trace, new_id
 from bus.streams import RUN_OUT
+from gateway.access_log import correlation_id
 from gateway.auth import KeyCache
 from gateway.catalog import AgentCatalogCache
 from gateway.config import GatewayConfig
@@ -169,10 +170,10 @@ class Gateway:
 
     @staticmethod
     def trace(tenant: str, request: Request[Any, Any, Any] | None = None) -> Trace:
-        """A new trace for this request, continuing the caller's W3C traceparent when it sent one."""
+        """A new trace for this request, continuing the caller's W3C traceparent when it sent one; its
+        correlation id is the one the response's X-Correlation-Id names (gateway/access_log.py)."""
         parent = request.headers.get("traceparent") if request is not None else None
-        given = request.headers.get("x-correlation-id") if request is not None else None
-        correlation = given if given and len(given) <= 128 else new_id()
+        correlation = correlation_id(request) if request is not None else new_id()
         if parent and len(parent.split("-")) == 4:
             return Trace(tenant=tenant, correlation_id=correlation, traceparent=parent).child()
         return Trace(tenant=tenant, correlation_id=correlation)

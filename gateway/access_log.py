@@ -1,0 +1,93 @@
+"""One log line per HTTP request, and its correlation id on every response (`X-Correlation-Id`).
+
+The id is decided once, when the request arrives: the caller's `X-Correlation-Id` when it is 1 to 128
+visible ASCII characters, else a new one. It is kept in the request's scope state, where
+`Gateway.trace` reads it, so the bus messages a request sends carry the id its response names.
+
+`RequestStamp` (a Litestar middleware, so it runs once a route matched) notes the id and the start
+time; the `before_send` hook `finish_response` adds the header and writes the line when the response
+starts, so `ms` is the time to the response's headers (for a stream: until it opened). A request no
+route takes (an unknown path or method) gets both too, with `route` and `ms` null. No line carries a
+body, a query string or an API key.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import structlog
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from bus.headers import new_id
+
+__all__ = ["RequestStamp", "correlation_id", "finish_response", "note_tenant"]
+
+log = structlog.get_logger("gateway")
+
+HEADER = b"x-correlation-id"
+_GIVEN = re.compile(rb"[!-~]{1,128}")  # visible ASCII: safe in a NATS header and a response header
+_CORRELATION = "agentbus.correlation_id"  # keys of the scope state
+_STARTED = "agentbus.started"
+_TENANT = "agentbus.tenant"
+
+
+def _decide(headers: Any) -> str:
+    for name, value in headers:
+        if name == HEADER:
+            return value.decode("ascii") if _GIVEN.fullmatch(value) else new_id()
+    return new_id()
+
+
+class RequestStamp(ASGIMiddleware):
+    """Notes, in the scope state, the request's correlation id and when it arrived."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        state = scope["state"]
+        state[_STARTED] = time.perf_counter()
+        state[_CORRELATION] = _decide(scope["headers"])
+        await next_app(scope, receive, send)
+
+
+async def finish_response(message: Message, scope: Scope) -> None:
+    """Litestar `before_send`: on an HTTP response's start, the correlation header and the log line."""
+    if message["type"] != "http.response.start":
+        return
+    state = scope["state"]
+    correlation = state.get(_CORRELATION)
+    if correlation is None:  # no route took the request: RequestStamp never ran
+        correlation = state[_CORRELATION] = _decide(scope["headers"])
+    started = state.get(_STARTED)
+    headers = message.get("headers")
+    if not isinstance(headers, list):
+        headers = message["headers"] = list(headers or ())
+    headers.append((HEADER, correlation.encode()))
+    log.info(
+        "request",
+        method=scope.get("method"),
+        route=scope.get("path_template"),
+        status=message["status"],
+        ms=None if started is None else round((time.perf_counter() - started) * 1000, 2),
+        tenant=state.get(_TENANT),
+        correlation_id=correlation,
+    )
+
+
+def correlation_id(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The request's correlation id (a WebSocket, which RequestStamp does not see, decides its own)."""
+    state = connection.scope["state"]
+    correlation: str | None = state.get(_CORRELATION)
+    if correlation is None:
+        correlation = state[_CORRELATION] = _decide(connection.scope["headers"])
+    return correlation
+
+
+def note_tenant(connection: ASGIConnection[Any, Any, Any, Any], tenant: str) -> None:
+    """Name the tenant in the request's log line."""
+    connection.scope["state"][_TENANT] = tenant
