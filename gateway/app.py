@@ -22,6 +22,7 @@ from gateway.conversations import ConversationController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
+from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
 from gateway.research import ResearchController
@@ -65,6 +66,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             run_pipeline,
             DocumentController,
             ResearchController,
+            NotificationController,
             chat_socket,
             list_agents,
             health,

@@ -1,4 +1,5 @@
-"""/v1/research: start a research job, follow it (SSE), read its report, cancel it."""
+"""/v1/research: start a research job, follow it (SSE), read its report, cancel it, and list or retry the
+deliveries of its result (the notifier keeps them under the job's id as their `task_run_id`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, gateway_of, ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
+from schemas.notifier import DeliveryList, DeliveryView, ListDeliveries, RetryDelivery
 from schemas.research import (
     CancelResearch,
     GetResearch,
@@ -33,6 +35,7 @@ from schemas.research import (
 __all__ = ["ResearchController"]
 
 RESEARCH = subjects.ActorName.RESEARCH
+NOTIFIER = subjects.ActorName.NOTIFIER
 
 
 class NewResearch(ResearchSpec, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -112,3 +115,38 @@ class ResearchController(Controller):
         cancel = CancelResearch(job_id=ident(job_id))
         view = await gw.ask(RESEARCH, "cancel_research", cancel, ResearchView, gw.trace(tenant, request))
         return Response(full_json(view.job), status_code=202, media_type="application/json")
+
+    @get("/{job_id:str}/deliveries", summary="The deliveries of the job's result: channel, status, attempts")
+    async def deliveries(
+        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, job_id: FromPath[str]
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        listed = await _deliveries(gw, request, tenant, job_id)
+        return Response(full_json({"deliveries": listed.deliveries}), media_type="application/json")
+
+    @post(
+        "/{job_id:str}/deliveries/{delivery_id:str}/retry",
+        status_code=202,
+        summary="Send a failed delivery of the job's result again (409 unless it failed)",
+    )
+    async def retry_delivery(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        tenant: Tenant,
+        job_id: FromPath[str],
+        delivery_id: FromPath[str],
+    ) -> Response[Any]:
+        gw = gateway_of(state)
+        listed = await _deliveries(gw, request, tenant, job_id)
+        if delivery_id not in {d.id for d in listed.deliveries}:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no delivery {delivery_id[:80]!r} of research job {job_id}")
+        retry = RetryDelivery(delivery_id=delivery_id)
+        view = await gw.ask(NOTIFIER, "retry", retry, DeliveryView, gw.trace(tenant, request))
+        return Response(full_json(view.delivery), status_code=202, media_type="application/json")
+
+
+async def _deliveries(gw: Gateway, request: Request[Any, Any, Any], tenant: str, job_id: str) -> DeliveryList:
+    job = await _job(gw, request, tenant, job_id)  # 404 for an unknown (or another tenant's) job
+    query = ListDeliveries(task_run_id=job.id)
+    return await gw.ask(NOTIFIER, "list_deliveries", query, DeliveryList, gw.trace(tenant, request))
