@@ -1,4 +1,5 @@
-"""The OpenAPI document: every error status a route can answer, with the one error body, and the bearer key.
+"""The OpenAPI document: every error status a route can answer, with the one error body, the bearer key,
+and the X-Correlation-Id every response carries.
 
 The statuses follow from what the gateway does to every request rather than from each handler: every
 `/v1` route may answer 401 (no key), 422 (a bad value), 503 (an actor or NATS is away) and 504 (no
@@ -68,10 +69,16 @@ def _statuses(path: str, method: str) -> set[int]:
     return statuses
 
 
+CORRELATION_HEADER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.STRING),
+    description="the request's correlation id (the caller's X-Correlation-Id or a new one), as on its bus messages",
+)
+
+
 def _response(status: int) -> OpenAPIResponse:
-    headers: dict[str, OpenAPIHeader | Reference] | None = None
+    headers: dict[str, OpenAPIHeader | Reference] = {"X-Correlation-Id": CORRELATION_HEADER}
     if status == 503:
-        headers = {"Retry-After": OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), description="seconds")}
+        headers["Retry-After"] = OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), description="seconds")
     return OpenAPIResponse(
         description=DESCRIPTIONS[status],
         headers=headers,
@@ -93,6 +100,9 @@ def declare_errors(app: Litestar) -> None:
                 del responses[code]  # Litestar's own 400 describes a body this gateway never sends
             for status in sorted(_statuses(path, method)):
                 responses[str(status)] = _response(status)
+            for response in responses.values():  # gateway/access_log.py names it on every response
+                if isinstance(response, OpenAPIResponse):
+                    response.headers = {"X-Correlation-Id": CORRELATION_HEADER, **(response.headers or {})}
             operation.responses = responses
             if path.startswith("/v1/") and not path.startswith("/v1/tasks/webhooks/"):
                 operation.security = [{"bearer": []}]

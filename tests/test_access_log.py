@@ -67,3 +67,19 @@ async def test_every_request_gets_one_log_line_and_its_correlation_id_which_its_
     )
     carried = {envelope.trace.correlation_id async for envelope in output}
     assert carried == {ids[1]}
+
+
+async def test_the_document_declares_the_correlation_header_on_every_response(start_platform: Start) -> None:
+    platform = await start_platform()
+    async with platform.client() as client:
+        document = (await client.get("/schema/openapi.json")).json()
+    responses = [
+        (path, method, status, response)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in ("get", "post", "put", "patch", "delete")
+        for status, response in operation["responses"].items()
+    ]
+    assert len(responses) > 100
+    undeclared = [(p, m, s) for p, m, s, r in responses if "X-Correlation-Id" not in r.get("headers", {})]
+    assert undeclared == []
