@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from fpdf import FPDF
-from pydantic_ai.messages import ModelMessage, ToolReturnPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from tests.conftest import Platform
@@ -152,7 +152,16 @@ async def test_an_agent_searches_the_documents_with_its_tool(start_platform: Sta
             hits = json.loads(str(returned[-1].content))
             yield f"According to [{hits[0]['document_id']}], Ada Lovelace."
 
-    platform = await start_platform(FunctionModel(stream_function=stream), background=True, agents_file=agents)
+    def whole(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:  # the same, for a turn nobody streams
+        returned = [p for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)]
+        if not returned:
+            call = ToolCallPart(tool_name="search_documents", args='{"query": "first program"}', tool_call_id="s1")
+            return ModelResponse(parts=[call])
+        hits = json.loads(str(returned[-1].content))
+        return ModelResponse(parts=[TextPart(f"According to [{hits[0]['document_id']}], Ada Lovelace.")])
+
+    model = FunctionModel(whole, stream_function=stream)
+    platform = await start_platform(model, background=True, agents_file=agents)
     async with platform.client() as client:
         doc = await client.post(
             "/v1/documents", json={"title": "Ada Lovelace", "content": "Ada Lovelace wrote the first program."}

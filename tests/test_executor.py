@@ -334,9 +334,10 @@ async def test_runs_record_their_parent_and_form_a_tree(bus_config: BusConfig, d
     async with running(executor(bus_config, database_url, TestModel(call_tools=[]))):
         root = await submit(bus, "root")
         await outputs(bus, root)
-        children = [await submit(bus, f"child {i}", parent_run_id=root) for i in range(2)]
-        for child in children:
-            await outputs(bus, child)
+        children: list[str] = []
+        for i in range(2):  # one after the other: siblings are listed in the order they ran
+            children.append(await submit(bus, f"child {i}", parent_run_id=root))
+            await outputs(bus, children[-1])
         grandchild = await submit(bus, "grandchild", parent_run_id=children[0])
         await outputs(bus, grandchild)
         await outputs(bus, await submit(bus, "unrelated"))

@@ -27,7 +27,7 @@ from bus.headers import Trace, new_id
 from bus.streams import CONVERSATION_EVT
 from schemas.conversation import ConversationView, CreateConversation, PostMessage, TurnCompleted, TurnFailed
 from schemas.runs import RunRequest
-from tests.bench.harness import Infra, cpu_seconds, infra, processes, services_up
+from tests.bench.harness import Infra, Report, Scale, cpu_seconds, infra, processes, services_up
 from tests.models import replying
 
 TENANT = "bench"
@@ -96,6 +96,23 @@ async def turn(bus: Bus, conversation_id: str) -> None:
             if env.body.run_id == run_id:
                 assert isinstance(env.body, TurnCompleted), env.body
                 return
+
+
+async def run(servers: Infra, logs: Path, scale: Scale, report: Report) -> None:
+    """`make bench` / `make bench-smoke`: the same two modes, reported as a table."""
+    turns = 10 if scale.smoke else 200
+    results = [
+        await one_mode(servers, logs, "inline (before)", 2**40, turns),
+        await one_mode(servers, logs, "by reference past 64 KiB (after)", 64 * 1024, turns),
+    ]
+    report.table(
+        f"{turns}-turn conversation, ~{len(PROMPT) + len(REPLY)} bytes of prompt + reply a turn",
+        ("mode", "last RunRequest bytes", "largest RunRequest bytes", "last history bytes", "conversation CPU ms/turn"),
+        [
+            (f.mode, f.last_request_bytes, f.max_request_bytes, f.history_bytes, f"{f.cpu_ms_per_turn:.2f}")
+            for f in results
+        ],
+    )
 
 
 async def main(turns: int) -> None:
