@@ -33,7 +33,7 @@ from actors.trigger.store import TriggerRow
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery
 from bus.errors import BusError
-from bus.streams import ConsumerSpec, StreamSpec
+from bus.streams import ConsumerSpec, StreamSpec, ensure_consumer
 from schemas.errors import ErrorCode
 from schemas.tasks import FiredBy
 
@@ -176,6 +176,12 @@ class Listeners:
         """Create (or update) the trigger's consumer and consume it here; a consumer that went away is recreated."""
         stream = await self.stream_of(subject)
         spec = ConsumerSpec(StreamSpec(stream, ()), consumer_name(task_id), subject, deliver_new=True)
+        if self.listening.get(task_id) == subject:
+            # consumed here already: only (re)create it in JetStream, and the pull here resumes on its
+            # own; replacing the pull would cancel its loop, which a message arriving at that moment
+            # can keep running (Python 3.11's wait_for may swallow the cancel)
+            await ensure_consumer(self.host.bus.js, self.host.bus_config, spec)
+            return
 
         async def handle(raw: msgspec.Raw, delivery: Delivery) -> None:
             await self.on_event(task_id, raw, delivery)
