@@ -94,6 +94,16 @@ class Endpoint(Generic[T]):
     handler: Callable[[T, Trace], Awaitable[Message]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Consuming:
+    """One durable consumer being pulled here: its pull, the loop handing its messages over, and
+    the flag that stops that loop."""
+
+    pull: Pull
+    loop: asyncio.Task[None]
+    stop: asyncio.Event
+
+
 class Actor:
     """Subclasses set `name`, return their routes, and open/close resources in on_start/on_stop."""
 
@@ -109,7 +119,8 @@ class Actor:
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10_000}"
         self._bus: Bus | None = None
         self._service: Service | None = None
-        self._consuming: dict[str, tuple[Pull, asyncio.Task[None]]] = {}
+        self._consuming: dict[str, _Consuming] = {}
+        self._consumers_lock = asyncio.Lock()
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._owned: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -223,26 +234,35 @@ class Actor:
 
         For consumers that come and go while the actor runs (e.g. one per trigger); a durable
         already consumed here is replaced."""
-        await self.remove_consumer(route.spec.durable)
-        await ensure_consumer(self.bus.js, self.bus_config, route.spec)
-        pull = Pull(self.bus.nc, stream=route.spec.stream.name, durable=route.spec.durable)
-        await pull.start()
-        self._consuming[route.spec.durable] = (pull, asyncio.create_task(self._consume(route, pull)))
+        async with self._consumers_lock:  # two calls for one durable must not leave a pull untracked
+            await self._remove_consumer(route.spec.durable)
+            await ensure_consumer(self.bus.js, self.bus_config, route.spec)
+            pull = Pull(self.bus.nc, stream=route.spec.stream.name, durable=route.spec.durable)
+            await pull.start()
+            stop = asyncio.Event()
+            loop = asyncio.create_task(self._consume(route, pull, stop))
+            self._consuming[route.spec.durable] = _Consuming(pull, loop, stop)
 
     async def remove_consumer(self, durable: str, *, delete_from: str | None = None) -> None:
         """Stop consuming `durable` (its in-flight messages finish); with `delete_from` (the stream
         name), also delete the consumer from JetStream."""
-        entry = self._consuming.pop(durable, None)
-        if entry is not None:
-            pull, loop = entry
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
-            await pull.stop()  # messages it had not handed over are redelivered after ack_wait
+        async with self._consumers_lock:
+            await self._remove_consumer(durable)
         if delete_from is not None:
             with contextlib.suppress(NotFoundError):
                 await self.bus.js.delete_consumer(delete_from, durable)
 
-    async def _consume(self, route: Consumer[Any], pull: Pull) -> None:
+    async def _remove_consumer(self, durable: str) -> None:
+        entry = self._consuming.pop(durable, None)
+        if entry is None:
+            return
+        entry.stop.set()  # checked by the loop: a cancel swallowed inside nats-py's wait_for cannot keep it going
+        await entry.pull.stop()  # messages it had not handed over are redelivered after ack_wait
+        while not entry.loop.done():
+            entry.loop.cancel()
+            await asyncio.wait({entry.loop}, timeout=1.0)
+
+    async def _consume(self, route: Consumer[Any], pull: Pull, stop: asyncio.Event) -> None:
         """Hand each message to its own task as it arrives, with at most `concurrency` at once."""
         running: set[asyncio.Task[None]] = set()
         room_freed = asyncio.Event()
@@ -252,7 +272,7 @@ class Actor:
             self._inflight.pop(task, None)
             room_freed.set()
 
-        while not self._stopping.is_set():
+        while not (self._stopping.is_set() or stop.is_set()):
             room = route.concurrency - len(running)
             if room <= 0:
                 room_freed.clear()

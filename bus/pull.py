@@ -61,10 +61,12 @@ class Pull:
     async def next(self, room: int) -> Msg | None:
         """The next message, once there is `room` for at least one; None when the pull went quiet
         (call again: it re-pulls). `room` is how many more messages the caller can take now."""
-        assert self._sub is not None, "Pull.start() first"
+        sub = self._sub
+        if sub is None:  # stopped
+            return None
         await self._top_up(room)
         try:
-            msg = await self._sub.next_msg(timeout=self._heartbeat_s * 2.5)
+            msg = await sub.next_msg(timeout=self._heartbeat_s * 2.5)
         except (TimeoutError, NatsTimeoutError):
             self._credit = 0  # no message and no heartbeat: the server has forgotten our requests
             return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from actors._outbound import Allowlist, UnsafeURL, check_url
@@ -233,3 +235,29 @@ async def _attempts(notify: Notify, d: Deliver, count: int) -> bool:
     except BusError:  # the notifier is still starting
         return False
     return bool(listed) and len(listed[0].attempts) >= count
+
+
+async def test_a_delivery_whose_handler_keeps_failing_ends_failed_with_the_reason(
+    bus_config: BusConfig, database_url: str, notify: Notify
+) -> None:
+    """A dead-lettered Deliver ends its delivery visibly: PostgreSQL refuses to lease the delivery
+    for an attempt (every delivery of the command fails), so the command is dead-lettered, and the
+    delivery is recorded `failed` with the reason instead of staying `pending` forever."""
+    actor = NotifierActor(dataclasses.replace(bus_config, max_deliver=2), config(database_url))
+    async with running(actor):
+        db = await asyncpg.connect(database_url)
+        await db.execute(
+            """
+            CREATE FUNCTION notifier.refuse_lease() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+            CREATE TRIGGER refuse_lease BEFORE UPDATE ON notifier.deliveries FOR EACH ROW
+            WHEN (NEW.lease_until IS NOT NULL) EXECUTE FUNCTION notifier.refuse_lease();
+            """
+        )
+        await db.close()
+        d = deliver(Channel.IN_APP, "in-app")
+        await notify.send(d)
+        await wait_until(lambda: notify.status_is(d, DeliveryStatus.FAILED), what="the delivery to end failed")
+        (entry,) = (await notify.log(d.task_run_id)).deliveries
+    error = entry.attempts[-1].error
+    assert error is not None and error.startswith("gave up:")

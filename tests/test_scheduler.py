@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from pydantic_ai.models.test import TestModel
 
@@ -343,3 +345,39 @@ async def test_kill_9_over_a_missed_firing_applies_the_misfire_policy_on_restart
         assert task.next_run_at is None  # a one-shot task has nothing left to fire
     finally:
         await bus.close()
+
+
+async def test_a_task_run_whose_end_cannot_be_stored_ends_failed_with_the_reason(
+    bus_config: BusConfig, database_url: str
+) -> None:
+    """A dead-lettered command ends its entity visibly: the task run's RunFinished fails every time
+    (PostgreSQL refuses to record the run completed), so it is dead-lettered, and the run ends
+    `failed` with the reason instead of staying `running` forever."""
+    config = dataclasses.replace(bus_config, max_deliver=2)
+    model = TestModel(custom_output_text="task done", call_tools=[])
+    actors: list[Actor] = [
+        SchedulerActor(config, SchedulerConfig(database_url=database_url), clock=FakeClock(START)),
+        ConversationActor(config, ConversationConfig(database_url=database_url)),
+        ExecutorActor(config, ExecutorConfig(database_url=database_url), model_override=model),
+    ]
+    async with running(*actors):
+        db = await asyncpg.connect(database_url)
+        await db.execute(
+            """
+            CREATE FUNCTION scheduler.refuse_completed() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+            CREATE TRIGGER refuse_completed BEFORE UPDATE ON scheduler.task_runs
+            FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION scheduler.refuse_completed();
+            """
+        )
+        await db.close()
+        s = Scheduling(await Bus.connect(config), FakeClock(START))
+        failed = s.bus.replay(SCHEDULER_EVT.name, "ab.scheduler.evt.acme.*.failed", TaskRunFinished)
+        view = await s.create(task_type=TaskType.DELEGATION, prompt="summarize")
+        (run,) = view.last_runs
+        async with asyncio.timeout(30):
+            event = (await anext(failed)).body
+        assert event.run.id == run.id and event.run.status is TaskRunStatus.FAILED
+        done = (await s.ask("get_run", GetTaskRun(task_run_id=run.id), TaskRunView)).run
+        assert done.status is TaskRunStatus.FAILED and done.error is not None and "gave up" in done.error
+        await s.bus.close()

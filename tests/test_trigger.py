@@ -23,6 +23,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from standardwebhooks import Webhook
 
+from actors.scheduler.actor import SchedulerActor
+from actors.scheduler.config import SchedulerConfig
 from actors.trigger.actor import TriggerActor
 from actors.trigger.config import TriggerActorConfig
 from actors.trigger.patterns import check_subject, consumer_name, listens_to, matches, own_event
@@ -37,8 +39,10 @@ from bus.headers import Header, Trace
 from bus.streams import NOTIFIER_EVT, SCHEDULER_CMD, SCHEDULER_EVT
 from schemas.health import HealthCheck, HealthReport
 from schemas.tasks import (
+    CreateTask,
     FiredBy,
     FireTask,
+    GetTask,
     IngestWebhook,
     RegisterTrigger,
     Task,
@@ -47,6 +51,7 @@ from schemas.tasks import (
     TaskRunFinished,
     TaskRunStatus,
     TaskType,
+    TaskView,
     TriggerConfig,
     TriggerRegistered,
     UnregisterTrigger,
@@ -607,3 +612,43 @@ async def test_other_tenants_and_unstored_subjects_are_refused(harness: Harness)
         subjects.service(subjects.ActorName.TRIGGER, "health"), HealthCheck(), HealthReport, trace=TRACE
     )
     assert report.ok  # and the actor kept serving
+
+
+async def test_a_create_whose_trigger_is_not_registered_leaves_no_task(
+    bus_config: BusConfig, database_url: str, bus: Bus
+) -> None:
+    """The scheduler commits a task before it asks the trigger actor to register it; a registration
+    refused or unanswered undoes the create, and a retried create registers the trigger again."""
+
+    async def ask(verb: str, message: Any, reply: type[Any]) -> Any:
+        return await bus.request(subjects.service(subjects.ActorName.SCHEDULER, verb), message, reply, trace=TRACE)
+
+    def create(task_id: str, subject: str) -> CreateTask:
+        config = TriggerConfig(subject=subject)
+        return CreateTask(task_id=task_id, task_type=TaskType.TRIGGERED, prompt="p", trigger_config=config)
+
+    async def no_task(task_id: str) -> None:
+        with pytest.raises(BusError) as caught:
+            await ask("get", GetTask(task_id=task_id), TaskView)
+        assert caught.value.code == "not_found"
+
+    async with running(SchedulerActor(bus_config, SchedulerConfig(database_url=database_url))):
+        with pytest.raises(BusError) as caught:  # no trigger actor answers
+            await ask("create", create("chained", SOURCE), TaskView)
+        assert caught.value.code == "unavailable"
+        await no_task("chained")
+        async with running(TriggerActor(bus_config, actor_config(database_url))):
+            with pytest.raises(BusError) as caught:
+                await ask("create", create("spy", "ab.notifier.evt.other.d1.delivered"), TaskView)
+            assert caught.value.code == "invalid"
+            await no_task("spy")
+            created = await ask("create", create("chained", SOURCE), TaskView)
+            assert created.task.id == "chained"
+            await bus.request(  # as if the scheduler had crashed between its commit and the registration
+                subjects.service(subjects.ActorName.TRIGGER, "unregister"),
+                UnregisterTrigger(task_id="chained"),
+                TriggerRegistered,
+                trace=TRACE,
+            )
+            await ask("create", create("chained", SOURCE), TaskView)  # the client's retry
+            assert await bus.js.consumer_info(NOTIFIER_EVT.name, consumer_name("chained"))

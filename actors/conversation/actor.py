@@ -60,7 +60,7 @@ ORDER_RETRY_S = 0.02
 
 
 @dataclass
-class Outcome:
+class TurnDecision:
     """What a command decided, to publish once the transaction has committed."""
 
     accepted: RunAccepted | None = None
@@ -166,18 +166,18 @@ class ConversationActor(Actor):
         trace = delivery.trace.child(run_id=cmd.run_id)
         await self._publish(outcome, tenant, cmd.conversation_id, cmd.run_id, trace)
 
-    async def _decide(self, conn: Conn, cmd: PostMessage, tenant: str, seq: int) -> Outcome:
+    async def _decide(self, conn: Conn, cmd: PostMessage, tenant: str, seq: int) -> TurnDecision:
         conversation = await store.lock(conn, cmd.conversation_id, tenant)
         if conversation is None:
             error = ErrorReply(code=ErrorCode.NOT_FOUND, message=f"no conversation {cmd.conversation_id}")
-            return Outcome(failed=error)
+            return TurnDecision(failed=error)
         turn = await store.get_turn(conn, cmd.run_id)
         if turn is not None:
             return await self._again(conn, conversation, turn)
         busy = conversation.active_run_id is not None or conversation.queued_runs > 0
         if busy and conversation.policy is Policy.REJECT:
             await store.insert_rejected(conn, conversation.id, run_id=cmd.run_id, seq=seq, prompt=cmd.content)
-            return Outcome(failed=rejection(conversation.active_run_id))
+            return TurnDecision(failed=rejection(conversation.active_run_id))
         await store.insert_turn(
             conn,
             conversation.id,
@@ -191,31 +191,33 @@ class ConversationActor(Actor):
         )
         position = conversation.queued_runs + (1 if conversation.active_run_id else 0)
         # a turn nobody streams has no listener for its place in the queue
-        outcome = Outcome(accepted=RunAccepted(run_id=cmd.run_id, position=position) if cmd.stream else None)
+        outcome = TurnDecision(accepted=RunAccepted(run_id=cmd.run_id, position=position) if cmd.stream else None)
         outcome.start = await store.next_request(conn, conversation, inline_limit=self.config.history_inline_bytes)
         if conversation.policy is Policy.INTERRUPT and conversation.active_run_id is not None:
             outcome.cancel = conversation.active_run_id
         return outcome
 
-    async def _again(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> Outcome:
+    async def _again(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> TurnDecision:
         """A redelivered command: say again what was said (the bus drops the duplicates)."""
         if turn.status == "rejected":
-            return Outcome(failed=rejection(None))
+            return TurnDecision(failed=rejection(None))
         if turn.status == "running":
             accepted = RunAccepted(run_id=turn.run_id, position=0) if turn.stream else None
-            return Outcome(accepted=accepted, start=await self._run_request(conn, conversation, turn))
+            return TurnDecision(accepted=accepted, start=await self._run_request(conn, conversation, turn))
         if turn.status == "queued":
             ahead = await store.queued_ahead(conn, turn)
-            outcome = Outcome(accepted=RunAccepted(run_id=turn.run_id, position=ahead) if turn.stream else None)
+            outcome = TurnDecision(accepted=RunAccepted(run_id=turn.run_id, position=ahead) if turn.stream else None)
             if conversation.policy is Policy.INTERRUPT:  # the first attempt may have stopped before asking
                 outcome.cancel = conversation.active_run_id
             return outcome
-        return Outcome()
+        return TurnDecision()
 
     async def _run_request(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> RunRequest:
         return await store.run_request(conn, conversation, turn, inline_limit=self.config.history_inline_bytes)
 
-    async def _publish(self, outcome: Outcome, tenant: str, conversation_id: str, run_id: str, trace: Trace) -> None:
+    async def _publish(
+        self, outcome: TurnDecision, tenant: str, conversation_id: str, run_id: str, trace: Trace
+    ) -> None:
         """Everything the outcome says, concurrently: each message is deduped by its id on a redelivery."""
         output = subjects.run_output(tenant, run_id)
         sends: list[Awaitable[Any]] = []
@@ -271,7 +273,7 @@ class ConversationActor(Actor):
             turn = await store.get_turn(conn, run_id)
         if turn is None:  # refused before it was recorded
             trace = delivery.trace.child(run_id=run_id)
-            await self._publish(Outcome(failed=error), delivery.tenant, conversation_id, run_id, trace)
+            await self._publish(TurnDecision(failed=error), delivery.tenant, conversation_id, run_id, trace)
         elif turn.status in ("queued", "running"):
             result = RunFailed(run_id=run_id, error=error)
             await self._on_run_finished(
@@ -296,7 +298,9 @@ class ConversationActor(Actor):
             outcome = await self._finish(conn, conversation, turn, finished)
         await self._publish(outcome, tenant, conversation.id, turn.run_id, delivery.trace.child(run_id=turn.run_id))
 
-    async def _finish(self, conn: Conn, conversation: Conversation, turn: store.Turn, finished: RunFinished) -> Outcome:
+    async def _finish(
+        self, conn: Conn, conversation: Conversation, turn: store.Turn, finished: RunFinished
+    ) -> TurnDecision:
         result = finished.result
         if turn.status in ("queued", "running"):
             if isinstance(result, RunCompleted):
@@ -313,7 +317,7 @@ class ConversationActor(Actor):
             else:
                 status = "failed" if isinstance(result, RunFailed) else "cancelled"
                 await store.finish_turn(conn, turn, status, new_messages=None, reply=None)
-        outcome = Outcome(turn_event=await self._turn_event_for(conn, turn, finished), end=result)
+        outcome = TurnDecision(turn_event=await self._turn_event_for(conn, turn, finished), end=result)
         # the next queued turn; on a redelivery, the running one again (its request is deduped by the bus)
         outcome.start = await store.next_request(conn, conversation, inline_limit=self.config.history_inline_bytes)
         if outcome.start is None and conversation.active_run_id not in (None, turn.run_id):

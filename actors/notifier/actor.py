@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 import httpx
 
 from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
-from actors.notifier.channels import Outcome, send_email, send_http
+from actors.notifier.channels import SendAttempt, send_email, send_http
 from actors.notifier.config import NotifierConfig
 from actors.notifier.store import DeliveryStore
 from bus import subjects
@@ -102,6 +102,24 @@ class NotifierActor(Actor):
                 await self._handle_deliver(command, delivery)
             case RetryDelivery():
                 await self._retry(command.delivery_id, delivery.trace)
+            case _:
+                assert_never(command)
+
+    async def on_dead_letter(self, body: object | None, delivery: Delivery, reason: str) -> None:
+        """A delivery given up on (its handler kept failing) is recorded `failed` with the reason and
+        announced, so its log says so and a manual retry can send it again."""
+        if not isinstance(body, Deliver):
+            return
+        record = await self.store.accept(body, delivery.tenant)
+        if record.tenant != delivery.tenant or record.status is not DeliveryStatus.PENDING:
+            return
+        number = len(record.attempts) + 1
+        attempt = DeliveryAttempt(number=number, at=datetime.now(UTC), ok=False, error=f"gave up: {reason}")
+        finished = await self.store.record_attempt(body.delivery_id, attempt, DeliveryStatus.FAILED, None)
+        subject = subjects.notifier_event(delivery.tenant, body.delivery_id, DeliveryStatus.FAILED.value)
+        await self.bus.publish(
+            subject, DeliveryFinished(delivery=finished), trace=delivery.trace, msg_id=f"{body.delivery_id}:{number}"
+        )
 
     async def _handle_deliver(self, deliver: Deliver, delivery: Delivery) -> None:
         tenant = delivery.tenant
@@ -112,34 +130,34 @@ class NotifierActor(Actor):
         if leased is None:  # another delivery of the same command is attempting it right now
             raise Retry("being attempted elsewhere", delay=1.0)
         number = len(leased.attempts) + 1
-        outcome = await self._attempt(deliver, tenant, delivery.trace)
+        sent = await self._attempt(deliver, tenant, delivery.trace, number)
         now = datetime.now(UTC)
         attempt = DeliveryAttempt(
             number=number,
             at=now,
-            ok=outcome.ok,
-            status_code=outcome.status_code,
-            smtp_reply=outcome.smtp_reply,
-            error=outcome.error,
-            retry_after_s=outcome.retry_after_s,
+            ok=sent.ok,
+            status_code=sent.status_code,
+            smtp_reply=sent.smtp_reply,
+            error=sent.error,
+            retry_after_s=sent.retry_after_s,
         )
         schedule = self.config.retry_schedule_s
-        if outcome.ok:
+        if sent.ok:
             status, delay = DeliveryStatus.DELIVERED, None
-        elif outcome.permanent or number > len(schedule):
+        elif sent.permanent or number > len(schedule):
             status, delay = DeliveryStatus.FAILED, None
         else:
-            status, delay = DeliveryStatus.PENDING, max(schedule[number - 1], outcome.retry_after_s or 0.0)
+            status, delay = DeliveryStatus.PENDING, max(schedule[number - 1], sent.retry_after_s or 0.0)
         next_at = datetime.fromtimestamp(now.timestamp() + delay, UTC) if delay is not None else None
         finished = await self.store.record_attempt(deliver.delivery_id, attempt, status, next_at)
         if delay is not None:
-            raise Retry(f"attempt {number} failed: {outcome.error}", delay=delay)
+            raise Retry(f"attempt {number} failed: {sent.error}", delay=delay)
         subject = subjects.notifier_event(tenant, deliver.delivery_id, str(status.value))
         await self.bus.publish(
             subject, DeliveryFinished(delivery=finished), trace=delivery.trace, msg_id=f"{deliver.delivery_id}:{number}"
         )
 
-    async def _attempt(self, deliver: Deliver, tenant: str, trace: Trace) -> Outcome:
+    async def _attempt(self, deliver: Deliver, tenant: str, trace: Trace, number: int) -> SendAttempt:
         match deliver.channel:
             case Channel.EMAIL:
                 return await send_email(self.config, deliver)
@@ -156,8 +174,9 @@ class NotifierActor(Actor):
                     payload=deliver.payload,
                 )
                 subject = subjects.notifier_event(tenant, deliver.delivery_id, "in_app")
-                await self.bus.publish(subject, event, trace=trace, msg_id=f"{deliver.delivery_id}:in_app")
-                return Outcome(ok=True)
+                # one per attempt: a manual retry publishes it again, a redelivered attempt does not
+                await self.bus.publish(subject, event, trace=trace, msg_id=f"{deliver.delivery_id}:in_app:{number}")
+                return SendAttempt(ok=True)
 
     # --- the log and manual retries ----------------------------------------------------------
 

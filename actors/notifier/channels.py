@@ -21,13 +21,13 @@ from actors._outbound import UnsafeURL, check_url
 from actors.notifier.config import NotifierConfig
 from schemas.notifier import Deliver
 
-__all__ = ["Outcome", "send_email", "send_http"]
+__all__ = ["SendAttempt", "send_email", "send_http"]
 
 RETRYABLE_HTTP = {408, 425, 429}
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class SendAttempt:
     ok: bool
     permanent: bool = False  # retrying cannot help (unsafe URL, no SMTP server configured, a 4xx)
     status_code: int | None = None
@@ -49,9 +49,9 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max((when - now).total_seconds(), 0.0)
 
 
-async def send_email(config: NotifierConfig, deliver: Deliver) -> Outcome:
+async def send_email(config: NotifierConfig, deliver: Deliver) -> SendAttempt:
     if config.smtp_host is None:
-        return Outcome(ok=False, permanent=True, error="no SMTP server configured (set SMTP_HOST)")
+        return SendAttempt(ok=False, permanent=True, error="no SMTP server configured (set SMTP_HOST)")
     message = EmailMessage()
     message["From"] = config.smtp_from
     message["To"] = deliver.target
@@ -71,12 +71,12 @@ async def send_email(config: NotifierConfig, deliver: Deliver) -> Outcome:
             timeout=config.http_timeout_s,
         )
     except aiosmtplib.SMTPRecipientsRefused as e:
-        return Outcome(ok=False, permanent=True, error=f"recipient refused: {e}")
+        return SendAttempt(ok=False, permanent=True, error=f"recipient refused: {e}")
     except aiosmtplib.SMTPResponseException as e:
-        return Outcome(ok=False, permanent=500 <= e.code < 600, smtp_reply=f"{e.code} {e.message}", error=str(e))
+        return SendAttempt(ok=False, permanent=500 <= e.code < 600, smtp_reply=f"{e.code} {e.message}", error=str(e))
     except (aiosmtplib.SMTPException, OSError) as e:
-        return Outcome(ok=False, error=f"{type(e).__name__}: {e}")
-    return Outcome(ok=True, smtp_reply=reply)
+        return SendAttempt(ok=False, error=f"{type(e).__name__}: {e}")
+    return SendAttempt(ok=True, smtp_reply=reply)
 
 
 def _body(deliver: Deliver) -> bytes:
@@ -87,12 +87,12 @@ def _body(deliver: Deliver) -> bytes:
     )
 
 
-async def send_http(config: NotifierConfig, deliver: Deliver, client: httpx.AsyncClient) -> Outcome:
+async def send_http(config: NotifierConfig, deliver: Deliver, client: httpx.AsyncClient) -> SendAttempt:
     """POST to a Slack incoming webhook or a generic webhook (signed per Standard Webhooks)."""
     try:
         await check_url(deliver.target, config.allow)
     except UnsafeURL as e:
-        return Outcome(ok=False, permanent=True, error=f"unsafe URL: {e}")
+        return SendAttempt(ok=False, permanent=True, error=f"unsafe URL: {e}")
     body = _body(deliver)
     headers = {"content-type": "application/json", "user-agent": "agentbus-notifier"}
     if deliver.channel == "webhook":
@@ -104,10 +104,10 @@ async def send_http(config: NotifierConfig, deliver: Deliver, client: httpx.Asyn
     try:
         response = await client.post(deliver.target, content=body, headers=headers, follow_redirects=False)
     except httpx.HTTPError as e:
-        return Outcome(ok=False, error=f"{type(e).__name__}: {e}")
+        return SendAttempt(ok=False, error=f"{type(e).__name__}: {e}")
     code = response.status_code
     if 200 <= code < 300:
-        return Outcome(ok=True, status_code=code)
+        return SendAttempt(ok=True, status_code=code)
     wait = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
     permanent = 300 <= code < 500 and code not in RETRYABLE_HTTP
-    return Outcome(ok=False, permanent=permanent, status_code=code, error=response.text[:500], retry_after_s=wait)
+    return SendAttempt(ok=False, permanent=permanent, status_code=code, error=response.text[:500], retry_after_s=wait)

@@ -25,7 +25,7 @@ import msgspec
 import structlog
 
 from actors._notifications import check_channels, check_notification_config, deliveries, new_signing_secret
-from actors._postgres import Conn, open_pool
+from actors._postgres import DATABASE_DOWN, Conn, open_pool
 from actors._postgres import health as postgres_health
 from actors.scheduler import store
 from actors.scheduler.clock import Clock, SystemClock
@@ -42,6 +42,7 @@ from schemas.conversation import ConversationView, CreateConversation, Pattern, 
 from schemas.errors import ErrorCode
 from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
 from schemas.tasks import (
+    UPDATABLE_FIELDS,
     CreateTask,
     DeleteTask,
     FiredBy,
@@ -93,6 +94,7 @@ def _invalid(message: str) -> BusError:
 
 class SchedulerActor(Actor):
     name = subjects.ActorName.SCHEDULER
+    unavailable_errors = DATABASE_DOWN
     description = "tasks: delegated, scheduled and triggered firings"
 
     def __init__(self, bus_config: BusConfig, config: SchedulerConfig, *, clock: Clock | None = None) -> None:
@@ -216,6 +218,7 @@ class SchedulerActor(Actor):
             content=prompt,
             metadata={"task_id": task.id, "task_run_id": run.id},
             data=run.event,
+            stream=False,  # a task's result goes to its channels; nobody watches its tokens
         )
         try:
             await self.bus.request(
@@ -257,15 +260,45 @@ class SchedulerActor(Actor):
         output = result.output if isinstance(result, RunCompleted) else None
         error = result.error.message if isinstance(result, RunFailed) else getattr(result, "reason", None)
         usage = result.usage if isinstance(result, RunCompleted) else None
+        await self._end_run(finished.run_id, status, output=output, error=error, usage=usage, trace=delivery.trace)
+
+    async def on_dead_letter(self, body: object | None, delivery: Delivery, reason: str) -> None:
+        """A firing or a run's end given up on ends its task run `failed` with the reason, announced
+        and notified as any other end (a firing that never recorded a run has nothing to end)."""
+        match body:
+            case FireTask():
+                run_id = body.firing_id if _is_token(body.firing_id) else None
+            case RunFinished():
+                run_id = body.run_id
+            case _:
+                run_id = None
+        if run_id is not None:
+            failed = TaskRunStatus.FAILED
+            await self._end_run(
+                run_id, failed, output=None, error=f"gave up: {reason}", usage=None, trace=delivery.trace
+            )
+
+    async def _end_run(
+        self,
+        run_id: str,
+        status: TaskRunStatus,
+        *,
+        output: str | None,
+        error: str | None,
+        usage: Usage | None,
+        trace: Trace,
+    ) -> None:
+        """Record a task run's end, then announce it (TaskRunFinished) and send its notifications;
+        both are repeated on a redelivery, and deduped by their ids."""
         async with self._pool.acquire() as conn:
             done = await store.finish_run(
-                conn, finished.run_id, status, output=output, error=error, usage=usage or Usage(), now=self.clock.now()
+                conn, run_id, status, output=output, error=error, usage=usage or Usage(), now=self.clock.now()
             )
             if done is None:
                 return  # not a task run
             run, _ = done
             row = await store.task_row(conn, run.task_id)
-        trace = delivery.trace.child(run_id=run.id)
+        trace = trace.child(run_id=run.id)
         kind = "completed" if run.status is TaskRunStatus.COMPLETED else "failed"
         await self.bus.publish(
             subjects.scheduler_event(run.tenant, run.task_id, kind),
@@ -375,33 +408,69 @@ class SchedulerActor(Actor):
             )
         )
         secret = new_signing_secret()
-        webhook_secret: str | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.insert_task(conn, task, secret)
-            if row is None:
-                existing = await store.get_task(conn, task.id, trace.tenant)
-                if existing is None:
-                    raise BusError(ErrorCode.CONFLICT, f"task id {task.id} is taken")
-                return TaskView(task=existing.task)  # a retried create
-            if task.task_type is TaskType.TRIGGERED and task.trigger_config is not None:
-                registered = await self.bus.request(
-                    subjects.service(subjects.ActorName.TRIGGER, "register"),
-                    RegisterTrigger(task_id=task.id, config=task.trigger_config),
-                    TriggerRegistered,
-                    trace=trace,
-                )
-                webhook_secret = registered.webhook_secret
+            existing = await store.get_task(conn, task.id, trace.tenant) if row is None else None
             run: TaskRun | None = None
-            if task.task_type is TaskType.DELEGATION:
+            if row is not None and task.task_type is TaskType.DELEGATION:
                 run = await store.insert_run(
                     conn, run_id=new_id(), task=task, fired_by=FiredBy.NOW, now=now, firing_id=f"{task.id}-now"
                 )
+        if row is None:
+            if existing is None:
+                raise BusError(ErrorCode.CONFLICT, f"task id {task.id} is taken")
+            # a retried create registers the trigger again (see _register_trigger), unless it was disabled since
+            again = await self._register_trigger(existing.task, trace) if existing.task.enabled else None
+            return TaskView(task=existing.task, webhook_secret=again)
+        webhook_secret = await self._register_trigger(row.task, trace, undo_on_failure=True)
         await self._changed(row.task, trace)
         if run is not None:  # started by the next tick if this does not get through
             await self._after_commit(self._start(row.task, run), what=f"start of task run {run.id}")
         return TaskView(
             task=row.task, webhook_secret=webhook_secret, notification_secret=secret, last_runs=[run] if run else []
         )
+
+    async def _register_trigger(self, task: Task, trace: Trace, *, undo_on_failure: bool = False) -> str | None:
+        """Register a triggered task with the trigger actor; its webhook secret (None for a subject trigger
+        or another type of task).
+
+        Called after the task's commit: no bus request waits inside an open transaction. With
+        `undo_on_failure` (a new task), a refused or unanswered registration undoes the create: the
+        task is deleted again (and a registration that may have got through before a timeout is
+        withdrawn) and the error answered, so a create yields a task whose trigger is registered, or
+        no task. A crash between the commit and the registration leaves the task without its
+        trigger until the create is retried: a retried create registers it again, and the trigger
+        answers with a new webhook secret (which replaces the one the lost answer carried).
+        """
+        if task.task_type is not TaskType.TRIGGERED or task.trigger_config is None:
+            return None
+        try:
+            registered = await self.bus.request(
+                subjects.service(subjects.ActorName.TRIGGER, "register"),
+                RegisterTrigger(task_id=task.id, config=task.trigger_config),
+                TriggerRegistered,
+                trace=trace,
+            )
+        except BusError as e:
+            if undo_on_failure:
+                log.info("trigger not registered: the create is undone", task_id=task.id, error=str(e))
+                async with self._pool.acquire() as conn:
+                    await store.delete_task(conn, task.id, task.tenant)
+                if e.code in (ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE):
+                    await self._unregister_trigger(task, trace)
+            raise
+        return registered.webhook_secret
+
+    async def _unregister_trigger(self, task: Task, trace: Trace) -> None:
+        try:
+            await self.bus.request(
+                subjects.service(subjects.ActorName.TRIGGER, "unregister"),
+                UnregisterTrigger(task_id=task.id),
+                TriggerRegistered,
+                trace=trace,
+            )
+        except BusError as e:  # the trigger actor also drops it on the TaskChanged(deleted) event
+            log.warning("unregister failed", task_id=task.id, error=str(e))
 
     async def _found(self, conn: Conn, task_id: str, tenant: str, *, lock: bool = False) -> store.TaskRow:
         row = await store.get_task(conn, task_id, tenant, lock=lock)
@@ -428,7 +497,7 @@ class SchedulerActor(Actor):
         await check_notification_config(cmd.notification_config, self.config.allow)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._found(conn, cmd.task_id, trace.tenant, lock=True)
-            changes = {f: getattr(cmd, f) for f in UPDATABLE if getattr(cmd, f) is not None}
+            changes = {f: getattr(cmd, f) for f in UPDATABLE_FIELDS if getattr(cmd, f) is not None}
             timing_changed = bool(changes.keys() & {"schedule_expression", "interval_seconds", "run_at", "timezone"})
             if timing_changed:  # a new timing replaces the old one whole
                 for field in ("schedule_expression", "interval_seconds", "run_at"):
@@ -449,15 +518,7 @@ class SchedulerActor(Actor):
             raise BusError(ErrorCode.NOT_FOUND, f"no task {cmd.task_id}")
         await self._changed(row.task, trace, deleted=True)
         if row.task.task_type is TaskType.TRIGGERED:
-            try:
-                await self.bus.request(
-                    subjects.service(subjects.ActorName.TRIGGER, "unregister"),
-                    UnregisterTrigger(task_id=row.task.id),
-                    TriggerRegistered,
-                    trace=trace,
-                )
-            except BusError as e:  # the trigger actor also drops it on the TaskChanged(deleted) event
-                log.warning("unregister failed", task_id=row.task.id, error=str(e))
+            await self._unregister_trigger(row.task, trace)
         return TaskView(task=row.task)
 
     async def _set_enabled(self, cmd: SetTaskEnabled, trace: Trace) -> Message:
@@ -486,12 +547,6 @@ class SchedulerActor(Actor):
         if run is None:
             raise BusError(ErrorCode.NOT_FOUND, f"no task run {query.task_run_id}")
         return TaskRunView(run=run)
-
-
-UPDATABLE = (
-    "prompt", "agent", "inputs", "schedule_expression", "interval_seconds", "run_at", "timezone",
-    "trigger_config", "notification_config", "thread", "misfire_policy", "overlap_policy",
-)  # fmt: skip
 
 
 def replace_task(task: Task, **changes: Any) -> Task:
