@@ -34,6 +34,7 @@ __all__ = [
     "StoredMessage",
     "TurnCompleted",
     "TurnFailed",
+    "TurnStatus",
 ]
 
 
@@ -54,6 +55,17 @@ class Policy(enum.StrEnum):
 class Role(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
+
+
+class TurnStatus(enum.StrEnum):
+    """Where a turn is: waiting behind another, running, ended, or refused by the `reject` policy."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
 
 
 class Conversation(Record, frozen=True, kw_only=True):

@@ -49,6 +49,7 @@ from schemas.conversation import (
     StoredMessage,
     TurnCompleted,
     TurnFailed,
+    TurnStatus,
 )
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunEnd, RunFailed, RunFinished, RunRequest, RunView
@@ -199,12 +200,12 @@ class ConversationActor(Actor):
 
     async def _again(self, conn: Conn, conversation: Conversation, turn: store.Turn) -> TurnDecision:
         """A redelivered command: say again what was said (the bus drops the duplicates)."""
-        if turn.status == "rejected":
+        if turn.status is TurnStatus.REJECTED:
             return TurnDecision(failed=rejection(None))
-        if turn.status == "running":
+        if turn.status is TurnStatus.RUNNING:
             accepted = RunAccepted(run_id=turn.run_id, position=0) if turn.stream else None
             return TurnDecision(accepted=accepted, start=await self._run_request(conn, conversation, turn))
-        if turn.status == "queued":
+        if turn.status is TurnStatus.QUEUED:
             ahead = await store.queued_ahead(conn, turn)
             outcome = TurnDecision(accepted=RunAccepted(run_id=turn.run_id, position=ahead) if turn.stream else None)
             if conversation.policy is Policy.INTERRUPT:  # the first attempt may have stopped before asking
@@ -274,7 +275,7 @@ class ConversationActor(Actor):
         if turn is None:  # refused before it was recorded
             trace = delivery.trace.child(run_id=run_id)
             await self._publish(TurnDecision(failed=error), delivery.tenant, conversation_id, run_id, trace)
-        elif turn.status in ("queued", "running"):
+        elif turn.status in (TurnStatus.QUEUED, TurnStatus.RUNNING):
             result = RunFailed(run_id=run_id, error=error)
             await self._on_run_finished(
                 RunFinished(run_id=run_id, conversation_id=conversation_id, result=result), delivery
@@ -293,7 +294,7 @@ class ConversationActor(Actor):
             turn = await store.get_turn(conn, finished.run_id)
             if conversation is None or turn is None or turn.conversation_id != conversation.id:
                 return
-            if turn.status == "rejected":  # never sent to an executor
+            if turn.status is TurnStatus.REJECTED:  # never sent to an executor
                 return
             outcome = await self._finish(conn, conversation, turn, finished)
         await self._publish(outcome, tenant, conversation.id, turn.run_id, delivery.trace.child(run_id=turn.run_id))
@@ -302,7 +303,7 @@ class ConversationActor(Actor):
         self, conn: Conn, conversation: Conversation, turn: store.Turn, finished: RunFinished
     ) -> TurnDecision:
         result = finished.result
-        if turn.status in ("queued", "running"):
+        if turn.status in (TurnStatus.QUEUED, TurnStatus.RUNNING):
             if isinstance(result, RunCompleted):
                 reply = StoredMessage(
                     id=new_id(),
@@ -313,9 +314,11 @@ class ConversationActor(Actor):
                     created_at=datetime.now(UTC),
                     metadata={"model": result.model, "offline": str(result.offline).lower()},
                 )
-                await store.finish_turn(conn, turn, "completed", new_messages=bytes(result.new_messages), reply=reply)
+                await store.finish_turn(
+                    conn, turn, TurnStatus.COMPLETED, new_messages=bytes(result.new_messages), reply=reply
+                )
             else:
-                status = "failed" if isinstance(result, RunFailed) else "cancelled"
+                status = TurnStatus.FAILED if isinstance(result, RunFailed) else TurnStatus.CANCELLED
                 await store.finish_turn(conn, turn, status, new_messages=None, reply=None)
         outcome = TurnDecision(turn_event=await self._turn_event_for(conn, turn, finished), end=result)
         # the next queued turn; on a redelivery, the running one again (its request is deduped by the bus)

@@ -20,6 +20,7 @@ from schemas.conversation import (
     CreateConversation,
     Pattern,
     StoredMessage,
+    TurnStatus,
 )
 from schemas.runs import HistoryRef, RunRequest
 
@@ -129,7 +130,7 @@ class Turn:
     run_id: str
     conversation_id: str
     seq: int
-    status: str
+    status: TurnStatus
     prompt: str
     data: dict[str, object] | None
     stream: bool = True
@@ -231,11 +232,11 @@ async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inl
 
 
 async def finish_turn(
-    conn: Conn, turn: Turn, status: str, *, new_messages: bytes | None, reply: StoredMessage | None
+    conn: Conn, turn: Turn, status: TurnStatus, *, new_messages: bytes | None, reply: StoredMessage | None
 ) -> None:
     await conn.execute(
         "UPDATE turns SET status = $2, new_messages = $3, finished_at = now() WHERE run_id = $1",
-        turn.run_id, status, new_messages.decode() if new_messages is not None else None,
+        turn.run_id, status.value, new_messages.decode() if new_messages is not None else None,
     )  # fmt: skip
     if reply is not None:
         await conn.execute(
