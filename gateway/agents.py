@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Request, get
-from litestar.datastructures import State
+from litestar import get
 
-from gateway.auth import Tenant
-from gateway.state import gateway_of
+from gateway.caller import Caller
 
 __all__ = ["Agents", "list_agents"]
 
@@ -24,7 +20,6 @@ class Agents(msgspec.Struct, frozen=True, kw_only=True):
     tags=["agents"],
     summary="The agents and pipelines a conversation, task or research job may name",
 )
-async def list_agents(request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Agents:
-    gw = gateway_of(state)
-    catalog = await gw.agents.catalog(gw.trace(tenant, request))
+async def list_agents(caller: Caller) -> Agents:
+    catalog = await caller.gateway.agents.catalog(caller.trace)
     return Agents(agents=catalog.agents, pipelines=catalog.pipelines)

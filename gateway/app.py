@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from litestar import Litestar, Request
-from litestar.datastructures import State
+from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from bus.client import Bus
 from bus.config import BusConfig
-from gateway.access_log import RequestStamp, finish_response, note_tenant
+from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
-from gateway.auth import presented_key
+from gateway.caller import provide_caller
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
 from gateway.documents import DocumentController
@@ -28,18 +26,12 @@ from gateway.pipelines import run_pipeline
 from gateway.research import ResearchController
 from gateway.runs import RunController
 from gateway.screening import screen_request
-from gateway.state import IDEMPOTENCY_BUCKET, Gateway, gateway_of
+from gateway.state import IDEMPOTENCY_BUCKET, Gateway
 from gateway.tasks import TaskController, TaskRunController, webhook
+from gateway.views import FullResponse
 from gateway.ws import chat_socket
 
 __all__ = ["create_app"]
-
-
-async def provide_tenant(request: Request[Any, Any, Any], state: State) -> str:
-    """The tenant of the request's API key: everything the request sees is scoped to it."""
-    tenant = await gateway_of(state).keys.tenant(presented_key(request))
-    note_tenant(request, tenant)
-    return tenant
 
 
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
@@ -74,7 +66,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         before_request=screen_request,
         middleware=[RequestStamp()],
         before_send=[finish_response],
-        dependencies={"tenant": Provide(provide_tenant)},
+        dependencies={"caller": Provide(provide_caller)},
+        response_class=FullResponse,
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=config.max_body_bytes,

@@ -11,7 +11,6 @@ from typing import Any
 
 import structlog
 from litestar.connection import ASGIConnection
-from litestar.di import NamedDependency
 
 from bus import keys
 from bus.client import Bus
@@ -19,12 +18,9 @@ from bus.errors import BusError
 from gateway.errors import ApiError
 from schemas.errors import ErrorCode
 
-__all__ = ["KeyCache", "Tenant", "presented_key"]
+__all__ = ["KeyCache", "presented_key"]
 
 log = structlog.get_logger("gateway")
-
-Tenant = NamedDependency[str]
-"""A handler parameter `tenant: Tenant` is the tenant of the request's API key."""
 
 
 class KeyCache:

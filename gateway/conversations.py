@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-import msgspec
-from litestar import Controller, Request, Response, get, post, put
-from litestar.datastructures import State
+from litestar import Controller, Response, get, post, put
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from bus import subjects
 from bus.client import Envelope
 from bus.headers import Trace
-from gateway.auth import Tenant
+from gateway.answers import MessagePage
 from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
-from gateway.errors import HTTP_STATUS, ApiError
+from gateway.caller import Caller
+from gateway.errors import HTTP_STATUS, ApiError, error_json
 from gateway.sse import sse_response
-from gateway.state import Gateway, Stored, gateway_of, ident
+from gateway.state import Gateway, Stored, ident, stored_response
 from gateway.views import full_json
 from schemas.conversation import (
     ContinueConversation,
+    Conversation,
     ConversationView,
     CreateConversation,
     GetConversation,
@@ -43,20 +44,6 @@ SCRUBBED = {
     ErrorCode.INTERNAL: "the turn failed: internal error",
     ErrorCode.UNAVAILABLE: "the turn failed: its model or a tool is unavailable; the run's record says why",
 }
-
-
-def _json(status: int, body: bytes) -> Response[bytes]:
-    return Response(body, status_code=status, media_type="application/json")
-
-
-def _replayed(stored: Stored) -> Response[bytes]:
-    response = _json(stored.status, stored.body)
-    response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-async def _query(gw: Gateway, verb: str, message: Any, reply: type[Any], trace: Trace) -> Any:
-    return await gw.ask(CONVERSATION, verb, message, reply, trace)
 
 
 async def start_turn(
@@ -84,11 +71,10 @@ async def start_turn(
     )
 
 
-async def post_message(
-    gw: Gateway, tenant: str, conversation_id: str, body: NewMessage, trace: Trace, digest: str | None
-) -> Response[Any]:
+async def post_message(caller: Caller, conversation_id: str, body: NewMessage, digest: str | None) -> Response[Any]:
+    gw, tenant = caller.gateway, caller.tenant
     run_id, message_id = gw.make_id(digest, "run"), gw.make_id(digest, "message")
-    trace = trace.child(run_id=run_id)
+    trace = caller.trace.child(run_id=run_id)
     if body.stream:
         await start_turn(
             gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
@@ -113,10 +99,10 @@ async def post_message(
     else:
         code = event.error.code
         details = {"run_id": run_id} if code in SCRUBBED else {**event.error.details, "run_id": run_id}
-        error = {"code": code, "message": SCRUBBED.get(code, event.error.message), "details": details}
-        stored = Stored(status=HTTP_STATUS[event.error.code], body=msgspec.json.encode({"error": error}))
+        error_body = error_json(code, SCRUBBED.get(code, event.error.message), details)
+        stored = Stored(status=HTTP_STATUS[code], body=error_body)
     await gw.remember(digest, stored)
-    return _json(stored.status, stored.body)
+    return stored_response(stored)
 
 
 async def _stream_run(gw: Gateway, tenant: str, run_id: str) -> Response[Any] | Stream:
@@ -142,15 +128,12 @@ class ConversationController(Controller):
     tags = ["conversations"]
 
     @post("/", status_code=201, summary="Create a conversation")
-    async def create(
-        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, data: JSONBody[NewConversation]
-    ) -> Response[Any]:
-        gw = gateway_of(state)
-        digest = gw.idempotency_digest(request, tenant)
+    async def create(self, caller: Caller, data: JSONBody[NewConversation]) -> Response[Conversation]:
+        gw = caller.gateway
+        digest = caller.idempotency_digest()
         if (stored := await gw.recall(digest)) is not None:
-            return _replayed(stored)
-        trace = gw.trace(tenant, request)
-        await gw.agents.check(trace, agent=data.agent)
+            return stored_response(stored, replayed=True)
+        await caller.check_agent(agent=data.agent)
         cmd = CreateConversation(
             conversation_id=gw.make_id(digest, "conversation"),
             pattern=Pattern(data.pattern),
@@ -159,80 +142,64 @@ class ConversationController(Controller):
             policy=data.policy,
             metadata=data.metadata,
         )
-        view: ConversationView = await _query(gw, "create", cmd, ConversationView, trace)
+        view = await caller.ask(CONVERSATION, "create", cmd, ConversationView)
         stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
-        return _json(201, stored.body)
+        return stored_response(stored)
 
     @get("/{conversation_id:str}", summary="Read a conversation")
-    async def read(
-        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, conversation_id: FromPath[str]
-    ) -> Response[Any]:
-        gw = gateway_of(state)
+    async def read(self, caller: Caller, conversation_id: FromPath[str]) -> Conversation:
         query = GetConversation(conversation_id=ident(conversation_id))
-        view: ConversationView = await _query(gw, "get", query, ConversationView, gw.trace(tenant, request))
-        return _json(200, full_json(view.conversation))
+        return (await caller.ask(CONVERSATION, "get", query, ConversationView)).conversation
 
     @get("/{conversation_id:str}/messages", summary="List a conversation's messages, oldest first")
     async def messages(
         self,
-        request: Request[Any, Any, Any],
-        state: State,
-        tenant: Tenant,
+        caller: Caller,
         conversation_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         before: Annotated[str | None, QueryParameter(max_length=200)] = None,
-    ) -> Response[Any]:
-        gw = gateway_of(state)
+    ) -> MessagePage:
         query = ListMessages(conversation_id=ident(conversation_id), limit=limit, before=before)
-        listed: MessageList = await _query(gw, "messages", query, MessageList, gw.trace(tenant, request))
-        return _json(200, full_json({"messages": listed.messages}))
+        listed = await caller.ask(CONVERSATION, "messages", query, MessageList)
+        return MessagePage(messages=listed.messages)
 
     @post(
-        "/{conversation_id:str}/messages", status_code=200, summary="Send a message; the reply whole, or streamed (SSE)"
+        "/{conversation_id:str}/messages",
+        status_code=200,
+        summary="Send a message; the reply whole, or streamed (SSE)",
+        responses={200: ResponseSpec(TurnReply, description="the reply (with `stream`: the run's server-sent events)")},
     )
     async def post_message(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        tenant: Tenant,
-        conversation_id: FromPath[str],
-        data: JSONBody[NewMessage],
-    ) -> Response[Any] | Stream:
-        gw = gateway_of(state)
-        digest = gw.idempotency_digest(request, tenant)
+        self, caller: Caller, conversation_id: FromPath[str], data: JSONBody[NewMessage]
+    ) -> Response[TurnReply] | Stream:
+        gw = caller.gateway
+        digest = caller.idempotency_digest()
         if (stored := await gw.recall(digest)) is not None:
-            return await _stream_run(gw, tenant, stored.stream_run_id) if stored.stream_run_id else _replayed(stored)
-        return await post_message(gw, tenant, ident(conversation_id), data, gw.trace(tenant, request), digest)
+            if stored.stream_run_id:
+                return await _stream_run(gw, caller.tenant, stored.stream_run_id)
+            return stored_response(stored, replayed=True)
+        return await post_message(caller, ident(conversation_id), data, digest)
 
     @put("/{conversation_id:str}/context", summary="Replace a sidekick's application state")
     async def context(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        tenant: Tenant,
-        conversation_id: FromPath[str],
-        data: JSONBody[ContextBody],
-    ) -> Response[Any]:
-        gw = gateway_of(state)
+        self, caller: Caller, conversation_id: FromPath[str], data: JSONBody[ContextBody]
+    ) -> Conversation:
         cmd = SetContext(conversation_id=ident(conversation_id), context=data.context)
-        view: ConversationView = await _query(gw, "context", cmd, ConversationView, gw.trace(tenant, request))
-        return _json(200, full_json(view.conversation))
+        return (await caller.ask(CONVERSATION, "context", cmd, ConversationView)).conversation
 
     @post(
         "/{conversation_id:str}/continue", status_code=201, summary="Start a new conversation from this one's history"
     )
-    async def continue_(
-        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, conversation_id: FromPath[str]
-    ) -> Response[Any]:
-        gw = gateway_of(state)
-        digest = gw.idempotency_digest(request, tenant)
+    async def continue_(self, caller: Caller, conversation_id: FromPath[str]) -> Response[Conversation]:
+        gw = caller.gateway
+        digest = caller.idempotency_digest()
         if (stored := await gw.recall(digest)) is not None:
-            return _replayed(stored)
+            return stored_response(stored, replayed=True)
         cmd = ContinueConversation(
             conversation_id=ident(conversation_id), new_conversation_id=gw.make_id(digest, "conversation")
         )
-        view: ConversationView = await _query(gw, "continue", cmd, ConversationView, gw.trace(tenant, request))
+        view = await caller.ask(CONVERSATION, "continue", cmd, ConversationView)
         stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
-        return _json(201, stored.body)
+        return stored_response(stored)

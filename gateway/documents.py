@@ -7,17 +7,19 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State, UploadFile
+from litestar.datastructures import UploadFile
 from litestar.params import FromPath, QueryParameter
 
 from bus import subjects
-from gateway.auth import Tenant
+from gateway.answers import DocumentEntry, DocumentPage, DocumentSearch, IngestedDocument
+from gateway.caller import Caller
 from gateway.errors import ApiError
-from gateway.state import Stored, gateway_of, ident
-from gateway.views import full, full_json
+from gateway.state import Stored, ident, stored_response
+from gateway.views import full_json
 from schemas.errors import ErrorCode
 from schemas.fields import DocumentType
 from schemas.research import (
+    Document,
     DocumentHits,
     DocumentList,
     DocumentView,
@@ -87,6 +89,16 @@ async def _from_request(request: Request[Any, Any, Any]) -> NewDocument:
         raise ApiError(ErrorCode.MALFORMED, "the body is not JSON") from None
 
 
+def _entry(document: Document) -> DocumentEntry:
+    return DocumentEntry(
+        id=document.id,
+        tenant=document.tenant,
+        title=document.title,
+        content_type=document.content_type,
+        created_at=document.created_at,
+    )
+
+
 class DocumentController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
@@ -99,11 +111,11 @@ class DocumentController(Controller):
             " (content_type application/pdf takes the PDF's bytes base64-encoded as content)"
         ),
     )
-    async def ingest(self, request: Request[Any, Any, Any], state: State, tenant: Tenant) -> Response[Any]:
-        gw = gateway_of(state)
-        digest = gw.idempotency_digest(request, tenant)
+    async def ingest(self, request: Request[Any, Any, Any], caller: Caller) -> Response[IngestedDocument]:
+        gw = caller.gateway
+        digest = caller.idempotency_digest()
         if (stored := await gw.recall(digest)) is not None:
-            return Response(stored.body, status_code=stored.status, media_type="application/json")
+            return stored_response(stored)
         doc = await _from_request(request)
         if (size := len(doc.content.encode())) > MAX_CONTENT_BYTES:
             limit = f"over the {MAX_CONTENT_BYTES}-byte limit of a bus message"
@@ -118,56 +130,33 @@ class DocumentController(Controller):
             content=doc.content,
             content_type=doc.content_type,
         )
-        view: DocumentView = await gw.ask(RESEARCH, "ingest", cmd, DocumentView, gw.trace(tenant, request))
-        body = full(view.document)
-        body.pop("content")
-        body["characters"] = len(view.document.content)
-        encoded = msgspec.json.encode(body)
-        await gw.remember(digest, Stored(status=201, body=encoded))
-        return Response(encoded, status_code=201, media_type="application/json")
+        document = (await caller.ask(RESEARCH, "ingest", cmd, DocumentView)).document
+        entry = msgspec.structs.asdict(_entry(document))
+        stored = Stored(status=201, body=full_json(IngestedDocument(**entry, characters=len(document.content))))
+        await gw.remember(digest, stored)
+        return stored_response(stored)
 
     @get("/", summary="List documents")
     async def list_documents(
         self,
-        request: Request[Any, Any, Any],
-        state: State,
-        tenant: Tenant,
+        caller: Caller,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         after: Annotated[str | None, QueryParameter(max_length=200)] = None,
-    ) -> Response[Any]:
-        gw = gateway_of(state)
-        service = subjects.service(RESEARCH, "list_documents")
-        listed: DocumentList = await gw.bus.request(
-            service, ListDocuments(limit=limit, after=after), DocumentList, trace=gw.trace(tenant, request)
-        )
-        documents = [{k: v for k, v in full(d).items() if k != "content"} for d in listed.documents]
-        return Response(
-            full_json({"documents": documents, "next_after": listed.next_after}), media_type="application/json"
-        )
+    ) -> DocumentPage:
+        listed = await caller.ask(RESEARCH, "list_documents", ListDocuments(limit=limit, after=after), DocumentList)
+        return DocumentPage(documents=[_entry(d) for d in listed.documents], next_after=listed.next_after)
 
     @get("/search", summary="Full-text search over the documents, best first")
     async def search(
         self,
-        request: Request[Any, Any, Any],
-        state: State,
-        tenant: Tenant,
+        caller: Caller,
         q: Annotated[str, QueryParameter(min_length=1, max_length=1_000)],
         limit: Annotated[int, QueryParameter(ge=1, le=50)] = 10,
-    ) -> Response[Any]:
-        gw = gateway_of(state)
-        service = subjects.service(RESEARCH, "search")
-        found: DocumentHits = await gw.bus.request(
-            service, SearchDocuments(query=q, limit=limit), DocumentHits, trace=gw.trace(tenant, request)
-        )
-        return Response(full_json({"hits": found.hits}), media_type="application/json")
+    ) -> DocumentSearch:
+        found = await caller.ask(RESEARCH, "search", SearchDocuments(query=q, limit=limit), DocumentHits)
+        return DocumentSearch(hits=found.hits)
 
     @get("/{document_id:str}", summary="A document and its text")
-    async def read(
-        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, document_id: FromPath[str]
-    ) -> Response[Any]:
-        gw = gateway_of(state)
-        service = subjects.service(RESEARCH, "get_document")
-        view: DocumentView = await gw.bus.request(
-            service, GetDocument(document_id=ident(document_id)), DocumentView, trace=gw.trace(tenant, request)
-        )
-        return Response(full_json(view.document), media_type="application/json")
+    async def read(self, caller: Caller, document_id: FromPath[str]) -> Document:
+        query = GetDocument(document_id=ident(document_id))
+        return (await caller.ask(RESEARCH, "get_document", query, DocumentView)).document

@@ -17,7 +17,15 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from bus.errors import BusError
 from schemas.errors import ErrorCode
 
-__all__ = ["HTTP_STATUS", "RETRY_AFTER_S", "ApiError", "ErrorEnvelope", "error_response", "exception_handlers"]
+__all__ = [
+    "HTTP_STATUS",
+    "RETRY_AFTER_S",
+    "ApiError",
+    "ErrorEnvelope",
+    "error_json",
+    "error_response",
+    "exception_handlers",
+]
 
 log = structlog.get_logger("gateway")
 RETRY_AFTER_S = 5  # what a 503 tells the client to wait
@@ -75,8 +83,17 @@ class ApiError(Exception):
         self.details = details or {}
 
 
+def _envelope(code: ErrorCode, message: str, details: dict[str, Any] | None) -> ErrorEnvelope:
+    return ErrorEnvelope(ErrorBody(code=code, message=_short(message), details=details or {}))
+
+
+def error_json(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """The error body as bytes: for an answer kept under an Idempotency-Key, or a WebSocket frame."""
+    return msgspec.json.encode(_envelope(code, message, details))
+
+
 def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Response[ErrorEnvelope]:
-    body = ErrorEnvelope(ErrorBody(code=code, message=_short(message), details=details or {}))
+    body = _envelope(code, message, details)
     headers: dict[str, str] = {}
     if code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"

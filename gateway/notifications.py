@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
@@ -26,10 +25,10 @@ from bus.client import TRANSIENT
 from bus.codec import decode
 from bus.errors import BusError
 from bus.streams import NOTIFIER_EVT
-from gateway.auth import Tenant
+from gateway.caller import Caller
 from gateway.errors import ApiError
 from gateway.sse import sse_response
-from gateway.state import Gateway, gateway_of
+from gateway.state import Gateway
 from schemas.errors import ErrorCode
 from schemas.notifier import InAppNotification
 
@@ -132,14 +131,13 @@ class NotificationController(Controller):
     @get("/", summary="The tenant's in-app notifications, oldest first (from `after`, or `since`: default 24 h ago)")
     async def list_notifications(
         self,
-        state: State,
-        tenant: Tenant,
+        caller: Caller,
         since: FromQuery[datetime | None] = None,
         after: Annotated[int | None, QueryParameter(ge=0, le=2**63 - 1)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> NotificationPage:
-        gw = gateway_of(state)
-        info = await _consumer(gw, tenant, after=after, since=since)
+        gw = caller.gateway
+        info = await _consumer(gw, caller.tenant, after=after, since=since)
         try:
             return await _page(gw, info, limit)
         finally:
@@ -152,9 +150,9 @@ class NotificationController(Controller):
         "then live; Last-Event-ID resumes after it",
     )
     async def events(
-        self, request: Request[Any, Any, Any], state: State, tenant: Tenant, since: FromQuery[datetime | None] = None
+        self, request: Request[Any, Any, Any], caller: Caller, since: FromQuery[datetime | None] = None
     ) -> Stream:
-        gw = gateway_of(state)
+        gw, tenant = caller.gateway, caller.tenant
         after = _last_event_id(request)
         if after is None:
             info = await _consumer(gw, tenant, after=None, since=since)

@@ -7,18 +7,18 @@ The run is an executor run of agent `pipeline:<name>`; its steps are sub-runs (s
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, assert_never
+from typing import Annotated, assert_never
 
 import msgspec
-from litestar import Request, Response, post
-from litestar.datastructures import State
+from litestar import Response, post
 from litestar.params import FromPath, JSONBody
 
 from bus.runs import RunClient
-from gateway.auth import Tenant
-from gateway.errors import HTTP_STATUS, ApiError
-from gateway.state import Stored, gateway_of, ident
-from gateway.views import full
+from gateway.answers import PipelineAnswer
+from gateway.caller import Caller
+from gateway.errors import HTTP_STATUS, ApiError, error_json
+from gateway.state import Stored, ident, stored_response
+from gateway.views import full_json
 from schemas.errors import ErrorCode
 from schemas.runs import PipelineMode, PipelineOutput, RunCancelled, RunCompleted, RunEnd, RunFailed, RunRequest
 
@@ -31,13 +31,11 @@ class PipelineRun(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 @post("/v1/pipelines/{name:str}/runs", status_code=200, tags=["pipelines"], summary="Run a pipeline over a text")
-async def run_pipeline(
-    request: Request[Any, Any, Any], state: State, tenant: Tenant, name: FromPath[str], data: JSONBody[PipelineRun]
-) -> Response[Any]:
-    gw = gateway_of(state)
-    digest = gw.idempotency_digest(request, tenant)
+async def run_pipeline(caller: Caller, name: FromPath[str], data: JSONBody[PipelineRun]) -> Response[PipelineAnswer]:
+    gw = caller.gateway
+    digest = caller.idempotency_digest()
     if (stored := await gw.recall(digest)) is not None:
-        return Response(stored.body, status_code=stored.status, media_type="application/json")
+        return stored_response(stored)
     run_id = gw.make_id(digest, "run")
     run = RunRequest(
         run_id=run_id,
@@ -46,30 +44,26 @@ async def run_pipeline(
         metadata={"mode": data.mode.value} if data.mode else {},
     )
     try:
-        end = await asyncio.wait_for(RunClient(gw.bus).run(run, gw.trace(tenant, request)), gw.config.reply_timeout_s)
+        end = await asyncio.wait_for(RunClient(gw.bus).run(run, caller.trace), gw.config.reply_timeout_s)
     except TimeoutError:
         raise ApiError(ErrorCode.TIMEOUT, "the pipeline did not finish in time", {"run_id": run_id}) from None
-    status, body = _answer(run_id, end)
-    encoded = msgspec.json.encode(body)
-    await gw.remember(digest, Stored(status=status, body=encoded))
-    return Response(encoded, status_code=status, media_type="application/json")
+    stored = _answer(run_id, end)
+    await gw.remember(digest, stored)
+    return stored_response(stored)
 
 
-def _answer(run_id: str, end: RunEnd) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and body of a pipeline run's end: each step's typed result, or the error."""
+def _answer(run_id: str, end: RunEnd) -> Stored:
+    """The status and body of a pipeline run's end: each step's typed result, or the error."""
     match end:
         case RunCompleted():
             output = msgspec.json.decode(end.output, type=PipelineOutput)
-            return 200, {"run_id": run_id, **full(output), "usage": full(end.usage)}
+            answer = PipelineAnswer(**msgspec.structs.asdict(output), run_id=run_id, usage=end.usage)
+            return Stored(status=200, body=full_json(answer))
         case RunFailed():
-            error = {
-                "code": end.error.code,
-                "message": end.error.message,
-                "details": {**end.error.details, "run_id": run_id},
-            }
-            return HTTP_STATUS[end.error.code], {"error": error}
+            error = error_json(end.error.code, end.error.message, {**end.error.details, "run_id": run_id})
+            return Stored(status=HTTP_STATUS[end.error.code], body=error)
         case RunCancelled():
-            error = {"code": "conflict", "message": "the pipeline run was cancelled", "details": {"run_id": run_id}}
-            return 409, {"error": error}
+            error = error_json(ErrorCode.CONFLICT, "the pipeline run was cancelled", {"run_id": run_id})
+            return Stored(status=HTTP_STATUS[ErrorCode.CONFLICT], body=error)
         case _:
             assert_never(end)

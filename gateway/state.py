@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
 from litestar.datastructures import State
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,7 +34,7 @@ from schemas.errors import ErrorCode
 from schemas.health import HealthCheck, HealthReport
 from schemas.runs import TERMINAL_OUTPUTS, RunOutput
 
-__all__ = ["Gateway", "Stored", "gateway_of", "ident"]
+__all__ = ["Gateway", "Stored", "gateway_of", "ident", "stored_response"]
 
 T = TypeVar("T")
 IDEMPOTENCY_BUCKET = "ab_idempotency"
@@ -55,6 +55,12 @@ class Stored(msgspec.Struct, frozen=True):
     status: int
     body: bytes = b""
     stream_run_id: str | None = None  # a streamed answer is replayed from the run's output
+
+
+def stored_response(stored: Stored, *, replayed: bool = False) -> Response[Any]:
+    """A kept answer as it was first given (`replayed`: saying so in Idempotent-Replayed)."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(stored.body, status_code=stored.status, media_type="application/json", headers=headers)
 
 
 class TurnWaiter:

@@ -21,17 +21,18 @@ from bus.errors import BusError
 from gateway.auth import presented_key
 from gateway.bodies import NewMessage
 from gateway.conversations import start_turn
-from gateway.errors import ApiError
+from gateway.errors import ApiError, error_json
 from gateway.screening import screen_body
 from gateway.sse import event_json
 from gateway.state import Gateway, gateway_of
 from schemas.conversation import ConversationView, GetConversation
+from schemas.errors import ErrorCode
 
 __all__ = ["chat_socket"]
 
 
-def _error(code: str, message: str) -> bytes:
-    return msgspec.json.encode({"error": {"code": code, "message": message, "details": {}}})
+def _error(code: ErrorCode, message: str) -> bytes:
+    return error_json(code, message)
 
 
 async def _relay(gw: Gateway, socket: WebSocket[Any, Any, Any], lock: asyncio.Lock, tenant: str, run_id: str) -> None:
@@ -56,7 +57,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
             trace=gw.trace(tenant),
         )
     except (ApiError, BusError) as e:
-        await socket.send_data(_error(str(e.code), e.message).decode(), mode="text")
+        await socket.send_data(_error(e.code, e.message).decode(), mode="text")
         await socket.close(code=4401 if e.code == "unauthorized" else 4404, reason=str(e.code))
         return
     except subjects.InvalidToken:
@@ -72,11 +73,13 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
                 body = msgspec.json.decode(raw, type=NewMessage)
             except ApiError as e:
                 async with lock:
-                    await socket.send_data(_error(str(e.code), e.message).decode(), mode="text")
+                    await socket.send_data(_error(e.code, e.message).decode(), mode="text")
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 async with lock:
-                    await socket.send_data(_error("invalid", f'send {{"message": "..."}}: {e}').decode(), mode="text")
+                    await socket.send_data(
+                        _error(ErrorCode.INVALID, f'send {{"message": "..."}}: {e}').decode(), mode="text"
+                    )
                 continue
             trace = gw.trace(tenant)
             run_id = gw.make_id(None, "run")
