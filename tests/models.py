@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 WORDS = [f"w{i} " for i in range(40)]
@@ -67,3 +67,14 @@ def replying(reply: Callable[[list[ModelMessage], AgentInfo], str]) -> FunctionM
             yield word + " "
 
     return FunctionModel(whole, stream_function=stream, model_name="replying")
+
+
+def prompts_of(messages: list[ModelMessage]) -> list[str]:
+    """The user prompts a model was given, in order."""
+    return [
+        str(p.content)
+        for m in messages
+        if isinstance(m, ModelRequest)
+        for p in m.parts
+        if isinstance(p, UserPromptPart)
+    ]

@@ -69,20 +69,11 @@ from schemas.runs import (
     TextDelta,
 )
 from tests.conftest import running, wait_until
+from tests.models import prompts_of
 
 TENANT = "acme"
 TRACE = Trace(tenant=TENANT)
 Turn = TurnCompleted | TurnFailed
-
-
-def prompts_of(messages: list[ModelMessage]) -> list[str]:
-    return [
-        str(p.content)
-        for m in messages
-        if isinstance(m, ModelRequest)
-        for p in m.parts
-        if isinstance(p, UserPromptPart)
-    ]
 
 
 def history_of(request: RunRequest) -> list[ModelMessage]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from nats.aio.msg import Msg
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.models.function import AgentInfo
 
 from actors.conversation.actor import ConversationActor
@@ -41,21 +41,11 @@ from schemas.conversation import (
 from schemas.errors import ErrorCode
 from schemas.runs import RunCompleted, RunFailed, RunOutput, RunRequest
 from tests.conftest import running
-from tests.models import replying
+from tests.models import prompts_of, replying
 
 TENANT = "acme"
 INLINE_BYTES = 600
 PAGE_BYTES = 1024
-
-
-def prompts_of(messages: list[ModelMessage]) -> list[str]:
-    return [
-        str(p.content)
-        for m in messages
-        if isinstance(m, ModelRequest)
-        for p in m.parts
-        if isinstance(p, UserPromptPart)
-    ]
 
 
 @dataclass

@@ -31,16 +31,24 @@ UNBOUNDED = 2**62
 class Extent:
     size: int  # bytes of its parts
     through_seq: int  # the last turn it includes; 0: none
+    inline: bytes | None  # the history as one JSON array, when it is at most the inline limit
 
 
-async def extent(conn: Conn, conversation_id: str, *, before_seq: int) -> Extent:
-    """How large the history of the turn at `before_seq` is (every completed turn before it)."""
+async def extent(conn: Conn, conversation_id: str, *, before_seq: int, inline_limit: int) -> Extent:
+    """How large the history of the turn at `before_seq` is (every completed turn before it), and,
+    in the same query, the history itself when it is small enough to travel inline."""
     row = await conn.fetchrow(
-        f"SELECT coalesce(sum(octet_length(part)), 0) AS size, max(seq) AS through FROM ({PARTS}) p",
-        conversation_id, before_seq - 1,
+        f"""
+        SELECT coalesce(sum(octet_length(part)), 0) AS size, max(seq) AS through,
+            CASE WHEN coalesce(sum(octet_length(part)), 0) <= $3 THEN array_agg(part ORDER BY seq) END AS parts
+        FROM ({PARTS}) p
+        """,
+        conversation_id, before_seq - 1, inline_limit,
     )  # fmt: skip
     assert row is not None
-    return Extent(size=int(row["size"]), through_seq=int(row["through"] or 0))
+    parts = row["parts"]
+    inline = splice([p.encode() for p in parts]) if parts is not None else None
+    return Extent(size=int(row["size"]), through_seq=int(row["through"] or 0), inline=inline)
 
 
 async def whole(conn: Conn, conversation_id: str, *, through_seq: int = UNBOUNDED) -> bytes:

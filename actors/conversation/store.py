@@ -212,10 +212,10 @@ async def next_request(conn: Conn, conversation: Conversation, *, inline_limit: 
 async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inline_limit: int) -> RunRequest:
     """The turn's RunRequest: its history (every completed turn before it) inline while it is at most
     `inline_limit` bytes, else by a reference the executor reads in pages."""
-    extent = await history_parts.extent(conn, conversation.id, before_seq=turn.seq)
+    extent = await history_parts.extent(conn, conversation.id, before_seq=turn.seq, inline_limit=inline_limit)
     inline, ref = msgspec.Raw(b"[]"), None
-    if extent.size <= inline_limit:
-        inline = msgspec.Raw(await history_parts.whole(conn, conversation.id, through_seq=extent.through_seq))
+    if extent.inline is not None:
+        inline = msgspec.Raw(extent.inline)
     else:
         ref = HistoryRef(conversation_id=conversation.id, through_seq=extent.through_seq, size=extent.size)
     return RunRequest(
