@@ -14,7 +14,7 @@ from litestar import Request, Response
 from litestar.datastructures import State
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus import subjects
@@ -156,15 +156,6 @@ class Gateway:
             await self._kv.put(digest, msgspec.msgpack.encode(stored))
 
     # --- runs --------------------------------------------------------------------------------
-
-    async def run_has_output(self, tenant: str, run_id: str) -> bool:
-        try:
-            await self.bus.js.get_msg(
-                RUN_OUT.name, seq=1, subject=subjects.run_output(tenant, run_id), next=True, direct=True
-            )
-        except NotFoundError:
-            return False
-        return True
 
     async def run_output(self, tenant: str, run_id: str, after_seq: int = 0) -> AsyncIterator[Envelope[Any]]:
         """The run's output from after `after_seq` through its terminal event."""
