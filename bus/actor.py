@@ -41,6 +41,7 @@ from bus.headers import Header, Trace, use_trace
 from bus.logging import configure_logging
 from bus.pull import Pull
 from bus.streams import ConsumerSpec, ensure_consumer
+from bus.tasks import cancel_and_wait
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.health import HealthCheck, HealthReport
@@ -193,12 +194,8 @@ class Actor:
         if self._inflight:
             self._log.info("draining in-flight messages", count=len(self._inflight))
             _, pending = await asyncio.wait(list(self._inflight), timeout=self.drain_timeout_s)
-            for task in pending:
-                task.cancel()  # the wrapper naks it, so another replica picks it up at once
-            await asyncio.gather(*pending, return_exceptions=True)
-        for task in list(self._owned):
-            task.cancel()
-        await asyncio.gather(*self._owned, return_exceptions=True)
+            await cancel_and_wait(*pending)  # the wrapper naks each, so another replica picks it up at once
+        await cancel_and_wait(*self._owned)
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
@@ -258,9 +255,7 @@ class Actor:
             return
         entry.stop.set()  # checked by the loop: a cancel swallowed inside nats-py's wait_for cannot keep it going
         await entry.pull.stop()  # messages it had not handed over are redelivered after ack_wait
-        while not entry.loop.done():
-            entry.loop.cancel()
-            await asyncio.wait({entry.loop}, timeout=1.0)
+        await cancel_and_wait(entry.loop)
 
     async def _consume(self, route: Consumer[Any], pull: Pull, stop: asyncio.Event) -> None:
         """Hand each message to its own task as it arrives, with at most `concurrency` at once."""

@@ -15,6 +15,7 @@ from bus.config import BusConfig
 from bus.errors import Retry
 from bus.headers import Header, Trace
 from bus.streams import CONVERSATION_CMD, CONVERSATION_EVT, DLQ, ConsumerSpec
+from bus.tasks import cancel_and_wait
 from schemas._base import Message
 from schemas.conversation import ConversationCommand, GetConversation, PostMessage
 from schemas.health import HealthCheck, HealthReport
@@ -168,3 +169,21 @@ async def test_consumers_added_and_removed_at_run_time(bus_config: BusConfig) ->
         await actor.remove_consumer(spec.durable, delete_from=CONVERSATION_EVT.name)
         assert spec.durable not in [c.name for c in await bus.js.consumers_info(CONVERSATION_EVT.name)]
         await bus.close()
+
+
+async def test_cancel_and_wait_ends_a_task_that_swallowed_a_cancel() -> None:
+    """Python 3.11's wait_for (inside nats-py) can swallow a cancel; a single cancel then waits forever."""
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # as wait_for does when the awaited future completed meanwhile
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await cancel_and_wait(task)
+    assert swallowed.is_set() and task.cancelled()

@@ -10,10 +10,10 @@ exactly one publisher per run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from bus.client import Bus
 from bus.headers import Trace
+from bus.tasks import cancel_and_wait
 from schemas._base import Message
 from schemas.runs import TextDelta
 
@@ -57,9 +57,7 @@ class OutputWriter:
             self._task.result()
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     async def _pump(self) -> None:
         while True:
