@@ -21,10 +21,19 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, PubAck, RawStreamMsg, StorageType
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    PubAck,
+    RawStreamMsg,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.kv import KeyValue
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
@@ -49,28 +58,40 @@ TRANSIENT: tuple[type[Exception], ...] = (
     TimeoutError,
     ServiceUnavailableError,
 )
+NO_SUITABLE_PEERS = 10005  # creating a replicated stream while a peer is (re)joining the cluster
 PUBLISH_DEADLINE_S = 30.0  # a leader election takes a few seconds (up to ~10 after a kill -9)
 PUBLISH_ATTEMPT_S = 2.0  # one attempt's wait for the ack; a slow ack is retried, and deduped
 READ_DEADLINE_S = 3.0  # reads serve a waiting HTTP request: fail sooner, as 503
 READ_ATTEMPT_S = 1.0
 
 
+def _transient(e: BaseException) -> bool:
+    """An error that goes away by itself once the cluster has settled (see TRANSIENT)."""
+    if isinstance(e, BadRequestError):
+        return e.err_code == NO_SUITABLE_PEERS
+    return isinstance(e, TRANSIENT)
+
+
 async def _with_retries(call: Callable[[], Awaitable[T]], *, deadline_s: float, what: str) -> T:
-    """`call()`, retried with backoff (tenacity) on TRANSIENT errors for `deadline_s`; then BusError(unavailable)."""
+    """`call()`, retried with backoff (tenacity) on transient errors for `deadline_s`; then BusError(unavailable)."""
     try:
         return await call()  # the usual case: no retry machinery on the hot path
-    except TRANSIENT as e:
+    except Exception as e:
+        if not _transient(e):
+            raise
         log.warning("jetstream busy, retrying", what=what, error=repr(e))
     started = time.monotonic()
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception(_transient),
         wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
         stop=stop_after_delay(deadline_s),
         reraise=True,
     )
     try:
         result: T = await retrying(call)
-    except TRANSIENT as e:
+    except Exception as e:
+        if not _transient(e):
+            raise
         log.error("jetstream unavailable", what=what, s=round(time.monotonic() - started, 2), error=repr(e))
         raise BusError(ErrorCode.UNAVAILABLE, f"JetStream did not answer ({what}) within {deadline_s:.0f}s") from e
     log.info("jetstream answered after retries", what=what, s=round(time.monotonic() - started, 2))
@@ -80,9 +101,18 @@ async def _with_retries(call: Callable[[], Awaitable[T]], *, deadline_s: float, 
 class JetStream(JetStreamContext):
     """nats-py's JetStream context with the transient errors of a failover retried at the edge.
 
-    Every publish (the Bus's, a KV put, a dead letter) goes through `publish`, and every stored-message
-    read (a KV get) through `get_msg`; both raise BusError(unavailable) once their deadline passes.
+    Every publish (the Bus's, a KV put, a dead letter) goes through `publish`, every stored-message
+    read (a KV get) through `get_msg`, and every stream (or KV bucket) creation through `add_stream`,
+    which also waits out "no suitable peers" while a node is still joining; each raises
+    BusError(unavailable) once its deadline passes.
     """
+
+    async def add_stream(self, config: StreamConfig | None = None, **params: Any) -> StreamInfo:
+        async def once() -> StreamInfo:
+            return await super(JetStream, self).add_stream(config, **params)
+
+        name = config.name if config is not None else params.get("name")
+        return await _with_retries(once, deadline_s=PUBLISH_DEADLINE_S, what=f"create stream {name}")
 
     async def publish(
         self,

@@ -152,7 +152,8 @@ class EmbeddedNatsCluster:
     def node(self, server_name: str) -> EmbeddedNats:
         return next(node for node in self.nodes if node.server_name == server_name)
 
-    def start(self, *, timeout_s: float = 30.0) -> EmbeddedNatsCluster:
+    def start(self, *, timeout_s: float = 30.0, hold_back: int = 0) -> EmbeddedNatsCluster:
+        """Launch the nodes and wait until each is current; the last `hold_back` are left for you to start."""
         cluster_ports = [free_port() for _ in range(self.size)]
         self.nodes = [
             EmbeddedNats(
@@ -165,9 +166,10 @@ class EmbeddedNatsCluster:
             for i, port in enumerate(cluster_ports)
         ]
         try:
-            for node in self.nodes:
+            running = self.nodes[: self.size - hold_back]
+            for node in running:
                 node.launch()
-            for node in self.nodes:
+            for node in running:
                 node.wait_ready(timeout_s=timeout_s)
         except BaseException:
             self.stop()

@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError
 
 from bus import keys
 from bus.client import Bus
@@ -240,3 +243,24 @@ async def _assistant_messages(http: httpx.AsyncClient, conversation_id: str) -> 
     response = await http.get(f"/v1/conversations/{conversation_id}/messages")
     assert response.status_code == 200, response.text
     return sum(1 for m in response.json()["messages"] if m["role"] == "assistant")
+
+
+async def test_a_stream_created_while_a_node_joins_waits_for_it(tmp_path: Path) -> None:
+    """A three-replica stream cannot be placed until the cluster's third node has joined ("no suitable peers
+    for placement"): the create is retried until it has, instead of failing the process that declared it."""
+    cluster = EmbeddedNatsCluster(tmp_path / "cluster", size=3).start(hold_back=1)
+    try:
+        bus = await Bus.connect(BusConfig(servers=cluster.urls[:2], name="test", stream_replicas=1))
+        try:
+            r3 = StreamConfig(name="JOINED", subjects=["joined.>"], num_replicas=3)
+            with pytest.raises(BadRequestError, match="no suitable peers"):  # the server's answer, without retries
+                await JetStreamContext.add_stream(bus.js, r3)
+            late = cluster.nodes[-1]
+            joining = asyncio.create_task(asyncio.to_thread(lambda: (time.sleep(1.0), late.start(timeout_s=30))))
+            info = await bus.js.add_stream(r3)
+            await joining
+            assert info.config.num_replicas == 3
+        finally:
+            await bus.close()
+    finally:
+        cluster.stop()
