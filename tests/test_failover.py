@@ -256,7 +256,12 @@ async def test_a_stream_created_while_a_node_joins_waits_for_it(tmp_path: Path) 
             with pytest.raises(BadRequestError, match="no suitable peers"):  # the server's answer, without retries
                 await JetStreamContext.add_stream(bus.js, r3)
             late = cluster.nodes[-1]
-            joining = asyncio.create_task(asyncio.to_thread(lambda: (time.sleep(1.0), late.start(timeout_s=30))))
+
+            def join_later() -> None:
+                time.sleep(1.0)
+                late.start(timeout_s=30)
+
+            joining = asyncio.create_task(asyncio.to_thread(join_later))
             info = await bus.js.add_stream(r3)
             await joining
             assert info.config.num_replicas == 3
