@@ -83,7 +83,7 @@ async def _with_retries(call: Callable[[], Awaitable[T]], *, deadline_s: float, 
     started = time.monotonic()
     retrying = AsyncRetrying(
         retry=retry_if_exception(_transient),
-        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+        wait=wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.05),
         stop=stop_after_delay(deadline_s),
         reraise=True,
     )
