@@ -10,7 +10,7 @@ import msgspec
 from schemas.conversation import StoredMessage
 from schemas.notifier import DeliveryRecord
 from schemas.research import DocumentHit, ResearchJob
-from schemas.runs import PipelineOutput, RunNodeKind, Usage
+from schemas.runs import PipelineOutput, RunNodeKind, RunRecord, Usage
 from schemas.tasks import Task, TaskRun
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "MessagePage",
     "PipelineAnswer",
     "ResearchStarted",
+    "RunAnswer",
     "RunTreeNode",
     "TaskAnswer",
     "TaskPage",
@@ -115,6 +116,13 @@ class PipelineAnswer(PipelineOutput, frozen=True, kw_only=True):
 
     run_id: str
     usage: Usage
+
+
+class RunAnswer(RunRecord, frozen=True, kw_only=True):
+    """A run's record: `usage` is what its own model requests spent, `total_usage` that and what every run
+    under it spent (pipeline steps, subagent hand-offs)."""
+
+    total_usage: Usage
 
 
 class RunTreeNode(msgspec.Struct, frozen=True, kw_only=True):

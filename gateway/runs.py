@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
@@ -11,14 +12,14 @@ from litestar.response import Stream
 
 from bus import subjects
 from bus.runs import RunClient
-from gateway.answers import RunTreeNode
+from gateway.answers import RunAnswer, RunTreeNode
 from gateway.caller import Caller
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
-from schemas.runs import GetRunTree, RunNode, RunRecord, RunTree
+from schemas.runs import GetRun, GetRunTree, RunNode, RunRecord, RunTree, RunView
 
 __all__ = ["RunController"]
 
@@ -43,9 +44,11 @@ class RunController(Controller):
     path = "/v1/runs"
     tags = ["runs"]
 
-    @get("/{run_id:str}", summary="A run: status, model, timings, token usage and cost")
-    async def read(self, caller: Caller, run_id: FromPath[str]) -> RunRecord:
-        return await _record(caller, ident(run_id))
+    @get("/{run_id:str}", summary="A run: status, model, timings, usage and cost (its own, and with its sub-runs')")
+    async def read(self, caller: Caller, run_id: FromPath[str]) -> RunAnswer:
+        view = await caller.ask(EXECUTOR, "get_run", GetRun(run_id=ident(run_id), with_total=True), RunView)
+        fields = msgspec.structs.asdict(view.run)
+        return RunAnswer(**fields, total_usage=view.total_usage or view.run.usage)
 
     @get(
         "/{run_id:str}/tree",

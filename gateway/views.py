@@ -22,10 +22,11 @@ T = TypeVar("T")
 def full(value: Any) -> Any:
     """`value` as JSON-ready builtins with every field of every Struct in it (but the UNSET ones)."""
     if isinstance(value, msgspec.Struct):
-        # __struct_fields__: the names, without msgspec.structs.fields' per-call annotation lookup
+        # __struct_fields__: the names, without msgspec.structs.fields' per-call annotation lookup; keyed by
+        # the name each is encoded under (a field renamed, as `from` is, keeps its wire name)
         return {
-            name: full(field)
-            for name in value.__struct_fields__
+            key: full(field)
+            for name, key in zip(value.__struct_fields__, value.__struct_encode_fields__, strict=True)
             if (field := getattr(value, name)) is not msgspec.UNSET
         }
     if isinstance(value, dict):

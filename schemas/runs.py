@@ -54,11 +54,17 @@ class RunStatus(enum.StrEnum):
 
 
 class Usage(Record, frozen=True, kw_only=True):
+    """What a run, or a group of runs, spent. The cost comes from genai-prices (through pydantic-ai): where
+    a model has no known price `cost_usd` is None and `unpriced_models` names it, never a silent zero;
+    `priced_cost_usd` is then what the priced part cost (a lower bound)."""
+
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     tool_calls: int = 0
-    cost_usd: float | None = None  # None when pydantic-ai (genai-prices) does not know the price
+    cost_usd: float | None = None  # None: not all of it could be priced (or, with no requests, nothing was spent)
+    priced_cost_usd: float = 0.0
+    unpriced_models: tuple[str, ...] = ()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -100,6 +106,7 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     # calls are published, only its start, usage and end
     stream: bool = True
     history_ref: HistoryRef | None = None  # the history to read from its conversation (then `history` is empty)
+    task_id: str | None = None  # the task whose run this is (set by the conversation actor for a task's turn)
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):
@@ -250,9 +257,10 @@ class RunRecord(Record, frozen=True, kw_only=True):
     status: RunStatus
     conversation_id: str | None = None
     parent_run_id: str | None = None
+    task_id: str | None = None
     offline: bool = False
     attempt: int = 1
-    usage: Usage = Usage()
+    usage: Usage = Usage()  # this run's own model requests: its sub-runs' are in their records (and in total_usage)
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None
@@ -261,6 +269,7 @@ class RunRecord(Record, frozen=True, kw_only=True):
 
 class GetRun(Message, frozen=True, kw_only=True, tag="get_run"):
     run_id: str
+    with_total: bool = False  # also the usage of the run and every run under it (RunView.total_usage)
 
 
 class GetRunTree(Message, frozen=True, kw_only=True, tag="get_run_tree"):
@@ -274,6 +283,7 @@ ExecutorQuery = GetRun | CancelRun | GetRunTree
 
 class RunView(Message, frozen=True, kw_only=True, tag="run"):
     run: RunRecord
+    total_usage: Usage | None = None  # asked for with GetRun.with_total: the run's usage with its sub-runs'
 
 
 class RunNodeKind(enum.StrEnum):

@@ -228,6 +228,8 @@ async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inl
         context=conversation.context if conversation.pattern is Pattern.SIDEKICK else None,
         data=turn.data,
         stream=turn.stream,
+        # a task's conversation is the scheduler's, named for its task: the run is counted as the task's
+        task_id=conversation.metadata.get("task_id") if conversation.pattern is Pattern.TASK else None,
     )
 
 

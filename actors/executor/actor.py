@@ -37,6 +37,7 @@ from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, Pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import Begun, RunStore
 from actors.executor.tree import nest
+from actors.executor.usage import total_usage, usage_endpoint
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
 from bus.config import BusConfig
@@ -136,6 +137,7 @@ class ExecutorActor(Actor):
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
+            usage_endpoint(lambda: self.store),
         )
 
     async def on_start(self) -> None:
@@ -402,7 +404,8 @@ class ExecutorActor(Actor):
             record = RunRecord(
                 id=query.run_id, tenant=trace.tenant, agent="", model="", status=RunStatus.QUEUED, created_at=now
             )
-        return RunView(run=record)
+        total = await total_usage(self.store, trace.tenant, query.run_id) if query.with_total else None
+        return RunView(run=record, total_usage=total)
 
     async def _has_output(self, tenant: str, run_id: str) -> bool:
         subject = subjects.run_output(tenant, run_id)

@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from actors.executor.agents import AgentSpec, Runner
+from actors.executor.costs import combined
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.runs import (
     STATUS_OF_END,
@@ -180,13 +181,10 @@ def _step_result(agent: str, run_id: str, end: RunEnd, structured: bool, seconds
 
 
 def _end(req: RunRequest, result: PipelineOutput) -> tuple[RunEnd, Usage]:
+    """The pipeline's end, answering its steps' usage summed, and its run's own usage: none (its steps'
+    runs record theirs, so a rollup counts them once)."""
     steps = result.steps
-    usage = Usage(
-        requests=sum(s.usage.requests for s in steps),
-        input_tokens=sum(s.usage.input_tokens for s in steps),
-        output_tokens=sum(s.usage.output_tokens for s in steps),
-        tool_calls=sum(s.usage.tool_calls for s in steps),
-    )
+    usage = combined(s.usage for s in steps)
     output = msgspec.json.encode(result).decode()
     failed = [s.agent for s in steps if s.status is not RunStatus.COMPLETED]
     if failed:
@@ -195,8 +193,8 @@ def _end(req: RunRequest, result: PipelineOutput) -> tuple[RunEnd, Usage]:
             message=f"pipeline steps failed: {', '.join(failed)}",
             details={"result": output},
         )
-        return RunFailed(run_id=req.run_id, error=error), usage
-    return RunCompleted(run_id=req.run_id, output=output, usage=usage, model="pipeline"), usage
+        return RunFailed(run_id=req.run_id, error=error), Usage()
+    return RunCompleted(run_id=req.run_id, output=output, usage=usage, model="pipeline"), Usage()
 
 
 def _failed(req: RunRequest, code: ErrorCode, message: str) -> RunFailed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -10,8 +11,9 @@ import msgspec
 from actors._postgres import as_struct, as_structs
 from bus.codec import decode_union, encode
 from schemas.runs import STATUS_OF_END, RunCancelled, RunEnd, RunFailed, RunRecord, RunRequest, Usage
+from schemas.usage import UsageGrouping
 
-__all__ = ["Begun", "RunStore"]
+__all__ = ["Begun", "RunStore", "UsageSums"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,71 @@ class Begun:
     attempt: int
     cancel_requested: bool  # the run's own cancel, or its parent run's
     end: RunEnd | None  # set when the run already ended (a redelivery, or cancelled before it came)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSums:
+    """A rollup's row: one group's sums of its runs' own usage (`key` None: the total of all of them)."""
+
+    key: str | None
+    runs: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    tool_calls: int
+    priced_cost_usd: float  # what the priced part cost
+    any_unpriced: bool  # some run's cost is not known: the group's is not either
+    unpriced_models: list[str]
+
+
+# the group of a run, by grouping: fixed SQL (never a caller's text)
+USAGE_KEY: dict[UsageGrouping | None, str] = {
+    None: "''",
+    UsageGrouping.AGENT: "agent",
+    UsageGrouping.MODEL: "model",
+    UsageGrouping.DAY: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+# a run's own usage as stored (jsonb, defaults left out): its priced cost, and the models it could not price;
+# one with a cost unknown and no models named (recorded before they were) names its run's model
+USAGE_SUMS = """
+, spent AS (
+    SELECT {key} AS grp,
+        COALESCE((usage->>'requests')::bigint, 0) AS requests,
+        COALESCE((usage->>'input_tokens')::bigint, 0) AS input_tokens,
+        COALESCE((usage->>'output_tokens')::bigint, 0) AS output_tokens,
+        COALESCE((usage->>'tool_calls')::bigint, 0) AS tool_calls,
+        COALESCE((usage->>'priced_cost_usd')::float8, (usage->>'cost_usd')::float8, 0) AS priced,
+        CASE
+            WHEN usage->>'cost_usd' IS NOT NULL THEN '[]'::jsonb
+            WHEN jsonb_array_length(COALESCE(usage->'unpriced_models', '[]')) > 0 THEN usage->'unpriced_models'
+            WHEN COALESCE((usage->>'requests')::bigint, 0) > 0
+                THEN jsonb_build_array(COALESCE(NULLIF(model, ''), agent))
+            ELSE '[]'::jsonb
+        END AS unpriced
+    FROM picked
+), sums AS (
+    SELECT GROUPING(grp) = 1 AS is_total, grp, count(*) AS runs,
+        COALESCE(sum(requests), 0)::bigint AS requests,
+        COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+        COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
+        COALESCE(sum(tool_calls), 0)::bigint AS tool_calls,
+        COALESCE(sum(priced), 0) AS priced_cost_usd,
+        COALESCE(bool_or(unpriced <> '[]'::jsonb), false) AS any_unpriced
+    FROM spent GROUP BY GROUPING SETS ((grp), ())
+), unpriced_names AS (
+    SELECT GROUPING(grp) = 1 AS is_total, grp, array_agg(DISTINCT m.name ORDER BY m.name) AS models
+    FROM spent CROSS JOIN LATERAL jsonb_array_elements_text(spent.unpriced) AS m(name)
+    GROUP BY GROUPING SETS ((grp), ())
+)
+SELECT CASE WHEN s.is_total THEN NULL ELSE s.grp END AS key, s.runs, s.requests, s.input_tokens, s.output_tokens,
+    s.tool_calls, s.priced_cost_usd, s.any_unpriced, COALESCE(n.models, '{{}}') AS unpriced_models
+FROM sums s LEFT JOIN unpriced_names n ON n.is_total = s.is_total AND n.grp IS NOT DISTINCT FROM s.grp
+ORDER BY s.is_total DESC, s.grp
+"""
+CREATED_IN = (
+    "created_at >= COALESCE($2::timestamptz, '-infinity'::timestamptz)"
+    " AND created_at < COALESCE($3::timestamptz, 'infinity'::timestamptz)"
+)
 
 
 class RunStore:
@@ -29,12 +96,14 @@ class RunStore:
         """Record the run as running (attempt + 1 if it was already); None if another tenant owns the id."""
         row = await self.pool.fetchrow(
             """
-            INSERT INTO runs (id, tenant, agent, model, offline, status, conversation_id, parent_run_id, started_at)
-            VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, now())
+            INSERT INTO runs (id, tenant, agent, model, offline, status, conversation_id, parent_run_id, task_id,
+                              started_at)
+            VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, now())
             ON CONFLICT (id) DO UPDATE SET
                 attempt = CASE WHEN runs.status = 'running' THEN runs.attempt + 1 ELSE runs.attempt END,
                 agent = EXCLUDED.agent, model = EXCLUDED.model, offline = EXCLUDED.offline,
                 conversation_id = EXCLUDED.conversation_id, parent_run_id = EXCLUDED.parent_run_id,
+                task_id = EXCLUDED.task_id,
                 started_at = COALESCE(runs.started_at, now())
             WHERE runs.tenant = EXCLUDED.tenant
             RETURNING attempt, result, cancel_requested OR EXISTS (
@@ -42,7 +111,7 @@ class RunStore:
                 WHERE parent.id = runs.parent_run_id AND parent.tenant = runs.tenant AND parent.cancel_requested
             ) AS cancel_requested
             """,
-            req.run_id, tenant, req.agent, model, offline, req.conversation_id, req.parent_run_id,
+            req.run_id, tenant, req.agent, model, offline, req.conversation_id, req.parent_run_id, req.task_id,
         )  # fmt: skip
         if row is None:
             return None
@@ -64,15 +133,16 @@ class RunStore:
         or `over_an_end` (its recorded end cannot be announced). None if another tenant owns the id."""
         row = await self.pool.fetchrow(
             """
-            INSERT INTO runs (id, tenant, agent, status, conversation_id, parent_run_id, error, result, finished_at)
-            VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, now())
+            INSERT INTO runs (id, tenant, agent, status, conversation_id, parent_run_id, error, result, finished_at,
+                              task_id)
+            VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, now(), $9)
             ON CONFLICT (id) DO UPDATE SET
                 status = 'failed', error = EXCLUDED.error, result = EXCLUDED.result, finished_at = now()
             WHERE runs.tenant = EXCLUDED.tenant AND (runs.status = 'running' OR $8)
             RETURNING result
             """,
             req.run_id, tenant, req.agent, req.conversation_id, req.parent_run_id, failed.error.message,
-            encode(failed), over_an_end,
+            encode(failed), over_an_end, req.task_id,
         )  # fmt: skip
         if row is None:
             row = await self.pool.fetchrow("SELECT result FROM runs WHERE id = $1 AND tenant = $2", req.run_id, tenant)
@@ -132,3 +202,42 @@ class RunStore:
     async def get(self, run_id: str, tenant: str) -> RunRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
         return as_struct(row, RunRecord) if row is not None else None
+
+    async def usage(
+        self,
+        tenant: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        group_by: UsageGrouping | None,
+        task_id: str | None = None,
+        conversation_id: str | None = None,
+        run_id: str | None = None,
+    ) -> list[UsageSums]:
+        """The total (first, key None) and each group of the tenant's runs created in [since, until): all of
+        them, or those of the task / conversation / run (or research job) named, with every run under them."""
+        args: list[object] = [tenant, since, until]
+        roots: list[str] = []
+        if task_id is not None:
+            args.append(task_id)
+            roots.append(f"task_id = ${len(args)}")
+        if conversation_id is not None:
+            args.append(conversation_id)
+            roots.append(f"conversation_id = ${len(args)}")
+        if run_id is not None:
+            args.append(run_id)
+            n = len(args)
+            roots.append(f"(id = ${n} OR (parent_run_id = ${n} AND NOT EXISTS (SELECT FROM runs WHERE id = ${n})))")
+        if roots:
+            picked = f"""
+                WITH RECURSIVE scoped(id) AS (
+                    SELECT id FROM runs WHERE tenant = $1 AND {" AND ".join(roots)}
+                    UNION
+                    SELECT r.id FROM runs r JOIN scoped s ON r.parent_run_id = s.id WHERE r.tenant = $1
+                ), picked AS (
+                    SELECT runs.* FROM runs JOIN scoped USING (id) WHERE runs.tenant = $1 AND {CREATED_IN}
+                )"""
+        else:
+            picked = f"WITH picked AS (SELECT * FROM runs WHERE tenant = $1 AND {CREATED_IN})"
+        rows = await self.pool.fetch(picked + USAGE_SUMS.format(key=USAGE_KEY[group_by]), *args)
+        return as_structs(rows, UsageSums)
