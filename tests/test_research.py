@@ -176,6 +176,7 @@ async def test_a_research_job_over_documents_writes_a_report_citing_real_documen
         job = await _finished(client, job_id)
         report = await client.get(f"/v1/research/{job_id}/report")
         tree = (await client.get(f"/v1/runs/{job_id}/tree")).json()
+        usage = (await client.get("/v1/usage", params={"run_id": job_id})).json()["total"]
         resumed = await _events(client, job_id, last_id=events[2]["id"])
         await wait_until(lambda: _arrived(receiver), what="the job's webhook")
 
@@ -211,6 +212,9 @@ async def test_a_research_job_over_documents_writes_a_report_citing_real_documen
     # the job is a tree of its sub-runs; the webhook carries the report, signed with the job's secret
     assert tree["id"] == job_id
     assert sorted(c["id"] for c in tree["children"]) == sorted(s["run_id"] for s in job["subruns"])
+    # the job's usage, rolled up from its runs' records, is the totals it kept itself
+    assert (usage["runs"], usage["usage"]["requests"]) == (job["totals"]["subruns"], job["totals"]["requests"])
+    assert usage["usage"]["input_tokens"] == job["totals"]["input_tokens"]
     hook = receiver.requests[0]
     assert verify_standard_webhook(secret, hook.headers, hook.body)
     assert json.loads(hook.body)["data"]["report"] == job["report"]

@@ -11,13 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelAPIError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from actors.executor.models import placeholder
+from actors.executor.costs import run_usage
+from actors.executor.models import offline_model, placeholder
 from tests.conftest import Platform, wait_until
 from tests.models import prompts_of
 
@@ -242,3 +244,11 @@ async def test_a_bad_usage_query_is_a_422_naming_the_parameter(start_platform: S
             assert error["code"] == "invalid" and [e["key"] for e in error["details"]["errors"]] == [key], params
         same = await client.get("/v1/usage", params={"from": "2026-11-01", "to": "2026-11-01T00:00:00Z"})
     assert same.status_code == 200 and same.json()["total"]["runs"] == 0  # an empty window is no error
+
+
+async def test_the_offline_model_costs_nothing_and_is_not_taken_for_an_unpriced_llm() -> None:
+    result = await Agent(offline_model()).run("Hi")
+    offline = run_usage(result.usage, result.new_messages(), model="offline", offline=True)
+    as_if_a_provider = run_usage(result.usage, result.new_messages(), model="offline", offline=False)
+    assert (offline.cost_usd, offline.unpriced_models, offline.requests) == (0.0, (), 1)
+    assert (as_if_a_provider.cost_usd, as_if_a_provider.unpriced_models) == (None, ("offline",))
