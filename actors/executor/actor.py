@@ -35,7 +35,7 @@ from actors.executor.history import HistoryCache, read_history
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
-from actors.executor.store import Begun, RunStore
+from actors.executor.store import Begun, RunStore, UsageStore
 from actors.executor.tree import nest
 from actors.executor.usage import total_usage, usage_endpoint
 from bus import subjects
@@ -137,7 +137,7 @@ class ExecutorActor(Actor):
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
-            usage_endpoint(lambda: self.store),
+            usage_endpoint(lambda: UsageStore(self.store.pool)),
         )
 
     async def on_start(self) -> None:
@@ -404,7 +404,7 @@ class ExecutorActor(Actor):
             record = RunRecord(
                 id=query.run_id, tenant=trace.tenant, agent="", model="", status=RunStatus.QUEUED, created_at=now
             )
-        total = await total_usage(self.store, trace.tenant, query.run_id) if query.with_total else None
+        total = await total_usage(UsageStore(self.store.pool), trace.tenant, query.run_id) if query.with_total else None
         return RunView(run=record, total_usage=total)
 
     async def _has_output(self, tenant: str, run_id: str) -> bool:

@@ -13,7 +13,7 @@ from bus.codec import decode_union, encode
 from schemas.runs import STATUS_OF_END, RunCancelled, RunEnd, RunFailed, RunRecord, RunRequest, Usage
 from schemas.usage import UsageGrouping
 
-__all__ = ["Begun", "RunStore", "UsageSums"]
+__all__ = ["Begun", "RunStore", "UsageStore", "UsageSums"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,71 +21,6 @@ class Begun:
     attempt: int
     cancel_requested: bool  # the run's own cancel, or its parent run's
     end: RunEnd | None  # set when the run already ended (a redelivery, or cancelled before it came)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSums:
-    """A rollup's row: one group's sums of its runs' own usage (`key` None: the total of all of them)."""
-
-    key: str | None
-    runs: int
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    tool_calls: int
-    priced_cost_usd: float  # what the priced part cost
-    any_unpriced: bool  # some run's cost is not known: the group's is not either
-    unpriced_models: list[str]
-
-
-# the group of a run, by grouping: fixed SQL (never a caller's text)
-USAGE_KEY: dict[UsageGrouping | None, str] = {
-    None: "''",
-    UsageGrouping.AGENT: "agent",
-    UsageGrouping.MODEL: "model",
-    UsageGrouping.DAY: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-}
-# a run's own usage as stored (jsonb, defaults left out): its priced cost, and the models it could not price;
-# one with a cost unknown and no models named (recorded before they were) names its run's model
-USAGE_SUMS = """
-, spent AS (
-    SELECT {key} AS grp,
-        COALESCE((usage->>'requests')::bigint, 0) AS requests,
-        COALESCE((usage->>'input_tokens')::bigint, 0) AS input_tokens,
-        COALESCE((usage->>'output_tokens')::bigint, 0) AS output_tokens,
-        COALESCE((usage->>'tool_calls')::bigint, 0) AS tool_calls,
-        COALESCE((usage->>'priced_cost_usd')::float8, (usage->>'cost_usd')::float8, 0) AS priced,
-        CASE
-            WHEN usage->>'cost_usd' IS NOT NULL THEN '[]'::jsonb
-            WHEN jsonb_array_length(COALESCE(usage->'unpriced_models', '[]')) > 0 THEN usage->'unpriced_models'
-            WHEN COALESCE((usage->>'requests')::bigint, 0) > 0
-                THEN jsonb_build_array(COALESCE(NULLIF(model, ''), agent))
-            ELSE '[]'::jsonb
-        END AS unpriced
-    FROM picked
-), sums AS (
-    SELECT GROUPING(grp) = 1 AS is_total, grp, count(*) AS runs,
-        COALESCE(sum(requests), 0)::bigint AS requests,
-        COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
-        COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
-        COALESCE(sum(tool_calls), 0)::bigint AS tool_calls,
-        COALESCE(sum(priced), 0) AS priced_cost_usd,
-        COALESCE(bool_or(unpriced <> '[]'::jsonb), false) AS any_unpriced
-    FROM spent GROUP BY GROUPING SETS ((grp), ())
-), unpriced_names AS (
-    SELECT GROUPING(grp) = 1 AS is_total, grp, array_agg(DISTINCT m.name ORDER BY m.name) AS models
-    FROM spent CROSS JOIN LATERAL jsonb_array_elements_text(spent.unpriced) AS m(name)
-    GROUP BY GROUPING SETS ((grp), ())
-)
-SELECT CASE WHEN s.is_total THEN NULL ELSE s.grp END AS key, s.runs, s.requests, s.input_tokens, s.output_tokens,
-    s.tool_calls, s.priced_cost_usd, s.any_unpriced, COALESCE(n.models, '{{}}') AS unpriced_models
-FROM sums s LEFT JOIN unpriced_names n ON n.is_total = s.is_total AND n.grp IS NOT DISTINCT FROM s.grp
-ORDER BY s.is_total DESC, s.grp
-"""
-CREATED_IN = (
-    "created_at >= COALESCE($2::timestamptz, '-infinity'::timestamptz)"
-    " AND created_at < COALESCE($3::timestamptz, 'infinity'::timestamptz)"
-)
 
 
 class RunStore:
@@ -203,7 +138,82 @@ class RunStore:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
         return as_struct(row, RunRecord) if row is not None else None
 
-    async def usage(
+
+# --- usage rollups (RunStore.usage) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSums:
+    """A rollup's row: one group's sums of its runs' own usage (`key` None: the total of all of them)."""
+
+    key: str | None
+    runs: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    tool_calls: int
+    priced_cost_usd: float  # what the priced part cost
+    any_unpriced: bool  # some run's cost is not known: the group's is not either
+    unpriced_models: list[str]
+
+
+# the group of a run, by grouping: fixed SQL (never a caller's text)
+USAGE_KEY: dict[UsageGrouping | None, str] = {
+    None: "''",
+    UsageGrouping.AGENT: "agent",
+    UsageGrouping.MODEL: "model",
+    UsageGrouping.DAY: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+# a run's own usage as stored (jsonb, defaults left out): its priced cost, and the models it could not price;
+# one with a cost unknown and no models named (recorded before they were) names its run's model
+USAGE_SUMS = """
+, spent AS (
+    SELECT {key} AS grp,
+        COALESCE((usage->>'requests')::bigint, 0) AS requests,
+        COALESCE((usage->>'input_tokens')::bigint, 0) AS input_tokens,
+        COALESCE((usage->>'output_tokens')::bigint, 0) AS output_tokens,
+        COALESCE((usage->>'tool_calls')::bigint, 0) AS tool_calls,
+        COALESCE((usage->>'priced_cost_usd')::float8, (usage->>'cost_usd')::float8, 0) AS priced,
+        CASE
+            WHEN usage->>'cost_usd' IS NOT NULL THEN '[]'::jsonb
+            WHEN jsonb_array_length(COALESCE(usage->'unpriced_models', '[]')) > 0 THEN usage->'unpriced_models'
+            WHEN COALESCE((usage->>'requests')::bigint, 0) > 0
+                THEN jsonb_build_array(COALESCE(NULLIF(model, ''), agent))
+            ELSE '[]'::jsonb
+        END AS unpriced
+    FROM picked
+), sums AS (
+    SELECT GROUPING(grp) = 1 AS is_total, grp, count(*) AS runs,
+        COALESCE(sum(requests), 0)::bigint AS requests,
+        COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+        COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
+        COALESCE(sum(tool_calls), 0)::bigint AS tool_calls,
+        COALESCE(sum(priced), 0) AS priced_cost_usd,
+        COALESCE(bool_or(unpriced <> '[]'::jsonb), false) AS any_unpriced
+    FROM spent GROUP BY GROUPING SETS ((grp), ())
+), unpriced_names AS (
+    SELECT GROUPING(grp) = 1 AS is_total, grp, array_agg(DISTINCT m.name ORDER BY m.name) AS models
+    FROM spent CROSS JOIN LATERAL jsonb_array_elements_text(spent.unpriced) AS m(name)
+    GROUP BY GROUPING SETS ((grp), ())
+)
+SELECT CASE WHEN s.is_total THEN NULL ELSE s.grp END AS key, s.runs, s.requests, s.input_tokens, s.output_tokens,
+    s.tool_calls, s.priced_cost_usd, s.any_unpriced, COALESCE(n.models, '{{}}') AS unpriced_models
+FROM sums s LEFT JOIN unpriced_names n ON n.is_total = s.is_total AND n.grp IS NOT DISTINCT FROM s.grp
+ORDER BY s.is_total DESC, s.grp
+"""
+CREATED_IN = (
+    "created_at >= COALESCE($2::timestamptz, '-infinity'::timestamptz)"
+    " AND created_at < COALESCE($3::timestamptz, 'infinity'::timestamptz)"
+)
+
+
+class UsageStore:
+    """Sums over executor.runs (the executor's pool, shared with RunStore)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def sums(
         self,
         tenant: str,
         *,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from actors.executor.store import RunStore, UsageSums
+from actors.executor.store import UsageStore, UsageSums
 from bus.actor import Endpoint
 from bus.errors import BusError
 from bus.headers import Trace
@@ -30,12 +30,12 @@ def _usage(sums: UsageSums) -> Usage:
     )
 
 
-async def rollup(store: RunStore, tenant: str, query: GetUsage) -> UsageRollup:
+async def rollup(store: UsageStore, tenant: str, query: GetUsage) -> UsageRollup:
     """The query's total and groups; `until` defaults to now, and is answered so."""
     until = query.until or datetime.now(UTC)
     if query.since is not None and query.since > until:
         raise BusError(ErrorCode.INVALID, "`from` is after `to`", {"from": str(query.since), "to": str(until)})
-    rows = await store.usage(
+    rows = await store.sums(
         tenant,
         since=query.since,
         until=until,
@@ -58,13 +58,13 @@ async def rollup(store: RunStore, tenant: str, query: GetUsage) -> UsageRollup:
     )
 
 
-async def total_usage(store: RunStore, tenant: str, run_id: str) -> Usage:
+async def total_usage(store: UsageStore, tenant: str, run_id: str) -> Usage:
     """The usage of the run and every run under it."""
-    rows = await store.usage(tenant, since=None, until=None, group_by=None, run_id=run_id)
+    rows = await store.sums(tenant, since=None, until=None, group_by=None, run_id=run_id)
     return next((_usage(r) for r in rows if r.key is None), Usage())
 
 
-def usage_endpoint(store: Callable[[], RunStore]) -> Endpoint[GetUsage]:
+def usage_endpoint(store: Callable[[], UsageStore]) -> Endpoint[GetUsage]:
     """The endpoint; `store` is read on every request (it is opened at start)."""
 
     async def answer(query: GetUsage, trace: Trace) -> Message:
