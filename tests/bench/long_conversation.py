@@ -1,0 +1,103 @@
+"""Per-turn latency at turn 10 and at turn 1,000 of one conversation: flat with a context budget
+(the model is sent a stored summary and the recent turns), against the history sent whole.
+
+`python -m tests.bench long_conversation [--smoke]` (smoke: turns 10 and 60). As in tests/bench/history.py
+(whose turn it reuses): the conversation actor is its own process, the executor runs in this
+process with a FunctionModel answering ~500 bytes a turn (and ~500 bytes as the summarizer); turns
+are not streamed, sent one after another, each timed from its command to its TurnCompleted. A
+figure is the median of the 10 turns around it (a turn that summarizes is among them now and then).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.executor.actor import ExecutorActor
+from actors.executor.config import ExecutorConfig
+from bus import subjects
+from bus.client import Bus
+from bus.config import BusConfig
+from bus.headers import Trace, new_id
+from bus.logging import configure_logging
+from schemas.conversation import ConversationView, CreateConversation
+from tests.bench.harness import Infra, Report, Scale, processes, services_up
+from tests.bench.history import PROMPT, REPLY, TENANT, turn
+from tests.models import replying
+
+BUDGET_TOKENS = 4_000  # ~240 tokens a turn: a summary every dozen turns or so
+AGENTS = f"""
+[agents.assistant.context]
+budget_tokens = {BUDGET_TOKENS}
+"""
+WINDOW = 10
+
+
+@dataclass(frozen=True)
+class Figures:
+    mode: str
+    early_ms: float
+    late_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.late_ms / self.early_ms
+
+
+async def one_mode(servers: Infra, logs: Path, mode: str, agents: Path | None, early: int, late: int) -> Figures:
+    bus_config = BusConfig(servers=(servers.nats.url,))
+    latencies: list[float] = []
+    with processes({"conversation": ["-m", "actors.conversation"]}, servers.env(), logs):
+        bus = await Bus.connect(bus_config)
+        executor = ExecutorActor(
+            bus_config,
+            ExecutorConfig(database_url=servers.postgres.uri("postgres"), offline=True, agents_file=agents),
+            model_override=replying(lambda messages, info: REPLY),
+        )
+        await executor.start()
+        try:
+            await services_up(bus.nc, "conversation")
+            conversation_id = new_id()
+            service = subjects.service(subjects.ActorName.CONVERSATION, "create")
+            await bus.request(
+                service, CreateConversation(conversation_id=conversation_id), ConversationView, trace=Trace(TENANT)
+            )
+            seq = 0
+            for _ in range(late + WINDOW // 2):
+                started = time.perf_counter()
+                seq = await turn(bus, conversation_id, after_seq=seq)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            await executor.stop()
+            await bus.close()
+
+    def around(n: int) -> float:  # turn n is latencies[n - 1]
+        return 1000 * statistics.median(latencies[n - 1 - WINDOW // 2 : n - 1 + WINDOW // 2])
+
+    return Figures(mode, around(early), around(late))
+
+
+async def run(servers: Infra, logs: Path, scale: Scale, report: Report) -> None:
+    """`make bench` / `make bench-smoke`: both modes, one table, and the budget's ratio in the summary."""
+    early, late = (10, 60) if scale.smoke else (10, 1_000)
+    configure_logging("bench", level="WARNING")  # the executor runs here: its per-message lines are not measured
+    agents = logs / "long-conversation-agents.toml"
+    agents.write_text(AGENTS)
+    with report.phase(f"context budget of {BUDGET_TOKENS} tokens"):
+        budget = await one_mode(servers, logs, f"context budget {BUDGET_TOKENS} tokens", agents, early, late)
+    with report.phase("no budget"):
+        whole = await one_mode(servers, logs, "no budget (history sent whole)", None, early, late)
+    report.table(
+        f"one conversation, ~{len(PROMPT) + len(REPLY)} bytes of prompt + reply a turn: median turn latency "
+        f"(ms) of the {WINDOW} turns around turn {early} and turn {late}",
+        ("mode", f"turn {early} ms", f"turn {late} ms", f"turn {late} / turn {early}"),
+        [(f.mode, f"{f.early_ms:.2f}", f"{f.late_ms:.2f}", f"{f.ratio:.2f}") for f in (budget, whole)],
+    )
+    report.target(
+        f"chat turn latency, turn {late} / turn {early} (context budget)",
+        f"{budget.ratio:.2f}x ({budget.early_ms:.1f} -> {budget.late_ms:.1f} ms)",
+        "flat: <= 1.5x",
+        budget.ratio <= 1.5,
+    )
