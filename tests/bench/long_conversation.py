@@ -10,21 +10,25 @@ figure is the median of the 10 turns around it (a turn that summarizes is among 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.aio.msg import Msg
+
 from actors.executor.actor import ExecutorActor
 from actors.executor.config import ExecutorConfig
 from bus import subjects
 from bus.client import Bus
+from bus.codec import decode_union
 from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from bus.logging import configure_logging
-from schemas.conversation import ConversationView, CreateConversation
+from schemas.conversation import ConversationView, CreateConversation, PostMessage, TurnCompleted, TurnFailed
 from tests.bench.harness import Infra, Report, Scale, processes, services_up
-from tests.bench.history import PROMPT, REPLY, TENANT, turn
+from tests.bench.history import PROMPT, REPLY, TENANT
 from tests.models import replying
 
 BUDGET_TOKENS = 4_000  # ~240 tokens a turn: a summary every dozen turns or so
@@ -33,6 +37,7 @@ AGENTS = f"""
 budget_tokens = {BUDGET_TOKENS}
 """
 WINDOW = 10
+WARMUP = 20
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,43 @@ class Figures:
     @property
     def ratio(self) -> float:
         return self.late_ms / self.early_ms
+
+
+@dataclass
+class Conversation:
+    """One conversation whose turn events this client hears live (one core subscription, not a
+    JetStream consumer per turn: a thousand of those in a minute pass the server's limit)."""
+
+    bus: Bus
+    id: str
+    ended: asyncio.Queue[TurnCompleted | TurnFailed]
+
+    @classmethod
+    async def start(cls, bus: Bus) -> Conversation:
+        conversation_id = new_id()
+        service = subjects.service(subjects.ActorName.CONVERSATION, "create")
+        create = CreateConversation(conversation_id=conversation_id)
+        await bus.request(service, create, ConversationView, trace=Trace(TENANT))
+        ended: asyncio.Queue[TurnCompleted | TurnFailed] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            ended.put_nowait(decode_union(msg.data, TurnCompleted | TurnFailed))
+
+        await bus.nc.subscribe(subjects.conversation_event(TENANT, conversation_id, "turn"), cb=on_event)
+        await bus.barrier()
+        return cls(bus, conversation_id, ended)
+
+    async def turn(self) -> None:
+        run_id = new_id()
+        message = PostMessage(
+            conversation_id=self.id, message_id=f"m-{run_id}", run_id=run_id, content=PROMPT, stream=False
+        )
+        subject = subjects.conversation_command(TENANT, self.id)
+        await self.bus.publish(subject, message, trace=Trace(tenant=TENANT), msg_id=run_id)
+        async with asyncio.timeout(30):
+            while (event := await self.ended.get()).run_id != run_id:
+                pass
+        assert isinstance(event, TurnCompleted), event
 
 
 async def one_mode(servers: Infra, logs: Path, mode: str, agents: Path | None, early: int, late: int) -> Figures:
@@ -59,15 +101,13 @@ async def one_mode(servers: Infra, logs: Path, mode: str, agents: Path | None, e
         await executor.start()
         try:
             await services_up(bus.nc, "conversation")
-            conversation_id = new_id()
-            service = subjects.service(subjects.ActorName.CONVERSATION, "create")
-            await bus.request(
-                service, CreateConversation(conversation_id=conversation_id), ConversationView, trace=Trace(TENANT)
-            )
-            seq = 0
+            warm_up = await Conversation.start(bus)  # the processes' first turns are not the conversation's
+            for _ in range(WARMUP):
+                await warm_up.turn()
+            measured = await Conversation.start(bus)
             for _ in range(late + WINDOW // 2):
                 started = time.perf_counter()
-                seq = await turn(bus, conversation_id, after_seq=seq)
+                await measured.turn()
                 latencies.append(time.perf_counter() - started)
         finally:
             await executor.stop()
