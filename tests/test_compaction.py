@@ -25,7 +25,7 @@ from pydantic_ai.usage import RequestUsage
 from actors.executor.compaction import SUMMARY_ACK, SUMMARY_PREFACE, choose_cut
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.summarizer import INSTRUCTIONS as SUMMARIZER_INSTRUCTIONS
-from actors.executor.token_estimate import estimate_message, tokens_used
+from actors.executor.token_estimate import estimate_message, estimate_text, tokens_used
 from bus.headers import Trace
 from schemas.runs import HistoryRef, RunRequest
 from tests.conftest import Platform
@@ -156,6 +156,14 @@ def test_a_cut_never_separates_a_tool_call_from_its_return() -> None:
     assert choose_cut(history, head=0, run_start=8, keep=8, limit=kept + 10, summary_tokens=10) == 4
     assert choose_cut(history, head=0, run_start=8, keep=2, limit=kept - 1, summary_tokens=10) == 8
     assert choose_cut(history[-1:], head=0, run_start=0, keep=0, limit=1, summary_tokens=10) is None
+
+
+def test_the_instructions_sent_count_once_a_sidekicks_state_included() -> None:
+    state = '{"cart": "' + "item " * 800 + '"}'  # 4 KB of application state in this turn's instructions
+    old = ModelRequest(parts=[UserPromptPart("hello")], instructions=state)
+    now = ModelRequest(parts=[UserPromptPart("again")], instructions=state)
+    without = tokens_used([ModelRequest(parts=[UserPromptPart("hello")]), response(), request("again")])
+    assert tokens_used([old, response(), now]) == without + estimate_text(state)  # the latest request's only
 
 
 def test_the_providers_count_of_the_context_wins_over_the_estimate() -> None:

@@ -155,7 +155,8 @@ class ExecutorActor(Actor):
                     reason=runner.model.reason,
                 )
             else:
-                self._log.info("agent ready", agent=runner.name, model=runner.model.name)
+                budget = runner.compaction.budget_tokens if runner.compaction else "unknown: history sent whole"
+                self._log.info("agent ready", agent=runner.name, model=runner.model.name, context_budget=budget)
         self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
         self._summaries = SummaryStore(self._store.pool)
         self._runs = RunClient(self.bus)
