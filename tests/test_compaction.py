@@ -5,7 +5,7 @@ PostgreSQL; a FunctionModel is both the agent's model and its summarizer), and w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,10 @@ class Model:
         self.sent.append(messages)
         return ModelResponse(parts=[TextPart("ok")], usage=usage)
 
+    async def stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        self.sent.append(messages)
+        yield "ok"
+
 
 def seen(messages: list[ModelMessage]) -> list[str]:
     """What a model was sent, one entry per message: a summary by its text, a prompt by its turn, a reply."""
@@ -84,13 +88,17 @@ async def test_past_the_budget_the_model_gets_a_stored_summary_and_the_recent_tu
     agents.write_text(AGENTS)
     model = Model()
     # its window would allow 100,000 tokens: the agent's budget of 1,000 wins; the summarizer reads 50,000 at once
-    platform = await start_platform(FunctionModel(model, profile={"context_window": 100_000}), agents_file=agents)
+    function = FunctionModel(model, stream_function=model.stream, profile={"context_window": 100_000})
+    platform = await start_platform(function, agents_file=agents)
     async with platform.client() as client:
         conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
 
         async def turn(n: int) -> None:
-            r = await client.post(f"/v1/conversations/{conversation_id}/messages", json={"message": prompt(n)})
+            streamed = n in (8, 13)  # the turns that summarize: a streamed run is processed the same way
+            body = {"message": prompt(n), "stream": streamed}
+            r = await client.post(f"/v1/conversations/{conversation_id}/messages", json=body)
             assert r.status_code == 200, r.text
+            assert ("event: completed" in r.text) if streamed else r.json()["message"]["content"] == "ok"
 
         # ~110 tokens a turn: turn 8 finds 7 earlier turns (777 tokens) + its prompt + instructions past 800
         for n in range(1, 8):
