@@ -62,6 +62,7 @@ class EmbeddedNats:
     cluster_name: str = "agentbus"
     cluster_port: int = 0  # 0: not clustered
     routes: tuple[int, ...] = ()  # the other nodes' cluster ports
+    max_payload: str | None = None  # e.g. "8MB"; None: the server's default (1 MB), as compose.yaml runs it
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -83,10 +84,11 @@ class EmbeddedNats:
         self.port = self.port or free_port(preferred_port)
         self.monitor_port = self.monitor_port or free_port()
         sync = "\n  sync_interval: always" if self.sync_always else ""
+        payload = f"max_payload: {self.max_payload}\n" if self.max_payload else ""
         conf = self.data_dir / "nats.conf"
         text = (
             f'server_name: {self.server_name}\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
-            f'max_payload: 8MB\njetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
+            f'{payload}jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
         )
         if self.cluster_port:
             routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in self.routes)

@@ -37,11 +37,13 @@ class Extent:
 async def extent(conn: Conn, conversation_id: str, *, before_seq: int, inline_limit: int) -> Extent:
     """How large the history of the turn at `before_seq` is (every completed turn before it), and,
     in the same query, the history itself when it is small enough to travel inline."""
+    # the parts are read only when small enough (a subquery in CASE runs only when its branch is taken;
+    # an aggregate there would read them all, every turn); octet_length reads no part's value
     row = await conn.fetchrow(
         f"""
-        SELECT coalesce(sum(octet_length(part)), 0) AS size, max(seq) AS through,
-            CASE WHEN coalesce(sum(octet_length(part)), 0) <= $3 THEN array_agg(part ORDER BY seq) END AS parts
-        FROM ({PARTS}) p
+        SELECT size, through,
+            CASE WHEN size <= $3 THEN (SELECT array_agg(part ORDER BY seq) FROM ({PARTS}) q) END AS parts
+        FROM (SELECT coalesce(sum(octet_length(part)), 0) AS size, max(seq) AS through FROM ({PARTS}) p) s
         """,
         conversation_id, before_seq - 1, inline_limit,
     )  # fmt: skip

@@ -256,14 +256,22 @@ async def reply_of(conn: Conn, run_id: str) -> StoredMessage | None:
     return as_struct(row, StoredMessage) if row is not None else None
 
 
+MESSAGES_PAGE_BYTES = 256 * 1024  # of content a page of messages carries: its reply stays under 1 MB
+
+
 async def list_messages(conn: Conn, conversation_id: str, *, limit: int, before: str | None) -> list[StoredMessage]:
-    """The latest `limit` messages (before the message `before`, when given), oldest first."""
+    """The latest `limit` messages (before the message `before`, when given), oldest first; fewer when
+    they hold more than MESSAGES_PAGE_BYTES of content (the latest always), the rest on the next page."""
     rows = await conn.fetch(
         """
-        SELECT * FROM messages WHERE conversation_id = $1
-          AND ($2::text IS NULL OR ordinal < (SELECT ordinal FROM messages WHERE id = $2))
-        ORDER BY ordinal DESC LIMIT $3
+        SELECT * FROM (
+            SELECT *, sum(octet_length(content)) OVER (ORDER BY ordinal DESC) - octet_length(content) AS newer
+            FROM messages WHERE conversation_id = $1
+              AND ($2::text IS NULL OR ordinal < (SELECT ordinal FROM messages WHERE id = $2))
+            ORDER BY ordinal DESC LIMIT $3
+        ) page WHERE newer = 0 OR newer + octet_length(content) <= $4
+        ORDER BY ordinal DESC
         """,
-        conversation_id, before, limit,
+        conversation_id, before, limit, MESSAGES_PAGE_BYTES,
     )  # fmt: skip
     return as_structs(reversed(rows), StoredMessage)

@@ -30,12 +30,14 @@ from actors._postgres import health as postgres_health
 from actors.executor.agent_run import run_agent
 from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
 from actors.executor.catalog import catalog_endpoint
+from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import Begun, RunStore, UsageStore
+from actors.executor.summary_store import SummaryStore
 from actors.executor.tree import nest
 from actors.executor.usage import total_usage, usage_endpoint
 from bus import subjects
@@ -104,6 +106,7 @@ class ExecutorActor(Actor):
         self.pipelines: dict[str, PipelineSpec] = {}
         self.histories = HistoryCache()  # conversations' histories read by reference, for their next turns
         self._store: RunStore | None = None
+        self._summaries: SummaryStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
 
@@ -154,8 +157,10 @@ class ExecutorActor(Actor):
                     reason=runner.model.reason,
                 )
             else:
-                self._log.info("agent ready", agent=runner.name, model=runner.model.name)
+                budget = runner.compaction.budget_tokens if runner.compaction else "unknown: history sent whole"
+                self._log.info("agent ready", agent=runner.name, model=runner.model.name, context_budget=budget)
         self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
+        self._summaries = SummaryStore(self._store.pool)
         self._runs = RunClient(self.bus)
         self._cancels = CancelSignals(self.bus, subjects.executor_cancels(), CancelRun, lambda c: c.run_id)
         await self._cancels.start()
@@ -248,6 +253,7 @@ class ExecutorActor(Actor):
             writer=writer,
             cancel_reason=lambda: active.reason or CANCELLED,
             history=lambda: read_history(self.bus, self.histories, req, trace),
+            context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
         )
 
     def _pipeline_of(self, req: RunRequest) -> PipelineSpec | None:

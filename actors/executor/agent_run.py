@@ -16,7 +16,6 @@ from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     ModelMessage,
-    ModelMessagesTypeAdapter,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
@@ -25,6 +24,7 @@ from pydantic_ai.messages import (
 )
 
 from actors.executor.agents import RunDeps, Runner
+from actors.executor.compaction import ContextWindow
 from actors.executor.costs import run_usage
 from actors.executor.history import HistoryUnreadable
 from actors.executor.output import OutputWriter
@@ -57,18 +57,21 @@ async def run_agent(
     writer: OutputWriter,
     cancel_reason: Callable[[], str],
     history: Callable[[], Awaitable[bytes]],
+    context: ContextWindow | None = None,
 ) -> tuple[RunEnd, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
 
     `history` gives the request's history as JSON (read from its conversation when it travels by
-    reference); a conversation that cannot answer now raises BusError, and the run is redone later."""
+    reference); a conversation that cannot answer now raises BusError, and the run is redone later.
+    `context` starts it from its stored summary and keeps what the model is sent within the budget."""
     run_id = req.run_id
     try:
         raw = await history()
     except HistoryUnreadable as e:
         return _failed(run_id, ErrorCode.NOT_FOUND, str(e)), Usage()
+    context = context or ContextWindow(None, None, "", None)
     try:
-        messages: list[ModelMessage] = ModelMessagesTypeAdapter.validate_json(raw)
+        messages: list[ModelMessage] = await context.history(raw)
     except ValueError as e:
         return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
     limits = UsageLimits(
@@ -78,10 +81,15 @@ async def run_agent(
     result: AgentRunResult[Any] | None = None
     try:
         if req.stream:
-            result = await _streamed(runner, req, deps, messages, token, limits, writer)
+            result = await _streamed(runner, req, deps, messages, token, limits, writer, context)
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
             result = await runner.agent.run(
-                user_prompt(req), message_history=messages, deps=deps, cancellation_token=token, usage_limits=limits
+                user_prompt(req),
+                message_history=messages,
+                deps=deps,
+                cancellation_token=token,
+                usage_limits=limits,
+                capabilities=context.capabilities(),
             )
     except AgentRunCancelled:
         return RunCancelled(run_id=run_id, reason=cancel_reason()), Usage()
@@ -107,11 +115,17 @@ async def _streamed(
     token: CancellationToken,
     limits: UsageLimits,
     writer: OutputWriter,
+    context: ContextWindow,
 ) -> AgentRunResult[Any] | None:
     """The run with its text deltas and tool calls published as they come."""
     result: AgentRunResult[Any] | None = None
     async with runner.agent.run_stream_events(
-        user_prompt(req), message_history=history, deps=deps, cancellation_token=token, usage_limits=limits
+        user_prompt(req),
+        message_history=history,
+        deps=deps,
+        cancellation_token=token,
+        usage_limits=limits,
+        capabilities=context.capabilities(),
     ) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):

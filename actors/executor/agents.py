@@ -7,6 +7,12 @@ instructions = "You answer questions about our product."
 tools = ["current_time", "python:myapp.tools:lookup_order"]
 output = { type = "object", properties = { answer = { type = "string" } } }  # or "text"
 # base_url = "http://localhost:8001/v1"  # an OpenAI-compatible server; api_key_env names its key
+
+[agents.support.context]  # how much history the model is sent (actors/executor/compaction.py)
+budget_tokens = 32000  # default: the model's context window, where pydantic-ai knows it
+threshold = 0.8  # past this share of the budget, the older messages are summarized
+keep_recent_messages = 6  # the newest messages of earlier turns always go verbatim
+summarizer_model = "openai:gpt-4o-mini"  # default: the agent's own model
 ```
 
 Every agent also gets, when its run carries application state (the sidekick pattern), that state
@@ -31,6 +37,7 @@ from pydantic_ai import Agent, RunContext, StructuredDict, Tool
 from pydantic_ai.models import Model
 from pydantic_ai.tools import ToolDefinition
 
+from actors.executor.compaction import Compaction, ContextSpec, compaction_for
 from actors.executor.models import ResolvedModel, resolve_model
 
 __all__ = ["AgentSpec", "RunDeps", "Runner", "build_runners", "load_specs"]
@@ -49,6 +56,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     subagents: list[str] = []  # agents this one may hand sub-problems to (the ask_agent tool), each its own run
     base_url: str | None = None
     api_key_env: str | None = None
+    context: ContextSpec = ContextSpec()
 
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -199,9 +207,10 @@ class Runner:
     model: ResolvedModel
     structured: bool
     subagents: tuple[str, ...] = ()
+    compaction: Compaction | None = None  # None: no context budget known, the history goes whole
 
 
-def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
+def _runner(name: str, spec: AgentSpec, model: ResolvedModel, summarizer: ResolvedModel | None = None) -> Runner:
     structured = isinstance(spec.output, dict)
     output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
     tools = [_tool(t) for t in spec.tools] + [
@@ -216,7 +225,18 @@ def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
         instructions=[spec.instructions, context_instructions, subagent_instructions],
         tools=tools,
     )
-    return Runner(name=name, agent=agent, model=model, structured=structured, subagents=tuple(spec.subagents))
+    summarizer = summarizer or model
+    compaction = compaction_for(
+        name, spec.context, model.model, summarizer=summarizer.model, summarizer_name=summarizer.name
+    )
+    return Runner(
+        name=name,
+        agent=agent,
+        model=model,
+        structured=structured,
+        subagents=tuple(spec.subagents),
+        compaction=compaction,
+    )
 
 
 def build_runners(
@@ -230,5 +250,11 @@ def build_runners(
         else:
             api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             model = resolve_model(spec.model or default_model, offline=offline, base_url=spec.base_url, api_key=api_key)
-        runners[name] = _runner(name, spec, model)
+        summarizer = None
+        if spec.context.summarizer_model is not None:
+            api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+            summarizer = resolve_model(
+                spec.context.summarizer_model, offline=offline, base_url=spec.base_url, api_key=api_key
+            )
+        runners[name] = _runner(name, spec, model, summarizer)
     return runners

@@ -2,7 +2,8 @@
 a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark with tiny counts,
 failing unless each one ran and printed its figures.
 
-`python -m tests.bench [--smoke] [chat|background|research|history|supervised ...]` runs the ones named.
+`python -m tests.bench [--smoke] [chat|background|research|history|long_conversation|supervised ...]`
+runs the ones named.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import uvloop
 
-from tests.bench import background, chat, history, research, supervised
+from tests.bench import background, chat, history, long_conversation, research, supervised
 from tests.bench.harness import FULL, SMOKE, Infra, Report, Scale, infra
 
 Benchmark = Callable[[Infra, Path, Scale, Report], Awaitable[None]]
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "background": background.run,
     "research": research.run,
     "history": history.run,
+    "long_conversation": long_conversation.run,
     "supervised": supervised.run,
 }
 

@@ -71,8 +71,9 @@ async def one_mode(servers: Infra, logs: Path, mode: str, inline_bytes: int, tur
             await bus.request(service, create, ConversationView, trace=trace)
             pid = children["conversation"].pid
             cpu_before = cpu_seconds(pid)
+            seq = 0
             for _ in range(turns):
-                await turn(bus, conversation_id)
+                seq = await turn(bus, conversation_id, after_seq=seq)
             cpu = cpu_seconds(pid) - cpu_before
             await sub.unsubscribe()
         finally:
@@ -83,7 +84,9 @@ async def one_mode(servers: Infra, logs: Path, mode: str, inline_bytes: int, tur
     return Figures(mode, turns, last_size, max(s for s, _ in sizes), history, 1000 * cpu / turns)
 
 
-async def turn(bus: Bus, conversation_id: str) -> None:
+async def turn(bus: Bus, conversation_id: str, *, after_seq: int = 0) -> int:
+    """One turn, waited for: the stream sequence of its TurnCompleted (the next turn's `after_seq`, so
+    finding a turn's end does not replay every earlier one)."""
     run_id = new_id()
     message = PostMessage(
         conversation_id=conversation_id, message_id=f"m-{run_id}", run_id=run_id, content=PROMPT, stream=False
@@ -92,10 +95,11 @@ async def turn(bus: Bus, conversation_id: str) -> None:
     await bus.publish(subjects.conversation_command(TENANT, conversation_id), message, trace=trace, msg_id=run_id)
     subject = subjects.conversation_event(TENANT, conversation_id, "turn")
     async with asyncio.timeout(30):
-        async for env in bus.replay(CONVERSATION_EVT.name, subject, TurnCompleted | TurnFailed):
+        async for env in bus.replay(CONVERSATION_EVT.name, subject, TurnCompleted | TurnFailed, after_seq=after_seq):
             if env.body.run_id == run_id:
                 assert isinstance(env.body, TurnCompleted), env.body
-                return
+                return env.seq
+    raise AssertionError("unreachable")
 
 
 async def run(servers: Infra, logs: Path, scale: Scale, report: Report) -> None:
