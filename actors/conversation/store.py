@@ -228,6 +228,7 @@ async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inl
         context=conversation.context if conversation.pattern is Pattern.SIDEKICK else None,
         data=turn.data,
         stream=turn.stream,
+        wait_for_model=conversation.pattern is Pattern.TASK,  # a task waits out a provider outage; a chat turn does not
     )
 
 

@@ -1,13 +1,21 @@
 """Agent definitions: the built-in `assistant`, plus any from the TOML file in AGENTBUS_AGENTS_FILE.
 
 ```toml
+[providers.local]  # an OpenAI-compatible server, named: models on it are "local:<model>"
+base_url = "http://localhost:8001/v1"
+api_key_env = "LOCAL_API_KEY"
+
 [agents.support]
 model = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]  # a fallback chain; or one string
+# balanced deployments of one model, then a fallback:
+# model = [["local:llama3", { model = "openai:llama3", base_url = "http://gpu2/v1", weight = 2 }], "qwen:qwen-max"]
 instructions = "You answer questions about our product."
 tools = ["current_time", "python:myapp.tools:lookup_order"]
 output = { type = "object", properties = { answer = { type = "string" } } }  # or "text"
-# base_url = "http://localhost:8001/v1"  # an OpenAI-compatible server; api_key_env names its key
+model_settings = { max_tokens = 1024, temperature = 0.2, timeout_s = 60 }
 ```
+
+Models, providers and deployments: actors/executor/providers.py.
 
 Every agent also gets, when its run carries application state (the sidekick pattern), that state
 in its instructions on every turn and a `read_context` tool to look up parts of it.
@@ -17,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +38,9 @@ from pydantic_ai import Agent, RunContext, StructuredDict, Tool
 from pydantic_ai.models import Model
 from pydantic_ai.tools import ToolDefinition
 
+from actors.executor.breaker import Breakers
 from actors.executor.models import ResolvedModel, resolve_model
+from actors.executor.providers import ModelChain, ModelSettingsSpec, ProviderSpec, env_providers
 
 __all__ = ["AgentSpec", "RunDeps", "Runner", "build_runners", "load_specs"]
 
@@ -42,17 +51,19 @@ CONTEXT_INLINE_LIMIT = 16_000  # characters of application state put in the inst
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    model: str | list[str] | None = None  # None: AGENTBUS_MODEL, else the offline model
+    model: ModelChain | None = None  # None: AGENTBUS_MODEL, else the offline model
     instructions: str = DEFAULT_INSTRUCTIONS
     tools: list[str] = []
     output: str | dict[str, Any] = "text"  # "text", or a JSON schema (type object) for structured output
     subagents: list[str] = []  # agents this one may hand sub-problems to (the ask_agent tool), each its own run
-    base_url: str | None = None
+    base_url: str | None = None  # for each of its deployments that names none
     api_key_env: str | None = None
+    model_settings: ModelSettingsSpec = ModelSettingsSpec()
 
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec] = {}
+    providers: dict[str, ProviderSpec] = {}
     pipelines: dict[str, Any] = {}  # read by actors/executor/pipelines.py
 
 
@@ -65,6 +76,22 @@ def load_specs(path: Path | None) -> dict[str, AgentSpec]:
     if path is not None:
         specs |= msgspec.convert(tomllib.loads(path.read_text()), AgentsFile).agents
     return specs
+
+
+def load_providers(path: Path | None) -> dict[str, ProviderSpec]:
+    """Named providers: AGENTBUS_PROVIDER_<NAME> from the environment, then the file's `[providers.<name>]`."""
+    providers = env_providers()
+    if path is not None:
+        providers |= msgspec.convert(tomllib.loads(path.read_text()), AgentsFile).providers
+    return providers
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDefaults:
+    """What an agent's model settings fall back to (ExecutorConfig)."""
+
+    max_tokens: int = 4096
+    timeout_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +228,7 @@ class Runner:
     subagents: tuple[str, ...] = ()
 
 
-def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
+def _runner(name: str, spec: AgentSpec, model: ResolvedModel, defaults: ModelDefaults) -> Runner:
     structured = isinstance(spec.output, dict)
     output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
     tools = [_tool(t) for t in spec.tools] + [
@@ -215,12 +242,21 @@ def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
         output_type=output_type,
         instructions=[spec.instructions, context_instructions, subagent_instructions],
         tools=tools,
+        capabilities=model.route.capabilities if model.route is not None else None,
+        model_settings=spec.model_settings.resolve(max_tokens=defaults.max_tokens, timeout_s=defaults.timeout_s),
     )
     return Runner(name=name, agent=agent, model=model, structured=structured, subagents=tuple(spec.subagents))
 
 
 def build_runners(
-    specs: dict[str, AgentSpec], *, default_model: str | None, offline: bool, override: Model | None = None
+    specs: dict[str, AgentSpec],
+    *,
+    default_model: str | list[str] | None,
+    offline: bool,
+    override: Model | None = None,
+    providers: dict[str, ProviderSpec] | None = None,
+    breakers: Breakers | None = None,
+    defaults: ModelDefaults = ModelDefaults(),
 ) -> dict[str, Runner]:
     """A runner per agent; `override` (tests) replaces every agent's model."""
     runners: dict[str, Runner] = {}
@@ -228,7 +264,13 @@ def build_runners(
         if override is not None:
             model = ResolvedModel(override, override.model_name, False)
         else:
-            api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-            model = resolve_model(spec.model or default_model, offline=offline, base_url=spec.base_url, api_key=api_key)
-        runners[name] = _runner(name, spec, model)
+            model = resolve_model(
+                spec.model or default_model,
+                offline=offline,
+                base_url=spec.base_url,
+                api_key_env=spec.api_key_env,
+                providers=providers,
+                breakers=breakers,
+            )
+        runners[name] = _runner(name, spec, model, defaults)
     return runners
