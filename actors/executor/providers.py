@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ __all__ = [
     "unavailable_error",
 ]
 
+CHOSEN_KEPT = 1024  # (run, step) -> deployment answers kept for repeated selections
 ALIASES = {"qwen": "alibaba"}  # provider names we accept beside pydantic-ai's
 
 
@@ -214,6 +216,7 @@ class Route:
     deployments: list[Deployment]
     breakers: Breakers | None = None
     capabilities: list[Any] = field(default_factory=list)
+    _chosen: OrderedDict[tuple[str | None, int], Deployment] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if len(self.deployments) > 1:
@@ -225,9 +228,20 @@ class Route:
             return False
         return self.breakers.wait_s(self.breakers.cached(deployment.name)) > 0
 
-    def _select(self, _: ModelSelectionContext[Any]) -> Model:
+    def _select(self, ctx: ModelSelectionContext[Any]) -> Model:
         """The first group with a deployment not known to be open; in it, the next by smooth weighted round
-        robin (nginx's): the chosen one's counter drops by the total, so shares follow the weights."""
+        robin (nginx's): the chosen one's counter drops by the total, so shares follow the weights. pydantic-ai
+        may ask more than once for one step: the answer is kept per (run, step)."""
+        key = (getattr(ctx.deps, "run_id", None), ctx.run_step)
+        chosen = self._chosen.get(key)
+        if chosen is None or self._open(chosen):
+            chosen = self._next()
+            self._chosen[key] = chosen
+            while len(self._chosen) > CHOSEN_KEPT:
+                self._chosen.popitem(last=False)
+        return chosen.model
+
+    def _next(self) -> Deployment:
         for position in sorted({d.position for d in self.deployments}):
             group = [d for d in self.deployments if d.position == position and not self._open(d)]
             if group:
@@ -236,8 +250,8 @@ class Route:
                     d.current += d.weight
                 chosen = max(group, key=lambda d: d.current)
                 chosen.current -= total
-                return chosen.model
-        return self.deployments[0].model  # all open: it is refused at once, and the chain ends unavailable
+                return chosen
+        return self.deployments[0]  # all open: it is refused at once, and the chain ends unavailable
 
     def retry_after_s(self) -> float | None:
         """How long until some deployment may take a request, when every one is known open; else None."""
