@@ -3,7 +3,10 @@ models (the real SDKs, over real HTTP) against local provider servers that fail 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,21 @@ async def test_the_first_model_failing_moves_the_turn_to_the_next_and_the_record
     # each model request (step) tries the chain from the top, once per model: the SDKs' own retries are off
     assert len(first.requests) == 2 and len(second.requests) == 2
     assert first.requests[0]["max_completion_tokens"] == 256 and second.requests[0]["max_tokens"] == 256
+
+
+async def test_a_hung_model_times_out_and_the_turn_moves_on_streamed(
+    start_platform: Start, tmp_path: Path, servers: tuple[ProviderServer, ProviderServer]
+) -> None:
+    first, second = servers
+    first.behaviour = Behaviour.HANG  # accepts, never answers: the agent's 3 s request timeout ends it
+    platform = await start(start_platform, tmp_path, servers, failures=3)
+    async with platform.client() as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()
+        url = f"/v1/conversations/{conversation['id']}/messages"
+        async with client.stream("POST", url, json={"message": "hi", "stream": True}) as response:
+            text = "".join([line async for line in response.aiter_lines()])
+    assert "event: completed" in text and '"model":"second:claude-test"' in text
+    assert second.requests[0]["stream"] is True  # streamed from the Anthropic side
 
 
 async def test_every_model_down_answers_503_with_retry_after_and_the_open_breakers_send_nothing(
@@ -229,3 +247,33 @@ async def test_a_background_task_waits_while_every_model_is_down_then_completes(
         dead = await platform.bus.js.stream_info("AB_DLQ")
     assert run["output"].strip() == "answer from first"
     assert dead.state.messages == 0  # waiting never dead-lettered it
+
+
+async def test_agentbus_models_lists_breakers_and_check_sends_each_model_one_request(
+    start_platform: Start, tmp_path: Path, servers: tuple[ProviderServer, ProviderServer], bus_config: Any
+) -> None:
+    first, second = servers
+    first.behaviour = Behaviour.SERVER_ERROR
+    platform = await start(start_platform, tmp_path, servers, failures=1, cooldown_s=60.0)
+    async with platform.client() as client:
+        assert (await turn(client)).status_code == 200  # `first` fails (its breaker opens), `second` answers
+    env = {**os.environ, "NATS_URL": ",".join(bus_config.servers)}
+
+    async def agentbus(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus.cli", *args, cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    listed = await agentbus("models")
+    (first_row,) = [line for line in listed.splitlines() if line.startswith("assistant ") and "first:gpt-test" in line]
+    (second_row,) = [line for line in listed.splitlines() if line.startswith("assistant ") and "second:" in line]
+    assert " open " in first_row and "ModelServerError" in first_row and " closed " in second_row
+    sent = len(first.requests), len(second.requests)
+    checked = (await agentbus("models", "check")).split("\n\n")[-1]
+    assert (len(first.requests), len(second.requests)) == (sent[0] + 1, sent[1] + 1)  # around the open breaker
+    rows = {line.split()[0]: line for line in checked.splitlines()[1:]}
+    assert "error: ModelServerError" in rows["first:gpt-test"] and " ok " in rows["second:claude-test"] + " "

@@ -31,7 +31,8 @@ async def check(name: str, model: Model) -> DeploymentCheck:
     started = time.perf_counter()
     settings = ModelSettings(max_tokens=8, request_timeout=CHECK_TIMEOUT_S, max_retries=0)
     try:
-        await model_request(raw, [ModelRequest.user_text_prompt(CHECK_PROMPT)], model_settings=settings)
+        async with raw:  # as a run does: its HTTP client is open for the request
+            await model_request(raw, [ModelRequest.user_text_prompt(CHECK_PROMPT)], model_settings=settings)
     except Exception as e:  # the provider's error, for the operator who asked
         return DeploymentCheck(deployment=name, ok=False, error=f"{type(e).__name__}: {e}"[:500])
     return DeploymentCheck(deployment=name, ok=True, ms=round((time.perf_counter() - started) * 1000, 1))
