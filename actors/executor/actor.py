@@ -12,6 +12,7 @@ cancels the agent run. A request dead-lettered after failing ends its run `faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ class ExecutorActor(Actor):
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
         self._breakers: Breakers | None = None
+        self._models = contextlib.AsyncExitStack()  # provider models held open (their HTTP clients) while it runs
 
     @property
     def store(self) -> RunStore:
@@ -170,12 +172,15 @@ class ExecutorActor(Actor):
                 )
             else:
                 self._log.info("agent ready", agent=runner.name, model=runner.model.name)
+            if runner.model.route is not None:
+                await runner.model.route.hold_open(self._models)
         self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
         self._runs = RunClient(self.bus)
         self._cancels = CancelSignals(self.bus, subjects.executor_cancels(), CancelRun, lambda c: c.run_id)
         await self._cancels.start()
 
     async def on_stop(self) -> None:
+        await self._models.aclose()
         if self._cancels is not None:
             await self._cancels.stop()
         if self._store is not None:

@@ -22,7 +22,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,6 +252,12 @@ class Route:
                 chosen.current -= total
                 return chosen
         return self.deployments[0]  # all open: it is refused at once, and the chain ends unavailable
+
+    async def hold_open(self, stack: AsyncExitStack) -> None:
+        """Enter every deployment's model for as long as `stack` lives: its HTTP client (and connection pool)
+        then stays open across runs, instead of closing when a run that entered it ends."""
+        for d in self.deployments:
+            await stack.enter_async_context(d.model)
 
     def retry_after_s(self) -> float | None:
         """How long until some deployment may take a request, when every one is known open; else None."""
