@@ -24,8 +24,8 @@ __all__ = [
     "ErrorEnvelope",
     "error_json",
     "error_response",
-    "retry_after",
     "exception_handlers",
+    "retry_after",
 ]
 
 log = structlog.get_logger("gateway")

@@ -228,7 +228,7 @@ class ExecutorActor(Actor):
             try:
                 end, usage = await self._perform(req, begun, active, writer, trace, depth)
                 if req.wait_for_model and _waits(end):  # it found every model down: redone once one may answer
-                    raise Retry("every model of the agent is unavailable", delay=_retry_after(end))
+                    raise Retry("every model of the agent is unavailable", delay=_retry_after(end), waiting=True)
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
@@ -445,7 +445,7 @@ def _wait_if_unavailable(runner: Runner) -> None:
     first breaker's cool-down ends (a nak with that delay; waiting is never counted toward dead-lettering)."""
     route = runner.model.route
     if route is not None and (wait := route.retry_after_s()) is not None:
-        raise Retry("every model of the agent is unavailable", delay=max(wait, 1.0))
+        raise Retry("every model of the agent is unavailable", delay=max(wait, 1.0), waiting=True)
 
 
 def _waits(end: RunEnd) -> bool:
