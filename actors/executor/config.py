@@ -27,6 +27,7 @@ class ExecutorConfig:
     @classmethod
     def from_env(cls) -> ExecutorConfig:
         agents = os.environ.get("AGENTBUS_AGENTS_FILE")
+        model_timeout_s = float(os.environ.get("AGENTBUS_MODEL_TIMEOUT", "120"))
         return cls(
             database_url=database_url(),
             agents_file=Path(agents) if agents else None,
@@ -35,10 +36,11 @@ class ExecutorConfig:
             max_concurrent_runs=int(os.environ.get("AGENTBUS_MAX_RUNS", "32")),
             max_subagent_depth=int(os.environ.get("AGENTBUS_SUBAGENT_DEPTH", "2")),
             max_output_tokens=int(os.environ.get("AGENTBUS_MAX_OUTPUT_TOKENS", "4096")),
-            model_timeout_s=float(os.environ.get("AGENTBUS_MODEL_TIMEOUT", "120")),
+            model_timeout_s=model_timeout_s,
             breaker=BreakerConfig(
                 failures=int(os.environ.get("AGENTBUS_BREAKER_FAILURES", "3")),
                 cooldown_s=float(os.environ.get("AGENTBUS_BREAKER_COOLDOWN", "30")),
+                probe_timeout_s=model_timeout_s + 5.0,  # a probe outlives no request; one never reported is given up
             ),
         )
 
