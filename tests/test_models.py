@@ -277,3 +277,49 @@ async def test_agentbus_models_lists_breakers_and_check_sends_each_model_one_req
     assert (len(first.requests), len(second.requests)) == (sent[0] + 1, sent[1] + 1)  # around the open breaker
     rows = {line.split()[0]: line for line in checked.splitlines()[1:]}
     assert "error: ModelServerError" in rows["first:gpt-test"] and " ok " in rows["second:claude-test"] + " "
+
+
+async def test_a_research_job_waits_while_its_model_is_down_then_completes(
+    start_platform: Start, tmp_path: Path, servers: tuple[ProviderServer, ProviderServer]
+) -> None:
+    first, _ = servers
+    first.behaviour = Behaviour.SERVER_ERROR
+    first.tool, first.tool_args = "final_result", {"sub_questions": []}  # the planner's structured answer: no questions
+    path = tmp_path / "agents.toml"
+    path.write_text(
+        f"""
+[providers.first]
+base_url = "{first.openai_url}"
+
+[agents.research-planner]
+model = "first:gpt-test"
+output = {{ type = "object", properties = {{ sub_questions = {{ type = "array", items = {{ type = "object" }} }} }} }}
+[agents.research-writer]
+model = "first:gpt-test"
+"""
+    )
+    breaker = BreakerConfig(failures=1, cooldown_s=1.0, cache_s=0.0)
+    platform = await start_platform(
+        agents_file=path, providers=True, executor_config={"breaker": breaker}, background=True
+    )
+    async with platform.client() as client:
+        started = await client.post("/v1/research", json={"question": "Which energy sources exist?"})
+        assert started.status_code == 202, started.text
+        job_id = started.json()["id"]
+
+        async def tried() -> bool:
+            return bool(first.requests)
+
+        await wait_until(tried, timeout=20, what="the planner's sub-run to try its model")
+        first.behaviour = Behaviour.ANSWER
+        job: dict[str, Any] = {}
+
+        async def ended() -> bool:
+            nonlocal job
+            job = (await client.get(f"/v1/research/{job_id}")).json()
+            return job.get("finished_at") is not None
+
+        await wait_until(ended, timeout=30, what="the job to end once its model is back")
+    assert job["status"] == "completed", job
+    assert all(s["status"] == "completed" for s in job["subruns"])
+    assert "answer from first" in job["report"]
