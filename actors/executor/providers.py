@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 from pydantic_ai import RunContext
 from pydantic_ai.capabilities import ModelFallback, SelectModel
-from pydantic_ai.exceptions import ModelAPIError
+from pydantic_ai.exceptions import ModelAPIError, UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, ModelSelectionContext, StreamedResponse, infer_model
 from pydantic_ai.models.anthropic import AnthropicModel
@@ -137,7 +137,7 @@ def provider_model(spec: DeploymentSpec, providers: dict[str, ProviderSpec]) -> 
     the provider's credentials are missing."""
     provider, _, name = spec.model.partition(":")
     if not name:
-        raise ValueError(f"model {spec.model!r}: write it as <provider>:<model>")
+        raise UserError(f"model {spec.model!r}: write it as <provider>:<model>")
     provider = ALIASES.get(provider, provider)
     named = providers.get(provider)
     base_url = spec.base_url or (named.base_url if named else None)
