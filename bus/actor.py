@@ -2,7 +2,8 @@
 
 Delivery rules (see docs/bus.md):
 - a handler returns: ack;
-- raises Retry(delay): nak with that delay;
+- raises Retry(delay): nak with that delay (never dead-lettered for it; a `waiting` one's deliveries are not
+  counted toward `max_deliver` either, by the replica that saw them);
 - raises Reject(reason), or the body does not decode: term, and the message goes to
   ab.dlq.<actor> with the reason in headers;
 - raises anything else: nak with backoff; after `max_deliver` deliveries, dead-letter it.
@@ -17,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +55,7 @@ log = structlog.get_logger("actor")
 
 # nak delays by delivery count for unexpected errors (Retry carries its own delay)
 BACKOFF_S = (0.2, 1.0, 5.0, 15.0, 30.0)
+WAITS_KEPT = 10_000  # messages whose waits a replica remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class Actor:
         self._consuming: dict[str, _Consuming] = {}
         self._consumers_lock = asyncio.Lock()
         self._inflight: dict[asyncio.Task[None], Msg] = {}
+        self._waits: OrderedDict[tuple[str, int], int] = OrderedDict()  # (stream, seq) -> deliveries it waited
         self._owned: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -316,6 +320,8 @@ class Actor:
             await route.handler(body, delivery)
         except Retry as e:
             self._log.info("retry", subject=msg.subject, reason=e.reason, delay=e.delay)
+            if e.waiting:
+                self._waited(delivery)
             await self._settle_logged(partial(msg.nak, delay=e.delay), msg)
         except Reject as e:
             await self._settle_logged(partial(self._dead_letter, msg, body, delivery, e.reason), msg)
@@ -324,18 +330,26 @@ class Actor:
                 await msg.nak()  # another replica picks it up at once
             raise
         except Exception as e:
-            if delivery.num_delivered >= self.bus_config.max_deliver:
+            failures = delivery.num_delivered - self._waits.get((delivery.stream, delivery.stream_seq), 0)
+            if failures >= self.bus_config.max_deliver:
                 reason = f"failed {delivery.num_delivered} times: {e!r}"
                 await self._settle_logged(partial(self._dead_letter, msg, body, delivery, reason), msg)
             else:
-                delay = BACKOFF_S[min(delivery.num_delivered, len(BACKOFF_S)) - 1]
+                delay = BACKOFF_S[min(max(failures, 1), len(BACKOFF_S)) - 1]
                 self._log.exception("handler failed", subject=msg.subject, attempt=delivery.num_delivered)
                 await self._settle_logged(partial(msg.nak, delay=delay), msg)
         else:
+            self._waits.pop((delivery.stream, delivery.stream_seq), None)
             await self._settle_logged(msg.ack_sync if route.sync_ack else msg.ack, msg)
             self._log.debug("handled", subject=msg.subject, ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             heartbeat.cancel()
+
+    def _waited(self, delivery: Delivery) -> None:
+        key = (delivery.stream, delivery.stream_seq)
+        self._waits[key] = self._waits.pop(key, 0) + 1
+        while len(self._waits) > WAITS_KEPT:
+            self._waits.popitem(last=False)
 
     async def _settle_logged(self, settling: Callable[[], Awaitable[Any]], msg: Msg) -> None:
         """Ack, nak or dead-letter; if NATS is away the message stays unacked and is redelivered

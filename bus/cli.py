@@ -1,4 +1,4 @@
-"""The `agentbus` command: run everything, make API keys, run one actor or the gateway."""
+"""The `agentbus` command: run everything, make API keys, list models and breakers, run an actor or the gateway."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import httpx
 from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
+from bus.errors import BusError
 from bus.logging import configure_logging
+from bus.model_status import model_report
 from bus.supervisor import ACTORS, RunConfig, Running, Supervisor, say
 
 __all__ = ["curl_examples", "main"]
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     actor = commands.add_parser("actor", help="run one actor process (python -m actors.NAME)")
     actor.add_argument("name", choices=ACTORS)
     commands.add_parser("gateway", help="run the HTTP gateway process (python -m gateway)")
+    models = commands.add_parser("models", help="each agent's models and their circuit breakers")
+    models.add_argument("action", nargs="?", choices=["check"], help="check: send each model one tiny request")
     return parser
 
 
@@ -65,6 +69,19 @@ async def _create_key(tenant: str, name: str) -> str:
     bus = await _connect(nats_url, "agentbus-keys")
     try:
         return await keys.create_key(bus, tenant=tenant, name=name)
+    finally:
+        await bus.close()
+
+
+async def _models(check: bool) -> str:
+    nats_url = _running_url("NATS_URL", "nats.url")
+    if nats_url is None:
+        raise SystemExit("set NATS_URL, or start `agentbus run` (make run) in this directory first")
+    bus = await _connect(nats_url, "agentbus-models")
+    try:
+        return await model_report(bus, check=check)
+    except BusError as e:
+        raise SystemExit(f"the executor did not answer: {e.message}") from None
     finally:
         await bus.close()
 
@@ -159,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exec_module(f"actors.{args.name}")
         case "gateway":
             _exec_module("gateway")
+        case "models":
+            print(asyncio.run(_models(args.action == "check")))
+            return 0
     return 2
 
 

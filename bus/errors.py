@@ -8,12 +8,15 @@ __all__ = ["BusError", "Reject", "Retry"]
 
 
 class Retry(Exception):
-    """Put the message back and try again after `delay` seconds (nak with delay)."""
+    """Put the message back and try again after `delay` seconds (nak with delay). `waiting`: the message is
+    fine and waits for something outside (a model provider to come back), so its deliveries while it waits
+    are not counted toward dead-lettering it."""
 
-    def __init__(self, reason: str, *, delay: float = 1.0) -> None:
+    def __init__(self, reason: str, *, delay: float = 1.0, waiting: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.waiting = waiting
 
 
 class Reject(Exception):

@@ -16,7 +16,7 @@ from bus.headers import Trace
 from gateway.answers import MessagePage
 from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
 from gateway.caller import Caller
-from gateway.errors import HTTP_STATUS, ApiError, error_json
+from gateway.errors import HTTP_STATUS, ApiError, error_json, retry_after
 from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, ident, stored_response
 from gateway.views import full_json
@@ -100,7 +100,8 @@ async def post_message(caller: Caller, conversation_id: str, body: NewMessage, d
         code = event.error.code
         details = {"run_id": run_id} if code in SCRUBBED else {**event.error.details, "run_id": run_id}
         error_body = error_json(code, SCRUBBED.get(code, event.error.message), details)
-        stored = Stored(status=HTTP_STATUS[code], body=error_body)
+        headers = {"Retry-After": retry_after(code, details)} if HTTP_STATUS[code] == 503 else {}
+        stored = Stored(status=HTTP_STATUS[code], body=error_body, headers=headers)
     await gw.remember(digest, stored)
     return stored_response(stored)
 

@@ -25,6 +25,7 @@ __all__ = [
     "error_json",
     "error_response",
     "exception_handlers",
+    "retry_after",
 ]
 
 log = structlog.get_logger("gateway")
@@ -48,6 +49,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.LIMIT_EXCEEDED: 422,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 CODE_OF_STATUS = {
@@ -92,13 +94,21 @@ def error_json(code: ErrorCode, message: str, details: dict[str, Any] | None = N
     return msgspec.json.encode(_envelope(code, message, details))
 
 
+def retry_after(code: ErrorCode, details: dict[str, Any] | None) -> str:
+    """A 503's Retry-After: how long the agent's models stay down (`model_unavailable` says), else RETRY_AFTER_S."""
+    said = (details or {}).get("retry_after_s")
+    if code is ErrorCode.MODEL_UNAVAILABLE and isinstance(said, str) and said.isdigit():
+        return said
+    return str(RETRY_AFTER_S)
+
+
 def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Response[ErrorEnvelope]:
     body = _envelope(code, message, details)
     headers: dict[str, str] = {}
     if code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
-    elif code is ErrorCode.UNAVAILABLE:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
+    elif code in (ErrorCode.UNAVAILABLE, ErrorCode.MODEL_UNAVAILABLE):
+        headers["Retry-After"] = retry_after(code, details)
     return Response(body, status_code=HTTP_STATUS[code], headers=headers)
 
 

@@ -55,11 +55,12 @@ class Stored(msgspec.Struct, frozen=True):
     status: int
     body: bytes = b""
     stream_run_id: str | None = None  # a streamed answer is replayed from the run's output
+    headers: dict[str, str] = {}  # e.g. a 503's Retry-After
 
 
 def stored_response(stored: Stored, *, replayed: bool = False) -> Response[Any]:
     """A kept answer as it was first given (`replayed`: saying so in Idempotent-Replayed)."""
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else stored.headers or None
     return Response(stored.body, status_code=stored.status, media_type="application/json", headers=headers)
 
 

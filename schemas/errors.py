@@ -22,6 +22,8 @@ class ErrorCode(enum.StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"  # 422: a run hit its token or cost budget (details["limit"] says which)
     TIMEOUT = "timeout"  # 504: the bus did not answer in time
     UNAVAILABLE = "unavailable"  # 503: an actor or NATS is down
+    # 503 with Retry-After: every model of the agent is down (its breakers open); details["retry_after_s"] says how long
+    MODEL_UNAVAILABLE = "model_unavailable"
     INTERNAL = "internal"  # 500
 
 

@@ -107,6 +107,9 @@ class RunRequest(Message, frozen=True, kw_only=True, tag="run_request"):
     stream: bool = True
     history_ref: HistoryRef | None = None  # the history to read from its conversation (then `history` is empty)
     task_id: str | None = None  # the task whose run this is (set by the conversation actor for a task's turn)
+    # True (a task's run, a research sub-run): when every model of its agent is unavailable, the run waits and is
+    # redone once a breaker lets a request through, instead of failing `model_unavailable`
+    wait_for_model: bool = False
 
 
 class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):

@@ -211,14 +211,19 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
         smtp_port: int = 1,
         agents_file: Path | None = None,
         research: bool = True,
+        providers: bool = False,
+        executor_config: dict[str, Any] | None = None,
         **gateway: Any,
     ) -> Platform:
         """`background`: also the scheduler, trigger, notifier (SMTP on `smtp_port`, 127.0.0.1 allowed) and,
-        unless `research` is false (a test runs it as a process), the research actor."""
+        unless `research` is false (a test runs it as a process), the research actor. `providers`: the agents
+        file's models run as configured (against local provider servers), not `model`."""
         executor = ExecutorActor(
             bus_config,
-            ExecutorConfig(database_url=database_url, offline=True, agents_file=agents_file),
-            model_override=model or TestModel(),
+            ExecutorConfig(
+                database_url=database_url, offline=not providers, agents_file=agents_file, **(executor_config or {})
+            ),
+            model_override=None if providers else model or TestModel(),
         )
         conversation = ConversationActor(bus_config, ConversationConfig(database_url=database_url))
         await conversation.start()

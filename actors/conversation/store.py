@@ -230,6 +230,7 @@ async def run_request(conn: Conn, conversation: Conversation, turn: Turn, *, inl
         stream=turn.stream,
         # a task's conversation is the scheduler's, named for its task: the run is counted as the task's
         task_id=conversation.metadata.get("task_id") if conversation.pattern is Pattern.TASK else None,
+        wait_for_model=conversation.pattern is Pattern.TASK,  # a task waits out a provider outage; a chat turn does not
     )
 
 

@@ -12,6 +12,7 @@ cancels the agent run. A request dead-lettered after failing ends its run `faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from pydantic_ai.models import Model
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
 from actors.executor.agent_run import run_agent
-from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
+from actors.executor.agents import ModelDefaults, RunDeps, Runner, build_runners, load_providers, load_specs
+from actors.executor.breaker import Breakers
 from actors.executor.catalog import catalog_endpoint
 from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
+from actors.executor.deployments import models_endpoint
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
@@ -43,7 +46,7 @@ from actors.executor.usage import total_usage, usage_endpoint
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
 from bus.config import BusConfig
-from bus.errors import BusError, Reject
+from bus.errors import BusError, Reject, Retry
 from bus.headers import Trace
 from bus.runs import CancelSignals, RunClient
 from bus.streams import EXECUTOR_CMD, RUN_OUT, ConsumerSpec
@@ -109,6 +112,8 @@ class ExecutorActor(Actor):
         self._summaries: SummaryStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
+        self._breakers: Breakers | None = None
+        self._models = contextlib.AsyncExitStack()  # provider models held open (their HTTP clients) while it runs
 
     @property
     def store(self) -> RunStore:
@@ -121,6 +126,12 @@ class ExecutorActor(Actor):
         if self._runs is None:
             raise RuntimeError("executor is not started")
         return self._runs
+
+    @property
+    def breakers(self) -> Breakers:
+        if self._breakers is None:
+            raise RuntimeError("executor is not started")
+        return self._breakers
 
     @property
     def cancels(self) -> CancelSignals[CancelRun]:
@@ -141,13 +152,21 @@ class ExecutorActor(Actor):
             Endpoint("tree", GetRunTree, self._tree),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
             usage_endpoint(lambda: UsageStore(self.store.pool)),
+            models_endpoint(lambda: self.runners, lambda: self.breakers),
         )
 
     async def on_start(self) -> None:
         specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **load_specs(self.config.agents_file)}
         self.pipelines = load_pipelines(self.config.agents_file)
+        self._breakers = Breakers(self.bus, self.config.breaker)
         self.runners = build_runners(
-            specs, default_model=self.config.default_model, offline=self.config.offline, override=self.model_override
+            specs,
+            default_model=self.config.default_model,
+            offline=self.config.offline,
+            override=self.model_override,
+            providers=load_providers(self.config.agents_file),
+            breakers=self._breakers,
+            defaults=ModelDefaults(max_tokens=self.config.max_output_tokens, timeout_s=self.config.model_timeout_s),
         )
         for runner in self.runners.values():
             if runner.model.offline:
@@ -159,6 +178,8 @@ class ExecutorActor(Actor):
             else:
                 budget = runner.compaction.budget_tokens if runner.compaction else "unknown: history sent whole"
                 self._log.info("agent ready", agent=runner.name, model=runner.model.name, context_budget=budget)
+            if runner.model.route is not None:
+                await runner.model.route.hold_open(self._models)
         self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
         self._summaries = SummaryStore(self._store.pool)
         self._runs = RunClient(self.bus)
@@ -166,6 +187,7 @@ class ExecutorActor(Actor):
         await self._cancels.start()
 
     async def on_stop(self) -> None:
+        await self._models.aclose()
         if self._cancels is not None:
             await self._cancels.stop()
         if self._store is not None:
@@ -207,9 +229,13 @@ class ExecutorActor(Actor):
             if begun.end is not None:  # ended before (redelivery, or cancelled before it arrived)
                 await self._announce(req, tenant, trace, begun.end)
                 return
+            if req.wait_for_model and runner is not None and not begun.cancel_requested:
+                _wait_if_unavailable(runner)
             writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
             try:
                 end, usage = await self._perform(req, begun, active, writer, trace, depth)
+                if req.wait_for_model and _waits(end):  # it found every model down: redone once one may answer
+                    raise Retry("every model of the agent is unavailable", delay=_retry_after(end), waiting=True)
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
@@ -314,6 +340,7 @@ class ExecutorActor(Actor):
             parent_run_id=parent.run_id,
             metadata={"depth": str(depth)},
             max_tokens=max_tokens,
+            wait_for_model=parent.wait_for_model,
         )
         end = await self.runs.run(child, trace, resume=resume)
         match end:
@@ -420,6 +447,23 @@ class ExecutorActor(Actor):
         except NotFoundError:
             return False
         return True
+
+
+def _wait_if_unavailable(runner: Runner) -> None:
+    """A run that may wait, for an agent whose every deployment is known open: back to the stream until the
+    first breaker's cool-down ends (a nak with that delay; waiting is never counted toward dead-lettering)."""
+    route = runner.model.route
+    if route is not None and (wait := route.retry_after_s()) is not None:
+        raise Retry("every model of the agent is unavailable", delay=max(wait, 1.0), waiting=True)
+
+
+def _waits(end: RunEnd) -> bool:
+    return isinstance(end, RunFailed) and end.error.code is ErrorCode.MODEL_UNAVAILABLE
+
+
+def _retry_after(end: RunEnd) -> float:
+    seconds = end.error.details.get("retry_after_s", "1") if isinstance(end, RunFailed) else "1"
+    return max(float(seconds), 1.0)
 
 
 def _depth(req: RunRequest) -> int:

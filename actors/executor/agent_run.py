@@ -28,6 +28,7 @@ from actors.executor.compaction import ContextWindow
 from actors.executor.costs import run_usage
 from actors.executor.history import HistoryUnreadable
 from actors.executor.output import OutputWriter
+from actors.executor.providers import answered_by, unavailable_error
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.runs import (
@@ -100,6 +101,9 @@ async def run_agent(
     except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
         if (lost := writer.failure) is not None:  # the bus failed, not the run: it goes back and is redone
             raise lost from e
+        if (unavailable := unavailable_error(e, runner.model.route)) is not None:  # every model it tried is down
+            log.warning("run failed: no model available", error=repr(e))
+            return RunFailed(run_id=run_id, error=unavailable), Usage()
         log.warning("run failed", error=repr(e))
         return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(e).__name__}: {e}"), Usage()
     if result is None:
@@ -165,7 +169,7 @@ def _completed(
         output=output,
         new_messages=msgspec.Raw(result.new_messages_json()),
         usage=usage,
-        model=runner.model.name,
+        model=answered_by(result.response, runner.model.route) or runner.model.name,
         offline=runner.model.offline,
     )
     return completed, usage

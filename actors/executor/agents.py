@@ -1,12 +1,18 @@
 """Agent definitions: the built-in `assistant`, plus any from the TOML file in AGENTBUS_AGENTS_FILE.
 
 ```toml
+[providers.local]  # an OpenAI-compatible server, named: models on it are "local:<model>"
+base_url = "http://localhost:8001/v1"
+api_key_env = "LOCAL_API_KEY"
+
 [agents.support]
 model = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]  # a fallback chain; or one string
+# balanced deployments of one model, then a fallback:
+# model = [["local:llama3", { model = "openai:llama3", base_url = "http://gpu2/v1", weight = 2 }], "qwen:qwen-max"]
 instructions = "You answer questions about our product."
 tools = ["current_time", "python:myapp.tools:lookup_order"]
 output = { type = "object", properties = { answer = { type = "string" } } }  # or "text"
-# base_url = "http://localhost:8001/v1"  # an OpenAI-compatible server; api_key_env names its key
+model_settings = { max_tokens = 1024, temperature = 0.2, timeout_s = 60 }
 
 [agents.support.context]  # how much history the model is sent (actors/executor/compaction.py)
 budget_tokens = 32000  # default: the model's context window, where pydantic-ai knows it
@@ -14,6 +20,8 @@ threshold = 0.8  # past this share of the budget, the older messages are summari
 keep_recent_messages = 6  # the newest messages of earlier turns always go verbatim
 summarizer_model = "openai:gpt-4o-mini"  # default: the agent's own model
 ```
+
+Models, providers and deployments: actors/executor/providers.py.
 
 Every agent also gets, when its run carries application state (the sidekick pattern), that state
 in its instructions on every turn and a `read_context` tool to look up parts of it.
@@ -23,7 +31,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,8 +44,10 @@ from pydantic_ai import Agent, RunContext, StructuredDict, Tool
 from pydantic_ai.models import Model
 from pydantic_ai.tools import ToolDefinition
 
+from actors.executor.breaker import Breakers
 from actors.executor.compaction import Compaction, ContextSpec, compaction_for
 from actors.executor.models import ResolvedModel, resolve_model
+from actors.executor.providers import ModelChain, ModelSettingsSpec, ProviderSpec, env_providers
 
 __all__ = ["AgentSpec", "RunDeps", "Runner", "build_runners", "load_specs"]
 
@@ -49,18 +58,20 @@ CONTEXT_INLINE_LIMIT = 16_000  # characters of application state put in the inst
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    model: str | list[str] | None = None  # None: AGENTBUS_MODEL, else the offline model
+    model: ModelChain | None = None  # None: AGENTBUS_MODEL, else the offline model
     instructions: str = DEFAULT_INSTRUCTIONS
     tools: list[str] = []
     output: str | dict[str, Any] = "text"  # "text", or a JSON schema (type object) for structured output
     subagents: list[str] = []  # agents this one may hand sub-problems to (the ask_agent tool), each its own run
-    base_url: str | None = None
+    base_url: str | None = None  # for each of its deployments that names none
     api_key_env: str | None = None
+    model_settings: ModelSettingsSpec = ModelSettingsSpec()
     context: ContextSpec = ContextSpec()
 
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec] = {}
+    providers: dict[str, ProviderSpec] = {}
     pipelines: dict[str, Any] = {}  # read by actors/executor/pipelines.py
 
 
@@ -73,6 +84,22 @@ def load_specs(path: Path | None) -> dict[str, AgentSpec]:
     if path is not None:
         specs |= msgspec.convert(tomllib.loads(path.read_text()), AgentsFile).agents
     return specs
+
+
+def load_providers(path: Path | None) -> dict[str, ProviderSpec]:
+    """Named providers: AGENTBUS_PROVIDER_<NAME> from the environment, then the file's `[providers.<name>]`."""
+    providers = env_providers()
+    if path is not None:
+        providers |= msgspec.convert(tomllib.loads(path.read_text()), AgentsFile).providers
+    return providers
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDefaults:
+    """What an agent's model settings fall back to (ExecutorConfig)."""
+
+    max_tokens: int = 4096
+    timeout_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +237,9 @@ class Runner:
     compaction: Compaction | None = None  # None: no context budget known, the history goes whole
 
 
-def _runner(name: str, spec: AgentSpec, model: ResolvedModel, summarizer: ResolvedModel | None = None) -> Runner:
+def _runner(
+    name: str, spec: AgentSpec, model: ResolvedModel, defaults: ModelDefaults, summarizer: ResolvedModel | None = None
+) -> Runner:
     structured = isinstance(spec.output, dict)
     output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
     tools = [_tool(t) for t in spec.tools] + [
@@ -224,6 +253,8 @@ def _runner(name: str, spec: AgentSpec, model: ResolvedModel, summarizer: Resolv
         output_type=output_type,
         instructions=[spec.instructions, context_instructions, subagent_instructions],
         tools=tools,
+        capabilities=model.route.capabilities if model.route is not None else None,
+        model_settings=spec.model_settings.resolve(max_tokens=defaults.max_tokens, timeout_s=defaults.timeout_s),
     )
     summarizer = summarizer or model
     compaction = compaction_for(
@@ -240,7 +271,14 @@ def _runner(name: str, spec: AgentSpec, model: ResolvedModel, summarizer: Resolv
 
 
 def build_runners(
-    specs: dict[str, AgentSpec], *, default_model: str | None, offline: bool, override: Model | None = None
+    specs: dict[str, AgentSpec],
+    *,
+    default_model: str | list[str] | None,
+    offline: bool,
+    override: Model | None = None,
+    providers: dict[str, ProviderSpec] | None = None,
+    breakers: Breakers | None = None,
+    defaults: ModelDefaults = ModelDefaults(),
 ) -> dict[str, Runner]:
     """A runner per agent; `override` (tests) replaces every agent's model."""
     runners: dict[str, Runner] = {}
@@ -248,13 +286,23 @@ def build_runners(
         if override is not None:
             model = ResolvedModel(override, override.model_name, False)
         else:
-            api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-            model = resolve_model(spec.model or default_model, offline=offline, base_url=spec.base_url, api_key=api_key)
+            model = resolve_model(
+                spec.model or default_model,
+                offline=offline,
+                base_url=spec.base_url,
+                api_key_env=spec.api_key_env,
+                providers=providers,
+                breakers=breakers,
+            )
         summarizer = None
         if spec.context.summarizer_model is not None:
-            api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             summarizer = resolve_model(
-                spec.context.summarizer_model, offline=offline, base_url=spec.base_url, api_key=api_key
+                spec.context.summarizer_model,
+                offline=offline,
+                base_url=spec.base_url,
+                api_key_env=spec.api_key_env,
+                providers=providers,
+                breakers=breakers,
             )
-        runners[name] = _runner(name, spec, model, summarizer)
+        runners[name] = _runner(name, spec, model, defaults, summarizer)
     return runners

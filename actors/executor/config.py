@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors._postgres import database_url
+from actors.executor.breaker import BreakerConfig
 
 __all__ = ["ExecutorConfig"]
 
@@ -15,19 +16,35 @@ __all__ = ["ExecutorConfig"]
 class ExecutorConfig:
     database_url: str
     agents_file: Path | None = None  # TOML agent definitions; None: only the built-in `assistant`
-    default_model: str | None = None  # a pydantic-ai model string for agents that name none
+    default_model: str | list[str] | None = None  # agents naming none: AGENTBUS_MODEL (a chain: comma-separated)
     offline: bool = False  # force the offline model for every provider model (tests, demos)
     max_concurrent_runs: int = 32
     max_subagent_depth: int = 2  # how deep agents may hand sub-problems to other agents
+    max_output_tokens: int = 4096  # the cap on one model response, for agents that set none
+    model_timeout_s: float = 120.0  # one model request, all its attempts, for agents that set none
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
     @classmethod
     def from_env(cls) -> ExecutorConfig:
         agents = os.environ.get("AGENTBUS_AGENTS_FILE")
+        model_timeout_s = float(os.environ.get("AGENTBUS_MODEL_TIMEOUT", "120"))
         return cls(
             database_url=database_url(),
             agents_file=Path(agents) if agents else None,
-            default_model=os.environ.get("AGENTBUS_MODEL") or None,
+            default_model=_chain(os.environ.get("AGENTBUS_MODEL", "")),
             offline=os.environ.get("AGENTBUS_OFFLINE", "") not in ("", "0", "false"),
             max_concurrent_runs=int(os.environ.get("AGENTBUS_MAX_RUNS", "32")),
             max_subagent_depth=int(os.environ.get("AGENTBUS_SUBAGENT_DEPTH", "2")),
+            max_output_tokens=int(os.environ.get("AGENTBUS_MAX_OUTPUT_TOKENS", "4096")),
+            model_timeout_s=model_timeout_s,
+            breaker=BreakerConfig(
+                failures=int(os.environ.get("AGENTBUS_BREAKER_FAILURES", "3")),
+                cooldown_s=float(os.environ.get("AGENTBUS_BREAKER_COOLDOWN", "30")),
+                probe_timeout_s=model_timeout_s + 5.0,  # a probe outlives no request; one never reported is given up
+            ),
         )
+
+
+def _chain(value: str) -> str | list[str] | None:
+    models = [m.strip() for m in value.split(",") if m.strip()]
+    return None if not models else models[0] if len(models) == 1 else models

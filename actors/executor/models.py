@@ -1,10 +1,11 @@
 """Model strings to pydantic-ai models, and the offline model used when no provider is configured.
 
-A model is a pydantic-ai model string (`openai:gpt-4o-mini`, `anthropic:…`, `ollama:…`, `test`), a
-list of them (a fallback chain), `offline`, or `function:<module>:<name>` naming a pydantic-ai
-`Model` (or a zero-argument factory of one) — local code, allowed even offline. A provider model
-whose provider is not configured (no API key) is replaced by the offline model, and that is said
-on start-up and in every run's metadata: nothing pretends to be an LLM.
+A model is a chain of deployments (providers.py: `openai:gpt-4o-mini`, `anthropic:…`, a named
+OpenAI-compatible server, balanced groups), `test`, `offline`, or `function:<module>:<name>` naming
+a pydantic-ai `Model` (or a zero-argument factory of one) — local code, allowed even offline. A
+provider model whose provider is not configured (no API key) is left out of the chain, and with none
+left the offline model stands in; that is said on start-up and in every run's metadata: nothing
+pretends to be an LLM.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,19 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models import Model, infer_model
-from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
-from pydantic_ai.models.openai import OpenAIChatModel
-from pydantic_ai.providers.openai import OpenAIProvider
+
+from actors.executor.breaker import Breakers
+from actors.executor.providers import (
+    AnyChain,
+    DeploymentSpec,
+    GuardedModel,
+    ProviderSpec,
+    Route,
+    chain_of,
+    deployments_of,
+    provider_model,
+)
 
 __all__ = ["OFFLINE", "ResolvedModel", "offline_model", "resolve_model"]
 
@@ -46,6 +56,7 @@ class ResolvedModel:
     name: str  # what runs report as their model
     offline: bool
     reason: str = ""  # why the offline model stands in, when it does
+    route: Route | None = None  # the provider deployments behind `model`, with their breakers
 
 
 def _last_prompt(messages: list[ModelMessage]) -> str:
@@ -147,40 +158,47 @@ def _local(spec: str) -> Model:
     return infer_model(spec)
 
 
-def _one(spec: str, *, base_url: str | None, api_key: str | None) -> Model:
-    if spec.startswith(LOCAL_PREFIXES):
-        return _local(spec)
-    if base_url is not None:  # any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, …)
-        name = spec.split(":", 1)[1] if ":" in spec else spec
-        return OpenAIChatModel(name, provider=OpenAIProvider(base_url=base_url, api_key=api_key or "none"))
-    return infer_model(spec)
-
-
 def resolve_model(
-    spec: str | Sequence[str] | None,
+    spec: AnyChain | None,
     *,
     offline: bool = False,
     base_url: str | None = None,
-    api_key: str | None = None,
+    api_key_env: str | None = None,
+    providers: dict[str, ProviderSpec] | None = None,
+    breakers: Breakers | None = None,
 ) -> ResolvedModel:
-    """The model for one agent; the offline model where no provider is configured."""
-    specs = [spec] if isinstance(spec, str) else list(spec or [])
-    if not specs or specs == [OFFLINE]:
+    """The model for one agent; the offline model where no provider is configured. `base_url` and
+    `api_key_env` (the agent's own) apply to each deployment that names none."""
+    groups = chain_of(spec)
+    if not groups or [[d.model for d in g] for g in groups] == [[OFFLINE]]:
         return ResolvedModel(offline_model(), OFFLINE, True, "no model configured")
-    usable: list[Model] = []
+    usable: list[list[tuple[Model, str, int]]] = []
     reasons: list[str] = []
-    for s in specs:
-        if offline and not s.startswith(LOCAL_PREFIXES):
-            reasons.append(f"{s}: AGENTBUS_OFFLINE is set")
-            continue
-        try:
-            usable.append(_one(s, base_url=base_url, api_key=api_key))
-        except UserError as e:  # pydantic-ai's "set OPENAI_API_KEY …"
-            reasons.append(f"{s}: {e}".split(". ")[0])
+    for group in groups:
+        members: list[tuple[Model, str, int]] = []
+        for d in group:
+            if d.model.startswith(LOCAL_PREFIXES):
+                members.append((_local(d.model), d.model, d.weight))
+                continue
+            if offline:
+                reasons.append(f"{d.model}: AGENTBUS_OFFLINE is set")
+                continue
+            if d.base_url is None and base_url is not None:
+                d = DeploymentSpec(model=d.model, base_url=base_url, api_key_env=d.api_key_env or api_key_env,
+                                   weight=d.weight)  # fmt: skip
+            try:
+                model, name = provider_model(d, providers or {})
+            except UserError as e:  # pydantic-ai's "set OPENAI_API_KEY …"
+                reasons.append(f"{d.model}: {e}".split(". ")[0])
+                continue
+            guarded = GuardedModel(model, deployment=name, breakers=breakers) if breakers is not None else model
+            members.append((guarded, name, d.weight))
+        if members:
+            usable.append(members)
     if not usable:
         return ResolvedModel(offline_model(), OFFLINE, True, "; ".join(reasons))
     if reasons:
         log.warning("models left out of the fallback chain", reasons=reasons)
-    model = usable[0] if len(usable) == 1 else FallbackModel(*usable)
-    name = " > ".join(f"{m.system}:{m.model_name}" for m in usable)
-    return ResolvedModel(model, name, False)
+    route = Route(deployments_of(usable), breakers=breakers)
+    name = " > ".join(" | ".join(n for _, n, _ in g) for g in usable)
+    return ResolvedModel(route.deployments[0].model, name, False, route=route)

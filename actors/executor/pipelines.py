@@ -141,6 +141,7 @@ async def run_pipeline(
             prompt=prompt,
             parent_run_id=req.run_id,
             metadata={"depth": str(depth + 1)},
+            wait_for_model=req.wait_for_model,
         )
         started = time.perf_counter()
         end = await run_step(child)

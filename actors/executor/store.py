@@ -10,7 +10,7 @@ import msgspec
 
 from actors._postgres import as_struct, as_structs
 from bus.codec import decode_union, encode
-from schemas.runs import STATUS_OF_END, RunCancelled, RunEnd, RunFailed, RunRecord, RunRequest, Usage
+from schemas.runs import STATUS_OF_END, RunCancelled, RunCompleted, RunEnd, RunFailed, RunRecord, RunRequest, Usage
 from schemas.usage import UsageGrouping
 
 __all__ = ["Begun", "RunStore", "UsageStore", "UsageSums"]
@@ -57,10 +57,12 @@ class RunStore:
         error = end.error.message if isinstance(end, RunFailed) else None
         await self.pool.execute(
             """
-            UPDATE runs SET status = $2, usage = $3, error = $4, result = $5, finished_at = now()
+            UPDATE runs SET status = $2, usage = $3, error = $4, result = $5, finished_at = now(),
+                model = COALESCE($6, model)
             WHERE id = $1 AND status = 'running'
             """,
             run_id, STATUS_OF_END[type(end)].value, msgspec.to_builtins(usage), error, encode(end),
+            end.model if isinstance(end, RunCompleted) and end.model else None,
         )  # fmt: skip
 
     async def give_up(self, req: RunRequest, tenant: str, failed: RunFailed, *, over_an_end: bool) -> RunEnd | None:

@@ -170,6 +170,7 @@ class JobWork:
             max_tokens=budget.max_tokens - used if budget.max_tokens is not None else None,
             max_cost_usd=(budget.max_cost_usd - (totals.cost_usd or 0.0) if budget.max_cost_usd is not None else None),
             sources=row.spec.sources if step.kind is SubrunKind.QUESTION else [],
+            wait_for_model=True,  # a job in the background waits out a provider outage
         )
         resumed = known is not None and known.status == RunStatus.RUNNING
         end = await self.runs.run(request, trace, resume=resumed)
