@@ -28,14 +28,17 @@ from pydantic_ai.models import Model
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
 from actors.executor.agent_run import run_agent
-from actors.executor.agents import RunDeps, Runner, build_runners, load_specs
+from actors.executor.agents import BUILT_IN, RunDeps, Runner, build_runners, load_file
 from actors.executor.catalog import catalog_endpoint
 from actors.executor.config import ExecutorConfig
 from actors.executor.history import HistoryCache, read_history
+from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import Begun, RunStore
+from actors.executor.tool_service import tool_endpoints
+from actors.executor.tools import ToolRegistry
 from actors.executor.tree import nest
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
@@ -102,6 +105,7 @@ class ExecutorActor(Actor):
         self.runners: dict[str, Runner] = {}
         self.pipelines: dict[str, PipelineSpec] = {}
         self.histories = HistoryCache()  # conversations' histories read by reference, for their next turns
+        self.tools = ToolRegistry(McpServers({}))  # built at start; its MCP servers live as long as the actor
         self._store: RunStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
@@ -136,13 +140,22 @@ class ExecutorActor(Actor):
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
+            *tool_endpoints(lambda: self.tools, self._tool_deps),
         )
 
     async def on_start(self) -> None:
-        specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **load_specs(self.config.agents_file)}
+        agents_file = load_file(self.config.agents_file)
+        specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **BUILT_IN, **agents_file.agents}
         self.pipelines = load_pipelines(self.config.agents_file)
+        servers = McpServers(agents_file.mcp_servers)
+        self.tools = ToolRegistry.build({n: s.tools for n, s in specs.items()}, agents_file.tools, servers)
+        await servers.start()  # once per process, shared by every run
         self.runners = build_runners(
-            specs, default_model=self.config.default_model, offline=self.config.offline, override=self.model_override
+            specs,
+            default_model=self.config.default_model,
+            offline=self.config.offline,
+            override=self.model_override,
+            registry=self.tools,
         )
         for runner in self.runners.values():
             if runner.model.offline:
@@ -159,6 +172,7 @@ class ExecutorActor(Actor):
         await self._cancels.start()
 
     async def on_stop(self) -> None:
+        await self.tools.servers.stop()
         if self._cancels is not None:
             await self._cancels.stop()
         if self._store is not None:
@@ -289,6 +303,17 @@ class ExecutorActor(Actor):
             search=lambda q: self._source(tenant, run_id, "search", SearchDocuments(query=q, limit=5), DocumentHits),
             fetch=lambda url: self._source(tenant, run_id, "fetch", FetchPage(url=url), FetchedPage),
             sources=frozenset(req.sources) if req.sources is not None else None,
+        )
+
+    def _tool_deps(self, trace: Trace) -> RunDeps:
+        """What a tool called on its own (POST /v1/tools/{name}/call) reaches: its tenant's sources."""
+        tenant, run_id = trace.tenant, f"tool-call-{trace.correlation_id}"
+        return RunDeps(
+            run_id=run_id,
+            tenant=tenant,
+            context=None,
+            search=lambda q: self._source(tenant, run_id, "search", SearchDocuments(query=q, limit=5), DocumentHits),
+            fetch=lambda url: self._source(tenant, run_id, "fetch", FetchPage(url=url), FetchedPage),
         )
 
     async def _handoff(

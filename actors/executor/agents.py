@@ -15,25 +15,24 @@ in its instructions on every turn and a `read_context` tool to look up parts of 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tomllib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from pydantic_ai import Agent, RunContext, StructuredDict, Tool
+from pydantic_ai import Agent, RunContext, StructuredDict
 from pydantic_ai.models import Model
-from pydantic_ai.tools import ToolDefinition
 
+from actors.executor.deps import RunDeps
+from actors.executor.limits import RunLimits, ToolGuard
+from actors.executor.mcp_servers import McpServerSpec
 from actors.executor.models import ResolvedModel, resolve_model
+from actors.executor.tools import ToolRegistry, ToolSpec, run_tools
 
-__all__ = ["AgentSpec", "RunDeps", "Runner", "build_runners", "load_specs"]
+__all__ = ["AgentSpec", "AgentsFile", "RunDeps", "Runner", "build_runners", "load_file", "load_specs"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful assistant inside an application. Answer clearly and concisely; say so when you do not know."
@@ -49,128 +48,36 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     subagents: list[str] = []  # agents this one may hand sub-problems to (the ask_agent tool), each its own run
     base_url: str | None = None
     api_key_env: str | None = None
+    limits: RunLimits = RunLimits()  # model requests and tool calls per run, tool timeout and result size
 
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec] = {}
     pipelines: dict[str, Any] = {}  # read by actors/executor/pipelines.py
+    mcp_servers: dict[str, McpServerSpec] = {}  # actors/executor/mcp_servers.py
+    tools: dict[str, ToolSpec] = {}  # how a python: tool runs (isolated), actors/executor/tools.py
 
 
+DEFAULT_LIMITS = RunLimits()
 BUILT_IN = {"assistant": AgentSpec(tools=["current_time"])}
+
+
+def load_file(path: Path | None) -> AgentsFile:
+    return AgentsFile() if path is None else msgspec.convert(tomllib.loads(path.read_text()), AgentsFile)
 
 
 def load_specs(path: Path | None) -> dict[str, AgentSpec]:
     """The built-in agents, overridden and extended by the file's."""
-    specs = dict(BUILT_IN)
-    if path is not None:
-        specs |= msgspec.convert(tomllib.loads(path.read_text()), AgentsFile).agents
-    return specs
+    return {**BUILT_IN, **load_file(path).agents}
 
 
-@dataclass(frozen=True, slots=True)
-class RunDeps:
-    run_id: str
-    tenant: str
-    context: dict[str, object] | None  # sidekick application state; None for other patterns
-    depth: int = 0  # how many subagent hand-offs above this run
-    subagents: tuple[str, ...] = ()  # the agents this one may hand a sub-problem to
-    max_depth: int = 2
-    subrun: Callable[[str, str, int], Awaitable[str]] | None = None  # (agent, task, tokens used) -> the answer
-    search: Callable[[str], Awaitable[str]] | None = None  # query -> the tenant's matching documents, as JSON
-    fetch: Callable[[str], Awaitable[str]] | None = None  # url -> the page's text, as JSON
-    sources: frozenset[str] | None = None  # source tools this run may use (documents, web); None: all it has
-
-
-# --- tools ------------------------------------------------------------------------------------
-
-
-def current_time(timezone: str = "UTC") -> str:
-    """The current date and time (ISO 8601) in an IANA time zone such as Europe/Paris."""
-    try:
-        tz: Any = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return f"unknown time zone {timezone!r}"
-    return datetime.now(UTC).astimezone(tz).isoformat(timespec="seconds")
-
-
-def read_context(ctx: RunContext[RunDeps], path: str = "") -> str:
-    """Read part of the application's current state: a dotted path like `cart.items.0`, or "" for all of it."""
-    value: Any = ctx.deps.context or {}
-    for key in filter(None, path.split(".")):
-        if isinstance(value, dict) and key in value:
-            value = value[key]
-        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
-            value = value[int(key)]
-        else:
-            return f"nothing at {path!r}"
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-async def ask_agent(ctx: RunContext[RunDeps], agent: str, task: str) -> str:
-    """Hand a self-contained sub-problem to another agent and get its answer. `agent` is one of the
-    agents named in these instructions; `task` must say everything that agent needs to know."""
-    deps = ctx.deps
-    if agent not in deps.subagents:
-        return f"refused: {agent!r} is not one of the agents you may ask ({', '.join(deps.subagents)})"
-    if deps.depth >= deps.max_depth or deps.subrun is None:
-        return f"refused: sub-agent depth limit ({deps.max_depth}) reached; answer with what you have"
-    return await deps.subrun(agent, task, ctx.usage.total_tokens)
-
-
-async def search_documents(ctx: RunContext[RunDeps], query: str) -> str:
-    """Search the documents this application has ingested. Returns the best matches as JSON: each with
-    its document_id (cite it), title and the matching passages. Use a few specific keywords."""
-    if ctx.deps.search is None:
-        return "document search is not available here"
-    return await ctx.deps.search(query)
-
-
-async def fetch_url(ctx: RunContext[RunDeps], url: str) -> str:
-    """Fetch a web page (http or https) and read its text. Returns JSON with the url (cite it), title
-    and text; long pages are cut at a size limit."""
-    if ctx.deps.fetch is None:
-        return "fetching pages is not available here"
-    return await ctx.deps.fetch(url)
-
-
-SOURCE_OF_TOOL = {"search_documents": "documents", "fetch_url": "web"}
-
-
-async def _only_allowed_sources(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
-    """A research sub-run sees only the source tools its job asked for."""
-    allowed = ctx.deps.sources
-    return tool if allowed is None or SOURCE_OF_TOOL[tool.name] in allowed else None
-
-
-async def _only_with_subagents(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
-    return tool if ctx.deps.subagents else None
+# --- instructions -----------------------------------------------------------------------------
 
 
 def subagent_instructions(ctx: RunContext[RunDeps]) -> str:
     if not ctx.deps.subagents:
         return ""
     return f"You may hand sub-problems to these agents with the ask_agent tool: {', '.join(ctx.deps.subagents)}."
-
-
-async def _only_with_context(ctx: RunContext[RunDeps], tool: ToolDefinition) -> ToolDefinition | None:
-    return tool if ctx.deps.context is not None else None
-
-
-TOOLS: dict[str, Callable[..., Any]] = {"current_time": current_time}
-
-
-def _tool(name: str) -> Tool[RunDeps]:
-    if name == "search_documents":
-        return Tool[RunDeps](search_documents, takes_ctx=True, prepare=_only_allowed_sources)
-    if name == "fetch_url":
-        return Tool[RunDeps](fetch_url, takes_ctx=True, prepare=_only_allowed_sources)
-    if name in TOOLS:
-        return Tool(TOOLS[name])
-    if name.startswith("python:"):
-        module_name, _, attr = name.removeprefix("python:").partition(":")
-        return Tool(getattr(importlib.import_module(module_name), attr))
-    known = sorted([*TOOLS, *SOURCE_OF_TOOL])
-    raise ValueError(f"unknown tool {name!r}: use one of {known} or python:<module>:<function>")
 
 
 def context_instructions(ctx: RunContext[RunDeps]) -> str:
@@ -199,30 +106,41 @@ class Runner:
     model: ResolvedModel
     structured: bool
     subagents: tuple[str, ...] = ()
+    limits: RunLimits = DEFAULT_LIMITS
 
 
-def _runner(name: str, spec: AgentSpec, model: ResolvedModel) -> Runner:
+def _runner(name: str, spec: AgentSpec, model: ResolvedModel, registry: ToolRegistry) -> Runner:
     structured = isinstance(spec.output, dict)
     output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
-    tools = [_tool(t) for t in spec.tools] + [
-        Tool[RunDeps](read_context, takes_ctx=True, prepare=_only_with_context),
-        Tool[RunDeps](ask_agent, takes_ctx=True, prepare=_only_with_subagents),
-    ]
     agent: Agent[RunDeps, Any] = Agent(
         model.model,
         name=name,
         deps_type=RunDeps,
         output_type=output_type,
         instructions=[spec.instructions, context_instructions, subagent_instructions],
-        tools=tools,
+        tools=registry.tools_for(name) + run_tools(),
+        toolsets=registry.toolsets_for(name),
+        capabilities=[ToolGuard(spec.limits)],
     )
-    return Runner(name=name, agent=agent, model=model, structured=structured, subagents=tuple(spec.subagents))
+    return Runner(
+        name=name, agent=agent, model=model, structured=structured, subagents=tuple(spec.subagents), limits=spec.limits
+    )
 
 
 def build_runners(
-    specs: dict[str, AgentSpec], *, default_model: str | None, offline: bool, override: Model | None = None
+    specs: dict[str, AgentSpec],
+    *,
+    default_model: str | None,
+    offline: bool,
+    override: Model | None = None,
+    registry: ToolRegistry | None = None,
 ) -> dict[str, Runner]:
-    """A runner per agent; `override` (tests) replaces every agent's model."""
+    """A runner per agent; `override` (tests) replaces every agent's model. `registry`: the tools the
+    agents name (built here without MCP servers when not given)."""
+    if registry is None:
+        from actors.executor.mcp_servers import McpServers
+
+        registry = ToolRegistry.build({n: s.tools for n, s in specs.items()}, {}, McpServers({}))
     runners: dict[str, Runner] = {}
     for name, spec in specs.items():
         if override is not None:
@@ -230,5 +148,5 @@ def build_runners(
         else:
             api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             model = resolve_model(spec.model or default_model, offline=offline, base_url=spec.base_url, api_key=api_key)
-        runners[name] = _runner(name, spec, model)
+        runners[name] = _runner(name, spec, model, registry)
     return runners
