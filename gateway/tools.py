@@ -11,9 +11,25 @@ from litestar.params import FromPath, JSONBody
 
 from bus import subjects
 from gateway.caller import Caller
-from schemas.tools import CallTool, ListTools, ToolCatalog, ToolResult
+from schemas.tools import CallTool, ListTools, ToolCatalog, ToolInfo, ToolResult, ToolSource
 
-__all__ = ["ToolCall", "call_tool", "list_tools"]
+__all__ = ["ToolCall", "ToolView", "Tools", "call_tool", "list_tools"]
+
+
+class ToolView(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # what the model calls it, and what POST /v1/tools/{name}/call takes
+    source: ToolSource  # built-in, python or mcp (then `server` names the server)
+    server: str | None = None
+    description: str = ""
+    parameters: dict[str, Any] = {}  # its arguments' JSON schema
+    untrusted: bool = False  # its output reaches the model quoted as untrusted data
+    isolated: bool = False  # it runs in a child process under CPU, memory and wall-time limits
+
+
+class Tools(msgspec.Struct, frozen=True, kw_only=True):
+    tools: list[ToolView]
+    agents: dict[str, list[str]]  # agent -> the tools it can call
+    unavailable: dict[str, str] = {}  # MCP server -> why its tools are missing now
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -21,8 +37,16 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 @get("/v1/tools", tags=["tools"], summary="The tools each agent can call, with their JSON schemas and sources")
-async def list_tools(caller: Caller) -> ToolCatalog:
-    return await caller.ask(subjects.ActorName.EXECUTOR, "tools", ListTools(), ToolCatalog)
+async def list_tools(caller: Caller) -> Tools:
+    catalog = await caller.ask(subjects.ActorName.EXECUTOR, "tools", ListTools(), ToolCatalog)
+    views = [
+        ToolView(
+            **{f: getattr(t, f) for f in ToolInfo.__struct_fields__ if f != "parameters"},
+            parameters=msgspec.json.decode(t.parameters),
+        )
+        for t in catalog.tools
+    ]
+    return Tools(tools=views, agents=catalog.agents, unavailable=catalog.unavailable)
 
 
 @post("/v1/tools/{name:str}/call", status_code=200, tags=["tools"], summary="Run one tool once (to test it)")
