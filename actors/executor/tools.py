@@ -32,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
+import jsonschema
 import msgspec
 import pydantic
 from pydantic_ai import RunContext, Tool
@@ -327,6 +328,12 @@ def _validated(tool: ToolsetTool[RunDeps], raw_args: bytes) -> dict[str, Any]:
         raise BusError(ErrorCode.INVALID, f"bad arguments for {tool.tool_def.name}: {problems}") from None
     if not isinstance(args, dict):
         raise BusError(ErrorCode.INVALID, "args must be a JSON object")
+    if not isinstance(tool.toolset, FunctionToolset):  # an MCP tool: its server's schema, checked here first
+        validator = jsonschema.Draft202012Validator(tool.tool_def.parameters_json_schema)
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))
+        if errors:
+            problems = "; ".join(f"{'.'.join(map(str, e.absolute_path)) or 'args'}: {e.message}" for e in errors[:5])
+            raise BusError(ErrorCode.INVALID, f"bad arguments for {tool.tool_def.name}: {problems}")
     return args
 
 
