@@ -2,7 +2,7 @@
 a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark with tiny counts,
 failing unless each one ran and printed its figures.
 
-`python -m tests.bench [--smoke] [chat|background|research|history|supervised ...]` runs the ones named.
+`python -m tests.bench [--smoke] [chat|background|research|history|supervised|tools ...]` runs the ones named.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uvloop
 
-from tests.bench import background, chat, history, research, supervised
+from tests.bench import background, chat, history, research, supervised, tools
 from tests.bench.harness import FULL, SMOKE, Infra, Report, Scale, infra
 
 Benchmark = Callable[[Infra, Path, Scale, Report], Awaitable[None]]
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "research": research.run,
     "history": history.run,
     "supervised": supervised.run,
+    "tools": tools.run,
 }
 
 

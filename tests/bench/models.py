@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 STREAM_TOKENS = 200
@@ -63,3 +63,15 @@ async def research_stream(messages: list[ModelMessage], info: AgentInfo) -> Asyn
 def research() -> FunctionModel:
     """`function:tests.bench.models:research`: the fixed-latency model of the research benchmark."""
     return FunctionModel(stream_function=research_stream, model_name="research")
+
+
+def _one_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls `current_time` once, then answers: a turn with one tool call."""
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("current_time", {"timezone": "UTC"})])
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def one_tool() -> FunctionModel:
+    """`function:tests.bench.models:one_tool`: the model of the tool-call benchmark."""
+    return FunctionModel(_one_tool, model_name="one-tool")
