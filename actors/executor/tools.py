@@ -32,7 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # (the mcp package depends on it; no stubs)
 import msgspec
 import pydantic
 from pydantic_ai import RunContext, Tool
