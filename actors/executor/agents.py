@@ -7,10 +7,13 @@ instructions = "You answer questions about our product."
 tools = ["current_time", "python:myapp.tools:lookup_order"]
 output = { type = "object", properties = { answer = { type = "string" } } }  # or "text"
 # base_url = "http://localhost:8001/v1"  # an OpenAI-compatible server; api_key_env names its key
+limits = { requests = 20, tool_calls = 30 }  # per run (actors/executor/limits.py)
 ```
 
-Every agent also gets, when its run carries application state (the sidekick pattern), that state
-in its instructions on every turn and a `read_context` tool to look up parts of it.
+What `tools` may name, `[mcp_servers.<name>]` and `[tools."python:…"]` are in actors/executor/tools.py
+and actors/executor/mcp_servers.py. Every agent also gets, when its run carries application state (the
+sidekick pattern), that state in its instructions on every turn and a `read_context` tool to look up
+parts of it.
 """
 
 from __future__ import annotations
