@@ -21,6 +21,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from actors.executor.limits import cap_result
 from bus.embedded import free_port
 from schemas.tools import UNTRUSTED_KEY
 from tests.conftest import Platform, wait_until
@@ -157,3 +158,13 @@ async def test_a_fetched_page_reaches_the_model_quoted_as_untrusted_data(start_p
 
 async def _started(server: uvicorn.Server) -> bool:
     return server.started
+
+
+def test_a_structured_result_keeps_its_shape_when_cut() -> None:
+    page = {"url": "https://example.com/", "title": "Example", "text": "y" * 10_000}
+    cut, was_cut = cap_result(page, 2_000)
+    assert was_cut
+    assert (cut["url"], cut["title"]) == (page["url"], page["title"])  # still a page a reader can cite
+    assert cut["text"].startswith("y" * 1000) and "left out]" in cut["text"]
+    assert len(json.dumps(cut)) <= 2_000
+    assert cap_result(page, 20_000) == (page, False)

@@ -17,7 +17,8 @@ Each server is one pydantic-ai `MCPToolset` (on FastMCP's client), entered when 
 Its tools are listed then, and again whenever the server says they changed: over a
 `subscriptions/listen` stream on a 2026-07-28 session, or its `notifications/tools/list_changed` on
 an older one. The model sees a server's tools as `<server>_<tool>`. A server that cannot be reached
-at start is retried when a run needs it; a stdio server that died (or an isolated one stopped at its
+at start is retried when a run needs it (at most every RETRY_S seconds; meanwhile a run of an agent
+that uses it fails, saying so); a stdio server that died (or an isolated one stopped at its
 wall-time limit) is started again for the next call.
 """
 
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import string
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -52,6 +55,7 @@ __all__ = ["McpServer", "McpServerSpec", "McpServers"]
 log = structlog.get_logger("executor.mcp")
 SERVER_NAME = re.compile(r"^[A-Za-z0-9-]{1,40}$")
 CONNECT_TIMEOUT_S = 20.0
+RETRY_S = 10.0  # a server that could not be reached is not tried again sooner
 
 
 class McpServerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -75,8 +79,6 @@ class McpServerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 def _expanded(values: dict[str, str]) -> dict[str, str]:
     """`${VAR}` in a value, read from the environment (a missing one is an error at start)."""
-    import os
-
     try:
         return {k: string.Template(v).substitute(os.environ) for k, v in values.items()}
     except KeyError as e:
@@ -103,6 +105,7 @@ class McpServer:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._failed_at = -RETRY_S
 
     @property
     def source(self) -> str:
@@ -134,6 +137,7 @@ class McpServer:
                     await self._refresh()
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"[:300]
+                self._failed_at = time.monotonic()
                 log.warning("MCP server unavailable", server=self.name, error=self.error)
                 await self._close()
                 return
@@ -192,10 +196,10 @@ class McpServer:
     async def connected(self) -> MCPToolset[Any]:
         """The live connection, started again if it ended."""
         mcp = self._mcp
-        if mcp is None or not mcp.client.is_connected():
+        if (mcp is None or not mcp.client.is_connected()) and time.monotonic() - self._failed_at >= RETRY_S:
             await self.start()
             mcp = self._mcp
-        if mcp is None:
+        if mcp is None or not mcp.client.is_connected():
             raise RuntimeError(f"the MCP server {self.name} is unavailable: {self.error}")
         return mcp
 

@@ -22,8 +22,8 @@ which belong to a run and are not in the registry.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,7 +274,8 @@ class ToolRegistry:
         """The tools each agent can call now (an unreachable server's tools are left out, and said)."""
         for server in self.servers:
             if server.error is not None:
-                await server.start()  # one more try: it may be back
+                with contextlib.suppress(RuntimeError):
+                    await server.connected()  # one more try (not too often): it may be back
         infos: dict[str, ToolInfo] = {}
         for registered in self.functions.values():
             td = registered.tool.tool_def
@@ -347,8 +348,7 @@ async def _run(
 ) -> Any:
     try:
         with anyio.fail_after(limits.tool_timeout_s):
-            result = toolset.call_tool(name, args, ctx, tool)
-            return await result if inspect.isawaitable(result) else result
+            return await toolset.call_tool(name, args, ctx, tool)
     except TimeoutError:
         raise BusError(ErrorCode.TIMEOUT, f"the tool {name} timed out after {limits.tool_timeout_s:g} s") from None
     except ToolStopped as e:
