@@ -31,3 +31,9 @@ def hog() -> str:
     chunks = []
     while True:
         chunks.append(bytearray(16 * 1024 * 1024))
+
+
+def spin() -> str:
+    """Loop without end."""
+    while True:
+        pass

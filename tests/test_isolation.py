@@ -24,6 +24,10 @@ limits = {{ cpu_s = 10, memory_mb = 300, wall_s = 20 }}
 [tools."python:tests.python_tools:add"]
 isolated = true
 
+[tools."python:tests.python_tools:spin"]
+isolated = true
+limits = {{ cpu_s = 1, wall_s = 20 }}
+
 [mcp_servers.boxed]
 command = "{sys.executable}"
 args = ["-m", "tests.mcp_servers", "stdio"]
@@ -31,7 +35,10 @@ isolated = true
 limits = {{ cpu_s = 30, memory_mb = 1024, wall_s = 1 }}
 
 [agents.worker]
-tools = ["python:tests.python_tools:hog", "python:tests.python_tools:add", "mcp:boxed/spin", "mcp:boxed/add"]
+tools = [
+  "python:tests.python_tools:hog", "python:tests.python_tools:add", "python:tests.python_tools:spin",
+  "mcp:boxed/spin", "mcp:boxed/add",
+]
 """
 
 
@@ -70,6 +77,10 @@ async def test_a_tool_that_allocates_without_end_is_stopped_and_the_executor_kee
         "hog",
     )
     assert "memory limit of 300 MB" in error["message"]
+
+    status, body = await _turn(platform, "spin")  # a loop is stopped at its CPU time
+    assert status == 422, body
+    assert (body["error"]["details"]["limit"], body["error"]["details"]["tool"]) == ("cpu_s", "spin")
 
     status, body = await _turn(platform, "add")  # the executor is still here, and so is isolation
     assert (status, body["message"]["content"]) == (200, "5"), body

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,14 @@ from pydantic_ai.messages import (
     ToolCallPart,
     ToolReturnPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from actors.executor.limits import cap_result
 from bus.embedded import free_port
+from bus.headers import Trace, new_id
+from bus.runs import RunClient
+from schemas.errors import ErrorCode
+from schemas.runs import RunFailed, RunRequest
 from schemas.tools import UNTRUSTED_KEY
 from tests.conftest import Platform, wait_until
 
@@ -49,6 +53,10 @@ tools = ["fetch_url"]
 def _forever(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     """A model that calls its first tool on every request, never answering."""
     return ModelResponse(parts=[ToolCallPart(info.function_tools[0].name, {})])
+
+
+async def _forever_streamed(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[DeltaToolCalls]:
+    yield {0: DeltaToolCall(name=info.function_tools[0].name, json_args="{}", tool_call_id=f"c{len(messages)}")}
 
 
 async def _turn(platform: Platform, agent: str, message: str = "go") -> tuple[int, dict[str, Any]]:
@@ -85,6 +93,19 @@ async def test_a_runaway_tool_loop_stops_at_its_limit_naming_it_and_keeps_its_us
     assert (status, body["error"]["details"]["limit"]) == (422, "tool_calls"), body
     run = await _run(platform, body["error"]["details"]["run_id"])
     assert run["usage"]["tool_calls"] == 3 and run["usage"]["requests"] == 4
+
+
+async def test_a_streamed_run_stopped_at_its_limit_keeps_its_usage_too(start_platform: Start, tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    platform = await start_platform(FunctionModel(_forever, stream_function=_forever_streamed), agents_file=agents)
+    runs = RunClient(platform.bus)
+    trace = Trace(tenant="t1")
+    end = await runs.run(RunRequest(run_id=new_id(), agent="looper", prompt="go", stream=True), trace)
+    assert isinstance(end, RunFailed)
+    assert (end.error.code, end.error.details["limit"]) == (ErrorCode.LIMIT_EXCEEDED, "requests")
+    record = await runs.record(end.run_id, trace)
+    assert record is not None and record.usage.requests == 4 and record.usage.tool_calls == 4
 
 
 async def test_a_long_result_is_cut_and_marked_and_a_slow_tool_times_out(start_platform: Start, tmp_path: Path) -> None:
