@@ -72,6 +72,15 @@ def _one_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[TextPart("It is now.")])
 
 
+def _no_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def no_tool() -> FunctionModel:
+    """`function:tests.bench.models:no_tool`: the same answer without the tool call, for comparison."""
+    return FunctionModel(_no_tool, model_name="no-tool")
+
+
 def one_tool() -> FunctionModel:
     """`function:tests.bench.models:one_tool`: the model of the tool-call benchmark."""
     return FunctionModel(_one_tool, model_name="one-tool")

@@ -1,7 +1,8 @@
 """Tool-call benchmark: a chat turn whose model calls one tool (`current_time`) and then answers,
 through the platform (HTTP -> gateway -> conversation -> executor -> back, each its own process) next
 to the same pydantic-ai agent run in process (the same FunctionModel, the same tool, the executor's
-ToolGuard). The difference is the platform's added time for a turn with a tool call."""
+ToolGuard). The difference is the platform's added time for a turn with a tool call; the same pair
+for a turn whose model answers at once shows what the tool call itself adds on each side."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from pydantic_ai import Agent, Tool
+from pydantic_ai.models.function import FunctionModel
 
 from actors.executor.limits import RunLimits, ToolGuard
 from actors.executor.tools import current_time
@@ -16,14 +18,14 @@ from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
 from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, measure, processes, wait_http
-from tests.bench.models import one_tool
+from tests.bench.models import no_tool, one_tool
 
 ACTORS = ("conversation", "executor")
-AGENT = "tooler"
+AGENTS = {"tooler": "one_tool", "plain": "no_tool"}  # agent -> its model in tests/bench/models.py
 
 
-async def _in_process(scale: Scale) -> Latency:
-    agent = Agent(one_tool(), tools=[Tool(current_time)], capabilities=[ToolGuard(RunLimits())])
+async def _in_process(scale: Scale, model: FunctionModel) -> Latency:
+    agent = Agent(model, tools=[Tool(current_time)], capabilities=[ToolGuard(RunLimits())])
 
     async def run(_: int) -> None:
         await agent.run("what time is it?")
@@ -31,10 +33,15 @@ async def _in_process(scale: Scale) -> Latency:
     return await measure(run, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
 
 
-async def _platform(infra: Infra, logs: Path, scale: Scale) -> Latency:
+async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency]:
     port = free_port()
     agents = logs / "tools-agents.toml"
-    agents.write_text(f'[agents.{AGENT}]\nmodel = "function:tests.bench.models:one_tool"\ntools = ["current_time"]\n')
+    agents.write_text(
+        "".join(
+            f'[agents.{name}]\nmodel = "function:tests.bench.models:{model}"\ntools = ["current_time"]\n'
+            for name, model in AGENTS.items()
+        )
+    )
     env = infra.env(AGENTBUS_PORT=str(port), AGENTBUS_AGENTS_FILE=str(agents), AGENTBUS_ACTORS=",".join(ACTORS))
     commands = {name: ["-m", f"actors.{name}"] for name in ACTORS} | {"gateway": ["-m", "gateway"]}
     bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
@@ -45,37 +52,51 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> Latency:
         await wait_http(f"{base}/health", timeout=60, children=children)
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-            fresh: list[str] = []
-
-            async def create(_: int) -> None:
-                r = await client.post("/v1/conversations", json={"pattern": "chatbot", "agent": AGENT})
-                r.raise_for_status()
-                fresh.append(r.json()["id"])
-
-            await measure(create, total=scale.turns_c1 + scale.warmup, concurrency=8, warmup=0)
-
-            async def turn(_: int) -> None:
-                r = await client.post(f"/v1/conversations/{fresh.pop()}/messages", json={"message": "what time is it?"})
-                r.raise_for_status()
-                assert r.json()["message"]["content"] == "It is now."
-
-            return await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+            return {agent: await _turns(client, agent, scale) for agent in AGENTS}
 
 
-async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
-    in_process = await _in_process(scale)
-    with report.phase("platform"):
-        platform = await _platform(infra, logs, scale)
+async def _turns(client: httpx.AsyncClient, agent: str, scale: Scale) -> Latency:
+    """Turns of `agent`, one at a time, each in a new conversation (made before the clock starts)."""
+    fresh: list[str] = []
+
+    async def create(_: int) -> None:
+        r = await client.post("/v1/conversations", json={"pattern": "chatbot", "agent": agent})
+        r.raise_for_status()
+        fresh.append(r.json()["id"])
+
+    await measure(create, total=scale.turns_c1 + scale.warmup, concurrency=8, warmup=0)
+
+    async def turn(_: int) -> None:
+        r = await client.post(f"/v1/conversations/{fresh.pop()}/messages", json={"message": "what time is it?"})
+        r.raise_for_status()
+        assert r.json()["message"]["content"] == "It is now."
+
+    return await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+
+
+def _rows(label: str, platform: Latency, in_process: Latency) -> list[tuple[object, ...]]:
     added = platform.p50_ms - in_process.p50_ms
-    rows: list[tuple[object, ...]] = [
+    return [
         (
-            "platform, one tool call, c=1",
+            f"platform, {label}, c=1",
             *platform.cells(),
             f"{platform.per_s:.0f}",
             f"x{platform.p50_ms / in_process.p50_ms:.1f}",
         ),
-        ("Agent.run in process, same model and tool", *in_process.cells(), f"{in_process.per_s:.0f}", ""),
-        ("platform's added time (p50)", f"{added:.2f}", "", "", "", "", ""),
+        (f"Agent.run in process, {label}", *in_process.cells(), f"{in_process.per_s:.0f}", ""),
+        (f"platform's added time, {label} (p50)", f"{added:.2f}", "", "", "", "", ""),
+    ]
+
+
+async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
+    tool_in_process = await _in_process(scale, one_tool())
+    plain_in_process = await _in_process(scale, no_tool())
+    with report.phase("platform"):
+        platform = await _platform(infra, logs, scale)
+    rows = [
+        *_rows("one tool call", platform["tooler"], tool_in_process),
+        *_rows("no tool call", platform["plain"], plain_in_process),
     ]
     report.table("chat turn with one tool call (ms)", ("path", *LATENCY, "turns/s", "platform / in process"), rows)
+    added = platform["tooler"].p50_ms - tool_in_process.p50_ms
     report.target("turn with one tool call, platform added p50", f"{added:.1f} ms", "-", None)
