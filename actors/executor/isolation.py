@@ -68,7 +68,7 @@ def _stopped(tool: str, limits: IsolationLimits, returncode: int, stderr: bytes)
     elif b"MemoryError" in stderr:
         limit, what = "memory_mb", f"its memory limit of {limits.memory_mb} MB"
     else:
-        return ToolStopped(tool, "crashed", f"the isolated tool {tool} failed (exit status {returncode})")
+        return ToolStopped(tool, "exited", f"the isolated tool {tool} failed (exit status {returncode})")
     return ToolStopped(tool, limit, f"the isolated tool {tool} was stopped at {what}")
 
 

@@ -221,7 +221,7 @@ class McpServer:
                 raise
             await self.stop()
             raise ToolStopped(
-                name, "crashed", f"the MCP server {self.name} exited during the call (isolated: {self.spec.limits})"
+                name, "exited", f"the MCP server {self.name} exited during the call (isolated: {self.spec.limits})"
             ) from e
 
     def toolset(self, allowed: frozenset[str] | None) -> AbstractToolset[Any]:
