@@ -42,7 +42,8 @@ class IsolationLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class ToolStopped(Exception):
-    """An isolated tool was stopped at one of its limits (`limit`: cpu_s, memory_mb or wall_s) or died."""
+    """An isolated tool was stopped at one of its limits (`limit`: cpu_s, memory_mb or wall_s) or died
+    otherwise (`exited`)."""
 
     def __init__(self, tool: str, limit: str, message: str) -> None:
         super().__init__(message)
