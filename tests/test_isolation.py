@@ -4,6 +4,7 @@ executor keeps serving: the next run completes."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 
 Start = Callable[..., Awaitable[Platform]]
 
@@ -54,6 +55,26 @@ def _calling(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[ToolCallPart(prompt, args)])
 
 
+def _servers() -> list[int]:
+    """The test MCP server processes this test process started (the isolation launcher execs into them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and b"tests.mcp_servers" in command:
+            found.append(int(entry.name))
+    return found
+
+
+async def _gone(pid: int) -> bool:
+    return pid not in _servers()
+
+
 async def _turn(platform: Platform, tool: str) -> tuple[int, dict[str, Any]]:
     async with platform.client() as client:
         conv = (await client.post("/v1/conversations", json={"pattern": "chatbot", "agent": "worker"})).json()["id"]
@@ -93,11 +114,14 @@ async def test_an_isolated_mcp_server_stuck_in_a_loop_is_killed_at_its_wall_time
     agents.write_text(AGENTS)
     platform = await start_platform(FunctionModel(_calling), agents_file=agents)
 
+    [stuck] = _servers()
     status, body = await _turn(platform, "boxed_spin")
     assert status == 422, body
     assert (body["error"]["code"], body["error"]["details"]["limit"]) == ("limit_exceeded", "wall_s")
     assert "wall-time limit of 1 s" in body["error"]["message"]
 
+    await wait_until(lambda: _gone(stuck), what="the stuck server process to be killed")
     status, body = await _turn(platform, "boxed_add")  # a new server process answers
     assert status == 200, body
+    assert _servers() != [stuck]
     assert '"untrusted_data":5' in body["message"]["content"].replace(" ", "")

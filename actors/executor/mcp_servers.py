@@ -156,9 +156,14 @@ class McpServer:
                 await self._watcher
             self._watcher = None
         mcp, self._mcp = self._mcp, None
-        if mcp is not None and mcp.is_running:
-            with contextlib.suppress(Exception):
+        # every hold, not one: a call cancelled inside MCPToolset's own exit (our wall-time limit, a run's
+        # tool timeout) can leave its hold behind, and a held session keeps its stuck process alive
+        while mcp is not None and mcp.is_running:
+            try:
                 await mcp.__aexit__(None, None, None)
+            except Exception as e:
+                log.warning("MCP server did not close cleanly", server=self.name, error=repr(e))
+                break
 
     async def _refresh(self) -> None:
         assert self._mcp is not None
