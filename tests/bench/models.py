@@ -84,3 +84,16 @@ def no_tool() -> FunctionModel:
 def one_tool() -> FunctionModel:
     """`function:tests.bench.models:one_tool`: the model of the tool-call benchmark."""
     return FunctionModel(_one_tool, model_name="one-tool")
+
+
+def _one_mcp_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls the MCP server's `echo` (whatever its prefix) once, then answers."""
+    if len(messages) == 1:
+        echo = next(t.name for t in info.function_tools if t.name.endswith("echo"))
+        return ModelResponse(parts=[ToolCallPart(echo, {"text": "hi"})])
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def one_mcp_tool() -> FunctionModel:
+    """`function:tests.bench.models:one_mcp_tool`: one call of an MCP server's tool (tests/mcp_servers.py)."""
+    return FunctionModel(_one_mcp_tool, model_name="one-mcp-tool")

@@ -2,14 +2,20 @@
 through the platform (HTTP -> gateway -> conversation -> executor -> back, each its own process) next
 to the same pydantic-ai agent run in process (the same FunctionModel, the same tool, the executor's
 ToolGuard). The difference is the platform's added time for a turn with a tool call; the same pair
-for a turn whose model answers at once shows what the tool call itself adds on each side."""
+for a turn whose model answers at once shows what the tool call itself adds on each side, and the
+same for a tool of an MCP server over stdio (tests/mcp_servers.py; in process, one connection for
+every run, as the executor keeps one)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import httpx
+from fastmcp.client.transports import StdioTransport
 from pydantic_ai import Agent, Tool
+from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.models.function import FunctionModel
 
 from actors.executor.limits import RunLimits, ToolGuard
@@ -17,29 +23,41 @@ from actors.executor.tools import current_time
 from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
-from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, measure, processes, wait_http
-from tests.bench.models import no_tool, one_tool
+from tests.bench.harness import LATENCY, ROOT, Infra, Latency, Report, Scale, free_port, measure, processes, wait_http
+from tests.bench.models import no_tool, one_mcp_tool, one_tool
 
 ACTORS = ("conversation", "executor")
-AGENTS = {"tooler": "one_tool", "plain": "no_tool"}  # agent -> its model in tests/bench/models.py
+# agent -> (its model in tests/bench/models.py, its tools)
+AGENTS = {
+    "tooler": ("one_tool", "current_time"),
+    "plain": ("no_tool", "current_time"),
+    "mcp": ("one_mcp_tool", "mcp:demo/echo"),
+}
+MCP_SERVER = [sys.executable, "-m", "tests.mcp_servers", "stdio"]  # the tests' MCP server, over stdio
 
 
-async def _in_process(scale: Scale, model: FunctionModel) -> Latency:
-    agent = Agent(model, tools=[Tool(current_time)], capabilities=[ToolGuard(RunLimits())])
+async def _in_process(scale: Scale, model: FunctionModel, *, mcp: bool = False) -> Latency:
+    """The same agent run in this process (`mcp`: its tool from the MCP server, connected once)."""
+    server = MCPToolset(StdioTransport(MCP_SERVER[0], MCP_SERVER[1:], cwd=str(ROOT), keep_alive=False))
+    toolsets = [server.prefixed("demo")] if mcp else []
+    agent = Agent(model, tools=[Tool(current_time)], toolsets=toolsets, capabilities=[ToolGuard(RunLimits())])
 
     async def run(_: int) -> None:
         await agent.run("what time is it?")
 
-    return await measure(run, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+    async with server if mcp else contextlib.nullcontext():
+        return await measure(run, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
 
 
 async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency]:
     port = free_port()
     agents = logs / "tools-agents.toml"
+    server = ", ".join(f'"{a}"' for a in MCP_SERVER[1:])
     agents.write_text(
-        "".join(
-            f'[agents.{name}]\nmodel = "function:tests.bench.models:{model}"\ntools = ["current_time"]\n'
-            for name, model in AGENTS.items()
+        f'[mcp_servers.demo]\ncommand = "{MCP_SERVER[0]}"\nargs = [{server}]\ncwd = "{ROOT}"\n'
+        + "".join(
+            f'[agents.{name}]\nmodel = "function:tests.bench.models:{model}"\ntools = ["{tool}"]\n'
+            for name, (model, tool) in AGENTS.items()
         )
     )
     env = infra.env(AGENTBUS_PORT=str(port), AGENTBUS_AGENTS_FILE=str(agents), AGENTBUS_ACTORS=",".join(ACTORS))
@@ -91,11 +109,13 @@ def _rows(label: str, platform: Latency, in_process: Latency) -> list[tuple[obje
 async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     tool_in_process = await _in_process(scale, one_tool())
     plain_in_process = await _in_process(scale, no_tool())
+    mcp_in_process = await _in_process(scale, one_mcp_tool(), mcp=True)
     with report.phase("platform"):
         platform = await _platform(infra, logs, scale)
     rows = [
         *_rows("one tool call", platform["tooler"], tool_in_process),
         *_rows("no tool call", platform["plain"], plain_in_process),
+        *_rows("one MCP tool call (stdio)", platform["mcp"], mcp_in_process),
     ]
     report.table("chat turn with one tool call (ms)", ("path", *LATENCY, "turns/s", "platform / in process"), rows)
     added = platform["tooler"].p50_ms - tool_in_process.p50_ms
