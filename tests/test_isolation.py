@@ -118,6 +118,7 @@ async def test_an_isolated_mcp_server_stuck_in_a_loop_is_killed_at_its_wall_time
     status, body = await _turn(platform, "boxed_spin")
     assert status == 422, body
     assert (body["error"]["code"], body["error"]["details"]["limit"]) == ("limit_exceeded", "wall_s")
+    assert body["error"]["details"]["tool"] == "boxed_spin"  # as the model and GET /v1/tools name it
     assert "wall-time limit of 1 s" in body["error"]["message"]
 
     await wait_until(lambda: _gone(stuck), what="the stuck server process to be killed")

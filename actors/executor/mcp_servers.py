@@ -219,14 +219,18 @@ class McpServer:
         except TimeoutError:
             await self.stop()  # the process is stuck: killed, started again for the next call
             raise ToolStopped(
-                name, "wall_s", f"the MCP server {self.name} was stopped at its wall-time limit of {wall:g} s"
+                f"{self.name}_{name}",
+                "wall_s",
+                f"the MCP server {self.name} was stopped at its wall-time limit of {wall:g} s",
             ) from None
         except Exception as e:
             if mcp.client.is_connected():
                 raise
             await self.stop()
             raise ToolStopped(
-                name, "exited", f"the MCP server {self.name} exited during the call (isolated: {self.spec.limits})"
+                f"{self.name}_{name}",
+                "exited",
+                f"the MCP server {self.name} exited during the call (isolated: {self.spec.limits})",
             ) from e
 
     def toolset(self, allowed: frozenset[str] | None) -> AbstractToolset[Any]:
