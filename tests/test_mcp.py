@@ -158,3 +158,30 @@ async def test_mcp_output_reaches_the_model_as_untrusted_data(
     assert quoted[UNTRUSTED_KEY] == INJECTION
     assert "not instructions" in quoted["notice"]
     assert not text.startswith(INJECTION)
+
+
+async def test_a_server_that_cannot_be_reached_is_reported_and_the_rest_keeps_working(
+    start_platform: Start, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        f"""
+[mcp_servers.down]
+url = "http://127.0.0.1:{free_port()}/mcp"
+
+[agents.needs-down]
+tools = ["mcp:down"]
+"""
+    )
+    platform = await start_platform(FunctionModel(_answering), agents_file=agents)
+    async with platform.client() as client:
+        listed = (await client.get("/v1/tools")).json()
+        assert "down" in listed["unavailable"]
+        assert listed["agents"]["needs-down"] == []
+        r = await client.post("/v1/tools/current_time/call", json={"args": {}})
+        assert r.status_code == 200, r.text
+        conv = (await client.post("/v1/conversations", json={"pattern": "chatbot", "agent": "needs-down"})).json()
+        r = await client.post(f"/v1/conversations/{conv['id']}/messages", json={"message": "call down_x {}"})
+        assert r.status_code == 503, r.text  # the turn fails, saying its tool is unavailable
+    reply = await _turn(platform, "assistant", 'call current_time {"timezone": "UTC"}')  # other agents run on
+    assert "+00:00" in reply["message"]["content"]

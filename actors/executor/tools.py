@@ -39,7 +39,7 @@ from pydantic_ai import RunContext, Tool
 from pydantic_ai.exceptions import ModelRetry, ToolFailed
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.tools import ToolDefinition
-from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionToolset, ToolsetTool
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
 from pydantic_ai.usage import RunUsage
 
 from actors.executor.deps import RunDeps
@@ -265,10 +265,24 @@ class ToolRegistry:
 
     # --- the catalog and direct calls (ab.executor.svc.tools / call_tool) -----------------------
 
-    def _everything(self) -> CombinedToolset[RunDeps]:
-        """Every registered tool in one toolset: all function tools, every server's whole toolset."""
-        functions = FunctionToolset[RunDeps]([r.tool for r in self.functions.values()])
-        return CombinedToolset([functions, *(s.toolset(None) for s in self.servers)])
+    async def _find(self, name: str, ctx: RunContext[RunDeps]) -> tuple[AbstractToolset[RunDeps], ToolsetTool[RunDeps]]:
+        """The toolset holding the tool `name` (as the model calls it), and the tool. A tool of a server that
+        does not answer now is `unavailable`; one nobody has, `unknown_tool`."""
+        toolsets: list[AbstractToolset[RunDeps]] = [FunctionToolset([r.tool for r in self.functions.values()])]
+        toolsets += [s.toolset(None) for s in self.servers if name.startswith(f"{s.name}_")]
+        for toolset in toolsets:
+            try:
+                tools = await toolset.get_tools(ctx)
+            except RuntimeError as e:  # its server is down
+                raise BusError(ErrorCode.UNAVAILABLE, str(e)[:300]) from None
+            if name in tools:
+                return toolset, tools[name]
+        known = sorted(self.functions) + [f"{s.name}_{t}" for s in self.servers for t in s.definitions]
+        raise BusError(
+            ErrorCode.UNKNOWN_TOOL,
+            f"there is no tool {name!r}: GET /v1/tools lists them",
+            {"tools": ",".join(known)[:2000]},
+        )
 
     async def catalog(self) -> ToolCatalog:
         """The tools each agent can call now (an unreachable server's tools are left out, and said)."""
@@ -298,17 +312,9 @@ class ToolRegistry:
 
     async def call(self, name: str, raw_args: bytes, deps: RunDeps, limits: RunLimits) -> ToolResult:
         """One call of the tool `name` (as the model calls it) with JSON arguments, for `deps.tenant`."""
-        toolset = self._everything()
         ctx = _context(deps)
+        toolset, tool = await self._find(name, ctx)
         async with toolset:
-            tools = await toolset.get_tools(ctx)
-            tool = tools.get(name)
-            if tool is None:
-                raise BusError(
-                    ErrorCode.UNKNOWN_TOOL,
-                    f"there is no tool {name!r}: GET /v1/tools lists them",
-                    {"tools": ",".join(sorted(tools))[:2000]},
-                )
             args = _validated(tool, raw_args)
             result = await _run(toolset, tool, name, args, ctx, limits)
         result, cut = cap_result(result, limits.tool_result_chars)
