@@ -28,6 +28,7 @@ from gateway.runs import RunController
 from gateway.screening import screen_request
 from gateway.state import IDEMPOTENCY_BUCKET, Gateway
 from gateway.tasks import TaskController, TaskRunController, webhook
+from gateway.tools import call_tool, list_tools
 from gateway.usage import read_usage
 from gateway.views import FullResponse
 from gateway.ws import chat_socket
@@ -63,6 +64,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             chat_socket,
             list_agents,
             read_usage,
+            list_tools,
+            call_tool,
             health,
         ],
         before_request=screen_request,

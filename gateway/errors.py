@@ -47,6 +47,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNKNOWN_AGENT: 422,
     ErrorCode.LIMIT_EXCEEDED: 422,
+    ErrorCode.UNKNOWN_TOOL: 404,
+    ErrorCode.TOOL_FAILED: 502,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.MODEL_UNAVAILABLE: 503,

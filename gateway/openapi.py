@@ -47,10 +47,11 @@ COMPONENTS = Components(
 DESCRIPTIONS = {
     400: "the body is not JSON, or is nested too deep",
     401: "no API key, an unknown one, or (a webhook) no valid signature",
-    404: "no such id (or it is another tenant's)",
+    404: "no such id (or it is another tenant's), or no such tool (`unknown_tool`)",
     409: "it conflicts with the current state (a turn running under policy `reject`, a job not ended, ...)",
     413: "the body is too large",
     422: "a value is not acceptable (`invalid`, `unknown_agent`, `limit_exceeded`)",
+    502: "the tool ran and failed, or was stopped at an isolation limit (`tool_failed`)",
     503: "an actor or NATS is unavailable: try again after Retry-After seconds",
     504: "no answer in time",
 }
@@ -64,6 +65,8 @@ def _statuses(path: str, method: str) -> set[int]:
         statuses.add(404)
     if method in ("post", "put", "patch"):
         statuses |= {400, 413}
+    if path.startswith("/v1/tools/"):  # a tool called on its own
+        statuses.add(502)
     if method != "get" or path.endswith("/report"):
         statuses.add(409)
     return statuses

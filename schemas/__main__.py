@@ -19,7 +19,19 @@ import msgspec
 
 from schemas._base import Message
 
-MODULES = ("errors", "health", "agents", "conversation", "runs", "models", "usage", "notifier", "tasks", "research")
+MODULES = (
+    "errors",
+    "health",
+    "agents",
+    "conversation",
+    "runs",
+    "models",
+    "tools",
+    "usage",
+    "notifier",
+    "tasks",
+    "research",
+)
 HEADING = "## Message schemas (`schemas/`)"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bus.md"
 INTRO = """\

@@ -19,7 +19,9 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "conflict"  # 409: e.g. a turn is running and the policy is `reject`
     TOO_LARGE = "too_large"  # 413
     UNKNOWN_AGENT = "unknown_agent"  # 422: no such agent (or pipeline); details["agents"] lists those that exist
-    LIMIT_EXCEEDED = "limit_exceeded"  # 422: a run hit its token or cost budget (details["limit"] says which)
+    UNKNOWN_TOOL = "unknown_tool"  # 404: POST /v1/tools/{name}/call names no tool; details["tools"] lists them
+    TOOL_FAILED = "tool_failed"  # 502: the tool ran and failed (or was stopped at an isolation limit)
+    LIMIT_EXCEEDED = "limit_exceeded"  # 422: a run hit a limit (details["limit"] names it)
     TIMEOUT = "timeout"  # 504: the bus did not answer in time
     UNAVAILABLE = "unavailable"  # 503: an actor or NATS is down
     # 503 with Retry-After: every model of the agent is down (its breakers open); details["retry_after_s"] says how long

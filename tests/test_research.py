@@ -27,6 +27,7 @@ from bus.embedded import free_port
 from bus.headers import Header, Trace
 from bus.streams import DLQ
 from schemas.research import StartResearch
+from schemas.tools import UNTRUSTED_KEY
 from tests.conftest import Platform, running, wait_until
 from tests.receivers import HttpReceiver, verify_standard_webhook
 
@@ -105,6 +106,8 @@ class Researchers:
                 return
             content = returned[0].content
             read: Any = json.loads(content) if isinstance(content, str) and content[:1] in "[{" else content
+            if isinstance(read, dict) and UNTRUSTED_KEY in read:  # a fetched page, quoted as untrusted data
+                read = read[UNTRUSTED_KEY]
             if isinstance(read, list) and read:
                 yield f"{read[0]['title']} says so. [doc:{read[0]['document_id']}]"
             elif isinstance(read, dict) and "url" in read:  # a fetched page

@@ -29,18 +29,21 @@ from pydantic_ai.models import Model
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
 from actors.executor.agent_run import run_agent
-from actors.executor.agents import ModelDefaults, RunDeps, Runner, build_runners, load_providers, load_specs
+from actors.executor.agents import BUILT_IN, ModelDefaults, RunDeps, Runner, build_runners, load_file, load_providers
 from actors.executor.breaker import Breakers
 from actors.executor.catalog import catalog_endpoint
 from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
 from actors.executor.deployments import models_endpoint
 from actors.executor.history import HistoryCache, read_history
+from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import Begun, RunStore, UsageStore
 from actors.executor.summary_store import SummaryStore
+from actors.executor.tool_service import tool_endpoints
+from actors.executor.tools import ToolRegistry
 from actors.executor.tree import nest
 from actors.executor.usage import total_usage, usage_endpoint
 from bus import subjects
@@ -108,6 +111,7 @@ class ExecutorActor(Actor):
         self.runners: dict[str, Runner] = {}
         self.pipelines: dict[str, PipelineSpec] = {}
         self.histories = HistoryCache()  # conversations' histories read by reference, for their next turns
+        self.tools = ToolRegistry(McpServers({}))  # built at start; its MCP servers live as long as the actor
         self._store: RunStore | None = None
         self._summaries: SummaryStore | None = None
         self._runs: RunClient | None = None
@@ -153,12 +157,17 @@ class ExecutorActor(Actor):
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
             usage_endpoint(lambda: UsageStore(self.store.pool)),
             models_endpoint(lambda: self.runners, lambda: self.breakers),
+            *tool_endpoints(lambda: self.tools, self._tool_deps),
         )
 
     async def on_start(self) -> None:
-        specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **load_specs(self.config.agents_file)}
+        agents_file = load_file(self.config.agents_file)
+        specs = {**BUILT_IN_AGENTS, **RESEARCH_AGENTS, **BUILT_IN, **agents_file.agents}
         self.pipelines = load_pipelines(self.config.agents_file)
         self._breakers = Breakers(self.bus, self.config.breaker)
+        servers = McpServers(agents_file.mcp_servers)
+        self.tools = ToolRegistry.build({n: s.tools for n, s in specs.items()}, agents_file.tools, servers)
+        await servers.start()  # once per process, shared by every run
         self.runners = build_runners(
             specs,
             default_model=self.config.default_model,
@@ -167,6 +176,7 @@ class ExecutorActor(Actor):
             providers=load_providers(self.config.agents_file),
             breakers=self._breakers,
             defaults=ModelDefaults(max_tokens=self.config.max_output_tokens, timeout_s=self.config.model_timeout_s),
+            registry=self.tools,
         )
         for runner in self.runners.values():
             if runner.model.offline:
@@ -188,6 +198,7 @@ class ExecutorActor(Actor):
 
     async def on_stop(self) -> None:
         await self._models.aclose()
+        await self.tools.servers.stop()
         if self._cancels is not None:
             await self._cancels.stop()
         if self._store is not None:
@@ -323,6 +334,17 @@ class ExecutorActor(Actor):
             search=lambda q: self._source(tenant, run_id, "search", SearchDocuments(query=q, limit=5), DocumentHits),
             fetch=lambda url: self._source(tenant, run_id, "fetch", FetchPage(url=url), FetchedPage),
             sources=frozenset(req.sources) if req.sources is not None else None,
+        )
+
+    def _tool_deps(self, trace: Trace) -> RunDeps:
+        """What a tool called on its own (POST /v1/tools/{name}/call) reaches: its tenant's sources."""
+        tenant, run_id = trace.tenant, f"tool-call-{trace.correlation_id}"
+        return RunDeps(
+            run_id=run_id,
+            tenant=tenant,
+            context=None,
+            search=lambda q: self._source(tenant, run_id, "search", SearchDocuments(query=q, limit=5), DocumentHits),
+            fetch=lambda url: self._source(tenant, run_id, "fetch", FetchPage(url=url), FetchedPage),
         )
 
     async def _handoff(

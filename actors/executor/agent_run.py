@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -22,11 +21,14 @@ from pydantic_ai.messages import (
     TextPartDelta,
     ToolReturnPart,
 )
+from pydantic_ai.usage import RunUsage
 
 from actors.executor.agents import RunDeps, Runner
 from actors.executor.compaction import ContextWindow
-from actors.executor.costs import run_usage
+from actors.executor.costs import run_usage, spent_usage
 from actors.executor.history import HistoryUnreadable
+from actors.executor.isolation import ToolStopped
+from actors.executor.limits import limit_hit, usage_limits
 from actors.executor.output import OutputWriter
 from actors.executor.providers import answered_by, unavailable_error
 from schemas._base import Message
@@ -75,14 +77,12 @@ async def run_agent(
         messages: list[ModelMessage] = await context.history(raw)
     except ValueError as e:
         return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
-    limits = UsageLimits(
-        total_tokens_limit=req.max_tokens,
-        cost_limit=Decimal(str(req.max_cost_usd)) if req.max_cost_usd is not None else None,
-    )
+    limits = usage_limits(runner.limits, max_tokens=req.max_tokens, max_cost_usd=req.max_cost_usd)
+    spent = RunUsage()  # the run adds to it as it goes: a run stopped half-way keeps what it spent
     result: AgentRunResult[Any] | None = None
     try:
         if req.stream:
-            result = await _streamed(runner, req, deps, messages, token, limits, writer, context)
+            result = await _streamed(runner, req, deps, messages, token, limits, writer, context, spent)
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
             result = await runner.agent.run(
                 user_prompt(req),
@@ -91,21 +91,34 @@ async def run_agent(
                 cancellation_token=token,
                 usage_limits=limits,
                 capabilities=context.capabilities(),
+                usage=spent,
             )
     except AgentRunCancelled:
-        return RunCancelled(run_id=run_id, reason=cancel_reason()), Usage()
+        return RunCancelled(run_id=run_id, reason=cancel_reason()), spent_usage(
+            spent, model=runner.model.name, offline=runner.model.offline
+        )
     except UsageLimitExceeded as e:
-        limit = "max_cost_usd" if "cost_limit" in str(e) else "max_tokens"  # the error names no field
-        error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit})
-        return RunFailed(run_id=run_id, error=error), Usage()
+        error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit_hit(e)})
+        return RunFailed(run_id=run_id, error=error), spent_usage(
+            spent, model=runner.model.name, offline=runner.model.offline
+        )
+    except ToolStopped as e:  # an isolated tool stopped at its CPU, memory or wall-time limit
+        error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": e.limit, "tool": e.tool})
+        return RunFailed(run_id=run_id, error=error), spent_usage(
+            spent, model=runner.model.name, offline=runner.model.offline
+        )
     except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
         if (lost := writer.failure) is not None:  # the bus failed, not the run: it goes back and is redone
             raise lost from e
         if (unavailable := unavailable_error(e, runner.model.route)) is not None:  # every model it tried is down
             log.warning("run failed: no model available", error=repr(e))
-            return RunFailed(run_id=run_id, error=unavailable), Usage()
+            return RunFailed(run_id=run_id, error=unavailable), spent_usage(
+                spent, model=runner.model.name, offline=runner.model.offline
+            )
         log.warning("run failed", error=repr(e))
-        return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(e).__name__}: {e}"), Usage()
+        return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(e).__name__}: {e}"), spent_usage(
+            spent, model=runner.model.name, offline=runner.model.offline
+        )
     if result is None:
         return _failed(run_id, ErrorCode.INTERNAL, "the agent ended without a result"), Usage()
     return _completed(runner, req, result, writer)
@@ -120,6 +133,7 @@ async def _streamed(
     limits: UsageLimits,
     writer: OutputWriter,
     context: ContextWindow,
+    spent: RunUsage,
 ) -> AgentRunResult[Any] | None:
     """The run with its text deltas and tool calls published as they come."""
     result: AgentRunResult[Any] | None = None
@@ -130,6 +144,7 @@ async def _streamed(
         cancellation_token=token,
         usage_limits=limits,
         capabilities=context.capabilities(),
+        usage=spent,
     ) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):

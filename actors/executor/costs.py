@@ -16,7 +16,7 @@ from pydantic_ai.usage import RequestUsage, RunUsage
 
 from schemas.runs import Usage
 
-__all__ = ["combined", "run_usage"]
+__all__ = ["combined", "run_usage", "spent_usage"]
 
 
 def _spends(response: ModelResponse, default_model: str) -> Iterator[tuple[str, RequestUsage]]:
@@ -48,6 +48,23 @@ def run_usage(usage: RunUsage, messages: Sequence[ModelMessage], *, model: str, 
         cost_usd=None if unpriced else float(priced),
         priced_cost_usd=float(priced),
         unpriced_models=tuple(sorted(unpriced)),
+    )
+
+
+def spent_usage(usage: RunUsage, *, model: str, offline: bool) -> Usage:
+    """What a run that did not complete spent (stopped at a limit, cancelled, failed): its messages are
+    gone with the exception, so its cost is the one pydantic-ai summed as it went, and where that is
+    unknown the cost is None with the run's model named as unpriced, never zero."""
+    known = offline or not usage.requests or usage.cost is not None
+    priced = 0.0 if offline or usage.cost is None else float(usage.cost)
+    return Usage(
+        requests=usage.requests,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        tool_calls=usage.tool_calls,
+        cost_usd=priced if known else None,
+        priced_cost_usd=priced,
+        unpriced_models=() if known else (model,),
     )
 
 

@@ -11,6 +11,7 @@ import msgspec
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelRequest, ToolReturnPart
 
 from schemas.research import Citation, Source, StopReason, SubQuestion, Subrun, SubrunKind
+from schemas.tools import UNTRUSTED_KEY
 
 __all__ = [
     "citations",
@@ -90,6 +91,8 @@ def sources_of(new_messages: bytes) -> list[Source]:
 
 def _returned(part: ToolReturnPart) -> list[Source]:
     content: Any = part.content
+    if isinstance(content, dict) and UNTRUSTED_KEY in content:  # fetch_url's page, quoted as untrusted data
+        content = content[UNTRUSTED_KEY]
     if isinstance(content, str):
         try:
             content = json.loads(content)

@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 STREAM_TOKENS = 200
@@ -63,3 +63,37 @@ async def research_stream(messages: list[ModelMessage], info: AgentInfo) -> Asyn
 def research() -> FunctionModel:
     """`function:tests.bench.models:research`: the fixed-latency model of the research benchmark."""
     return FunctionModel(stream_function=research_stream, model_name="research")
+
+
+def _one_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls `current_time` once, then answers: a turn with one tool call."""
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("current_time", {"timezone": "UTC"})])
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def _no_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def no_tool() -> FunctionModel:
+    """`function:tests.bench.models:no_tool`: the same answer without the tool call, for comparison."""
+    return FunctionModel(_no_tool, model_name="no-tool")
+
+
+def one_tool() -> FunctionModel:
+    """`function:tests.bench.models:one_tool`: the model of the tool-call benchmark."""
+    return FunctionModel(_one_tool, model_name="one-tool")
+
+
+def _one_mcp_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls the MCP server's `echo` (whatever its prefix) once, then answers."""
+    if len(messages) == 1:
+        echo = next(t.name for t in info.function_tools if t.name.endswith("echo"))
+        return ModelResponse(parts=[ToolCallPart(echo, {"text": "hi"})])
+    return ModelResponse(parts=[TextPart("It is now.")])
+
+
+def one_mcp_tool() -> FunctionModel:
+    """`function:tests.bench.models:one_mcp_tool`: one call of an MCP server's tool (tests/mcp_servers.py)."""
+    return FunctionModel(_one_mcp_tool, model_name="one-mcp-tool")

@@ -1,0 +1,39 @@
+"""`python:` tools the tests name in their agents files."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def ping() -> str:
+    """Answer pong."""
+    return "pong"
+
+
+def big(size: int = 5000) -> str:
+    """Answer `size` characters."""
+    return "x" * size
+
+
+async def slow(seconds: float = 30.0) -> str:
+    """Answer after `seconds`."""
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+def add(a: int, b: int) -> int:
+    """Add two whole numbers."""
+    return a + b
+
+
+def hog() -> str:
+    """Allocate memory without end."""
+    chunks = []
+    while True:
+        chunks.append(bytearray(16 * 1024 * 1024))
+
+
+def spin() -> str:
+    """Loop without end."""
+    while True:
+        pass
