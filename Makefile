@@ -38,7 +38,7 @@ test: sync ## run the test suite (real nats-server and PostgreSQL; no real model
 bench: sync ## run the benchmarks (minutes), ending with a summary against the targets
 	$(RUN) python -m tests.bench
 
-bench-smoke: sync ## every benchmark with tiny counts (under 90 s); fails unless each one ran and printed its figures
+bench-smoke: sync ## every benchmark with tiny counts (about 2 minutes); fails unless each one ran and printed its figures
 	$(RUN) python -m tests.bench --smoke
 
 lint: sync ## ruff check, ruff format --check, mypy --strict
