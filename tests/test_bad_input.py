@@ -101,12 +101,17 @@ async def test_bad_frames_on_the_chat_websocket_get_an_error_frame_and_the_socke
     async with platform.client() as client:
         conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
         url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
-        async with websockets.connect(url, max_size=None) as socket, bus_requests(platform) as seen:
-            for frame, code in (("[" * 10_000 + "]" * 10_000, "malformed"), ('{"message": "a\\u0000"}', "invalid")):
-                await socket.send(frame)
-                async with asyncio.timeout(10):
-                    assert json.loads(await socket.recv())["error"]["code"] == code
-            await platform.bus.nc.flush()
+        bad = (("[" * 10_000 + "]" * 10_000, "malformed"), ('{"message": "a\\u0000"}', "invalid"))
+        async with websockets.connect(url, max_size=None) as socket:
+            await socket.send(bad[0][0])  # answered only once the socket's own conversation lookup is done
+            async with asyncio.timeout(10):
+                assert json.loads(await socket.recv())["error"]["code"] == bad[0][1]
+            async with bus_requests(platform) as seen:
+                for frame, code in bad:
+                    await socket.send(frame)
+                    async with asyncio.timeout(10):
+                        assert json.loads(await socket.recv())["error"]["code"] == code
+                await platform.bus.nc.flush()
             assert seen == []  # neither became a command
             await socket.send(json.dumps({"message": "hello"}))
             async with asyncio.timeout(15):
