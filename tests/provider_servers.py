@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from bus.embedded import free_port
+from tests.receivers import read_body
 
 __all__ = ["Behaviour", "ProviderServer"]
 
@@ -88,13 +89,7 @@ class ProviderServer:
     async def _app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        request = json.loads(body or b"{}")
+        request = json.loads(await read_body(receive) or b"{}")
         self.requests.append(request)
         path = scope["path"]
         anthropic = path.endswith("/messages")

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from bus.embedded import free_port
 from tests.conftest import wait_until
 
-__all__ = ["HttpReceiver", "Received", "SmtpReceiver", "verify_standard_webhook"]
+__all__ = ["HttpReceiver", "Received", "SmtpReceiver", "read_body", "verify_standard_webhook"]
 
 
 class SmtpReceiver:
@@ -51,6 +51,16 @@ class Received:
     at: float
 
 
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    body: bytes = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            return body
+
+
 @dataclass
 class HttpReceiver:
     """An HTTP server that records every request; `fail` answers that many with `fail_status`."""
@@ -71,12 +81,7 @@ class HttpReceiver:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if self.fail > 0:
             self.fail -= 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken, UsageLimits
+from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken
 from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import (
@@ -79,73 +79,60 @@ async def run_agent(
         return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
     limits = usage_limits(runner.limits, max_tokens=req.max_tokens, max_cost_usd=req.max_cost_usd)
     spent = RunUsage()  # the run adds to it as it goes: a run stopped half-way keeps what it spent
+    options: dict[str, Any] = {  # the same for a streamed and a plain run
+        "message_history": messages,
+        "deps": deps,
+        "cancellation_token": token,
+        "usage_limits": limits,
+        "capabilities": context.capabilities(),
+        "usage": spent,
+    }
     result: AgentRunResult[Any] | None = None
     try:
         if req.stream:
-            result = await _streamed(runner, req, deps, messages, token, limits, writer, context, spent)
+            result = await _streamed(runner, req, writer, options)
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
-            result = await runner.agent.run(
-                user_prompt(req),
-                message_history=messages,
-                deps=deps,
-                cancellation_token=token,
-                usage_limits=limits,
-                capabilities=context.capabilities(),
-                usage=spent,
-            )
-    except AgentRunCancelled:
-        return RunCancelled(run_id=run_id, reason=cancel_reason()), spent_usage(
-            spent, model=runner.model.name, offline=runner.model.offline
-        )
-    except UsageLimitExceeded as e:
-        error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": limit_hit(e)})
-        return RunFailed(run_id=run_id, error=error), spent_usage(
-            spent, model=runner.model.name, offline=runner.model.offline
-        )
-    except ToolStopped as e:  # an isolated tool stopped at its CPU, memory or wall-time limit
-        error = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(e), details={"limit": e.limit, "tool": e.tool})
-        return RunFailed(run_id=run_id, error=error), spent_usage(
-            spent, model=runner.model.name, offline=runner.model.offline
-        )
-    except Exception as e:  # the model or a tool failed: the run fails, the actor keeps serving
-        if (lost := writer.failure) is not None:  # the bus failed, not the run: it goes back and is redone
+            result = await runner.agent.run(user_prompt(req), **options)
+    except Exception as e:
+        ended = _ended_early(run_id, e, runner, writer, cancel_reason)
+        if ended is None and (lost := writer.failure) is not None:
             raise lost from e
-        if (unavailable := unavailable_error(e, runner.model.route)) is not None:  # every model it tried is down
-            log.warning("run failed: no model available", error=repr(e))
-            return RunFailed(run_id=run_id, error=unavailable), spent_usage(
-                spent, model=runner.model.name, offline=runner.model.offline
-            )
-        log.warning("run failed", error=repr(e))
-        return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(e).__name__}: {e}"), spent_usage(
-            spent, model=runner.model.name, offline=runner.model.offline
-        )
+        assert ended is not None
+        return ended, spent_usage(spent, model=runner.model.name, offline=runner.model.offline)
     if result is None:
         return _failed(run_id, ErrorCode.INTERNAL, "the agent ended without a result"), Usage()
     return _completed(runner, req, result, writer)
 
 
+def _ended_early(
+    run_id: str, error: Exception, runner: Runner, writer: OutputWriter, cancel_reason: Callable[[], str]
+) -> RunEnd | None:
+    """How a run that raised `error` ended; None when the bus failed, not the run (it goes back and is redone)."""
+    match error:
+        case AgentRunCancelled():
+            return RunCancelled(run_id=run_id, reason=cancel_reason())
+        case UsageLimitExceeded():
+            limit = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(error), details={"limit": limit_hit(error)})
+            return RunFailed(run_id=run_id, error=limit)
+        case ToolStopped():  # an isolated tool stopped at its CPU, memory or wall-time limit
+            details = {"limit": error.limit, "tool": error.tool}
+            stopped = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(error), details=details)
+            return RunFailed(run_id=run_id, error=stopped)
+    if writer.failure is not None:
+        return None
+    if (unavailable := unavailable_error(error, runner.model.route)) is not None:  # every model it tried is down
+        log.warning("run failed: no model available", error=repr(error))
+        return RunFailed(run_id=run_id, error=unavailable)
+    log.warning("run failed", error=repr(error))  # the model or a tool failed: the run fails, the actor serves on
+    return _failed(run_id, ErrorCode.UNAVAILABLE, f"{type(error).__name__}: {error}")
+
+
 async def _streamed(
-    runner: Runner,
-    req: RunRequest,
-    deps: RunDeps,
-    history: list[ModelMessage],
-    token: CancellationToken,
-    limits: UsageLimits,
-    writer: OutputWriter,
-    context: ContextWindow,
-    spent: RunUsage,
+    runner: Runner, req: RunRequest, writer: OutputWriter, options: dict[str, Any]
 ) -> AgentRunResult[Any] | None:
     """The run with its text deltas and tool calls published as they come."""
     result: AgentRunResult[Any] | None = None
-    async with runner.agent.run_stream_events(
-        user_prompt(req),
-        message_history=history,
-        deps=deps,
-        cancellation_token=token,
-        usage_limits=limits,
-        capabilities=context.capabilities(),
-        usage=spent,
-    ) as events:
+    async with runner.agent.run_stream_events(user_prompt(req), **options) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):
                 result = event.result
