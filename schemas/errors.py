@@ -22,6 +22,10 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_TOOL = "unknown_tool"  # 404: POST /v1/tools/{name}/call names no tool; details["tools"] lists them
     TOOL_FAILED = "tool_failed"  # 502: the tool ran and failed (or was stopped at an isolation limit)
     LIMIT_EXCEEDED = "limit_exceeded"  # 422: a run hit a limit (details["limit"] names it)
+    FORBIDDEN = "forbidden"  # 403: the key's scopes (or the tenant's allowed agents) do not cover this
+    RATE_LIMITED = "rate_limited"  # 429 with Retry-After: too many requests for the key, tenant or task
+    QUOTA_EXCEEDED = "quota_exceeded"  # 429 (422 for a too-short interval): details["quota"] names the quota
+    BUDGET_EXCEEDED = "budget_exceeded"  # 429: the tenant's token or dollar budget is spent; details["budget"] names it
     TIMEOUT = "timeout"  # 504: the bus did not answer in time
     UNAVAILABLE = "unavailable"  # 503: an actor or NATS is down
     # 503 with Retry-After: every model of the agent is down (its breakers open); details["retry_after_s"] says how long
