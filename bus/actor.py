@@ -38,6 +38,7 @@ from bus import subjects
 from bus.client import Bus
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
+from bus.credentials import Role
 from bus.errors import BusError, Reject, Retry
 from bus.headers import Header, Trace, use_trace
 from bus.logging import configure_logging
@@ -112,6 +113,7 @@ class Actor:
     """Subclasses set `name`, return their routes, and open/close resources in on_start/on_stop."""
 
     name: ClassVar[subjects.ActorName]
+    role: ClassVar[Role | None] = None  # whose NATS credential it connects with; None: the one named `name`
     version: ClassVar[str] = "0.1.0"
     description: ClassVar[str] = ""
     # errors that mean "a dependency is down, ask again later" (an endpoint answers `unavailable`)
@@ -163,7 +165,7 @@ class Actor:
         return self._bus
 
     async def start(self) -> None:
-        self._bus = await Bus.connect(self.bus_config)
+        self._bus = await Bus.connect(self.bus_config, role=self.role or Role(self.name.value))
         await self.on_start()
         routes = list(self.routes())
         self._service = await add_service(
@@ -310,6 +312,12 @@ class Actor:
             tenant=trace.tenant, correlation_id=trace.correlation_id, run_id=trace.run_id
         )
         started = time.perf_counter()
+        claimed = subjects.command_tenant(msg.subject)
+        if claimed is not None and claimed != trace.tenant:  # a publisher may not act for another tenant
+            header = Header.TENANT.value
+            reason = f"tenant mismatch: the subject names {claimed!r}, the {header} header {trace.tenant!r}"
+            await self._settle_logged(partial(self._dead_letter, msg, None, delivery, reason), msg)
+            return
         try:
             body = decode_union(msg.data, route.inbox)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:

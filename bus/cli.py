@@ -8,17 +8,21 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import NoReturn
 
 import httpx
 
 from bus import keys
+from bus.cli_nats import make_credentials, serve_nats, tenant_user_text
 from bus.client import Bus
 from bus.config import BusConfig
+from bus.credentials import Role, seed_path
 from bus.errors import BusError
 from bus.logging import configure_logging
 from bus.model_status import model_report
-from bus.supervisor import ACTORS, RunConfig, Running, Supervisor, say
+from bus.supervisor import ACTORS, CREDENTIALS, RunConfig, Running, Supervisor, say
 
 __all__ = ["curl_examples", "main"]
 
@@ -38,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     create = key_commands.add_parser("create", help="create an API key for a tenant and print it (shown once)")
     create.add_argument("--tenant", required=True, help="the tenant the key acts for")
     create.add_argument("--name", default="default", help="a label for the key (default: %(default)s)")
+    create.add_argument(
+        "--nats", action="store_true", help="a NATS user for publishing to the bus directly, not an API key"
+    )
+    credentials = commands.add_parser("credentials", help="make the NATS nkey seed of every process role")
+    credentials.add_argument("--dir", type=Path, help="where (default: .agentbus/credentials)")
+    serve = commands.add_parser("nats-server", help="run nats-server with agentbus's users (compose.yaml's nats)")
+    serve.add_argument("--data", type=Path, default=Path("/data"), help="JetStream data (default: %(default)s)")
+    serve.add_argument("--credentials", type=Path, required=True, help="the directory of role seeds")
+    serve.add_argument("--host", default="0.0.0.0", help="client address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=4222, help="client port (default: %(default)s)")
     actor = commands.add_parser("actor", help="run one actor process (python -m actors.NAME)")
     actor.add_argument("name", choices=ACTORS)
     commands.add_parser("gateway", help="run the HTTP gateway process (python -m gateway)")
@@ -54,20 +68,30 @@ def _running_url(variable: str, file_name: str) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def _admin_seed() -> str | None:
+    """The admin role's nkey seed file a running `agentbus run` made here (None if there is none)."""
+    path = seed_path(RunConfig.from_env().home / CREDENTIALS, Role.ADMIN)
+    return str(path) if path.exists() else None
+
+
 async def _connect(nats_url: str, name: str) -> Bus:
     config = BusConfig.from_env({**os.environ, "NATS_URL": nats_url}, name=name)
+    if config.nkey_seed_file is None and config.credentials_dir is None:
+        config = replace(config, nkey_seed_file=_admin_seed())
     try:
         return await asyncio.wait_for(Bus.connect(config), timeout=10.0)
     except TimeoutError:
         raise SystemExit(f"no NATS answers at {nats_url}") from None
 
 
-async def _create_key(tenant: str, name: str) -> str:
+async def _create_key(tenant: str, name: str, *, nats: bool = False) -> str:
     nats_url = _running_url("NATS_URL", "nats.url")
     if nats_url is None:
         raise SystemExit("set NATS_URL, or start `agentbus run` (make run) in this directory first")
     bus = await _connect(nats_url, "agentbus-keys")
     try:
+        if nats:
+            return await tenant_user_text(bus, tenant, name)
         return await keys.create_key(bus, tenant=tenant, name=name)
     finally:
         await bus.close()
@@ -151,7 +175,7 @@ async def _welcome(running: Running) -> None:
     print("\n".join(lines), flush=True)  # unprefixed, so the curl lines paste as they are
 
 
-def _exec_module(module: str) -> NoReturn:
+def _exec_module(module: str, role: str) -> NoReturn:
     """Become `python -m module`, pointed at a running `agentbus run` when no URLs are set."""
     env = dict(os.environ)
     for variable, file_name in (("NATS_URL", "nats.url"), ("DATABASE_URL", "database.url")):
@@ -160,6 +184,9 @@ def _exec_module(module: str) -> NoReturn:
             env[variable] = value
         else:
             print(f"agentbus: {variable} is not set and no `agentbus run` is running here", file=sys.stderr)
+    seed = seed_path(RunConfig.from_env().home / CREDENTIALS, Role(role))
+    if "NATS_NKEY_SEED_FILE" not in env and "AGENTBUS_NATS_CREDENTIALS" not in env and seed.exists():
+        env["NATS_NKEY_SEED_FILE"] = str(seed)
     os.execve(sys.executable, [sys.executable, "-m", module], env)
 
 
@@ -170,12 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "run":
             return asyncio.run(Supervisor(RunConfig.from_env(), on_ready=_welcome).run())
         case "keys":
-            print(asyncio.run(_create_key(args.tenant, args.name)))
+            print(asyncio.run(_create_key(args.tenant, args.name, nats=args.nats)))
+            return 0
+        case "credentials":
+            print(make_credentials(args.dir or RunConfig.from_env().home / CREDENTIALS))
+            return 0
+        case "nats-server":
+            asyncio.run(serve_nats(args.data, args.credentials, args.host, args.port))
             return 0
         case "actor":
-            _exec_module(f"actors.{args.name}")
+            _exec_module(f"actors.{args.name}", args.name)
         case "gateway":
-            _exec_module("gateway")
+            _exec_module("gateway", Role.GATEWAY.value)
         case "models":
             print(asyncio.run(_models(args.action == "check")))
             return 0

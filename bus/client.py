@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -35,8 +36,10 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NoStreamRespons
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from bus import subjects
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
+from bus.credentials import Role, read_seed, seed_path
 from bus.errors import BusError
 from bus.headers import Header, Trace, current_trace, new_id
 from bus.streams import ensure_streams
@@ -44,6 +47,15 @@ from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 
 __all__ = ["TRANSIENT", "Bus", "Envelope", "JetStream"]
+
+
+def _seed(config: BusConfig, role: Role) -> str | None:
+    if config.nkey_seed_file:
+        return read_seed(Path(config.nkey_seed_file)).decode()
+    if config.credentials_dir:
+        return read_seed(seed_path(Path(config.credentials_dir), role)).decode()
+    return None
+
 
 T = TypeVar("T")
 log = structlog.get_logger("bus")
@@ -168,15 +180,21 @@ def _trace_for(trace: Trace | None) -> Trace:
 class Bus:
     """One NATS connection with JetStream, and typed verbs on it."""
 
-    def __init__(self, nc: NatsClient, config: BusConfig) -> None:
+    def __init__(self, nc: NatsClient, config: BusConfig, role: Role = Role.ADMIN) -> None:
         self.nc = nc
         self.js: JetStreamContext = JetStream(nc, timeout=config.request_timeout_s)
         self.config = config
+        self.role = role
         self._buckets: dict[tuple[str, bool], KeyValue] = {}
 
     @classmethod
-    async def connect(cls, config: BusConfig, *, ensure: bool = True) -> Bus:
-        """Connect to the cluster (any of `config.servers`), reconnecting forever, and declare streams."""
+    async def connect(cls, config: BusConfig, *, role: Role = Role.ADMIN, ensure: bool = True) -> Bus:
+        """Connect to the cluster (any of `config.servers`) as `role`, reconnecting forever, and declare streams.
+
+        The role's nkey seed comes from `config.nkey_seed_file`, else `<config.credentials_dir>/<role>.nk`;
+        with neither the connection is anonymous (a nats-server without authorization). Replies come to
+        the role's own inbox prefix, which its permissions let it alone read.
+        """
 
         async def on_disconnect() -> None:
             log.warning("nats disconnected")
@@ -187,9 +205,12 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", error=str(exc))
 
+        seed = _seed(config, role)
         nc = await nats.connect(
             servers=list(config.servers),
             name=config.name,
+            nkeys_seed_str=seed,
+            inbox_prefix=subjects.inbox_prefix(role.value),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
@@ -198,9 +219,9 @@ class Bus:
             reconnected_cb=on_reconnect,
             error_cb=on_error,
         )
-        bus = cls(nc, config)
+        bus = cls(nc, config, role)
         if ensure:
-            await ensure_streams(bus.js, config)
+            await ensure_streams(bus.js, config, may_update=role is Role.ADMIN)
         return bus
 
     async def close(self) -> None:
@@ -352,7 +373,7 @@ class Bus:
             )
         else:
             info = await self.js.stream_info(stream)
-            if not info.config.allow_direct:  # a bucket made before reads were direct
+            if not info.config.allow_direct and self.role is Role.ADMIN:  # a bucket made before reads were direct
                 await self.js.update_stream(replace(info.config, allow_direct=True))
         for direct in (True, False):
             self._buckets[(bucket, not direct)] = KeyValue(

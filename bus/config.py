@@ -19,6 +19,9 @@ class BusConfig:
     ack_wait_s: float = 30.0  # redelivery delay after a crash; heartbeats keep long work alive
     max_deliver: int = 5
     request_timeout_s: float = 5.0
+    # NATS credentials: one seed file for this process, or a directory holding `<role>.nk` per role
+    nkey_seed_file: str | None = None
+    credentials_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, name: str = "agentbus") -> BusConfig:
@@ -34,4 +37,6 @@ class BusConfig:
             ack_wait_s=float(e.get("AGENTBUS_ACK_WAIT", d.ack_wait_s)),
             max_deliver=int(e.get("AGENTBUS_MAX_DELIVER", d.max_deliver)),
             request_timeout_s=float(e.get("AGENTBUS_REQUEST_TIMEOUT", d.request_timeout_s)),
+            nkey_seed_file=e.get("NATS_NKEY_SEED_FILE") or None,
+            credentials_dir=e.get("AGENTBUS_NATS_CREDENTIALS") or None,
         )

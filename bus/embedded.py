@@ -9,6 +9,7 @@ the failover tests.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class EmbeddedNats:
     """
 
     data_dir: Path
+    host: str = "127.0.0.1"  # the client port's address (the monitoring port is always loopback)
     port: int = 0
     monitor_port: int = 0
     sync_always: bool = True
@@ -63,6 +65,8 @@ class EmbeddedNats:
     cluster_port: int = 0  # 0: not clustered
     routes: tuple[int, ...] = ()  # the other nodes' cluster ports
     max_payload: str | None = None  # e.g. "8MB"; None: the server's default (1 MB), as compose.yaml runs it
+    # nats-server's `authorization { ... }` block (bus/permissions.py); None: no authentication at all
+    authorization: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -87,7 +91,8 @@ class EmbeddedNats:
         payload = f"max_payload: {self.max_payload}\n" if self.max_payload else ""
         conf = self.data_dir / "nats.conf"
         text = (
-            f'server_name: {self.server_name}\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
+            f'server_name: {self.server_name}\nlisten: "{self.host}:{self.port}"\n'
+            f'http: "127.0.0.1:{self.monitor_port}"\n'
             f'{payload}jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"{sync}\n}}\n'
         )
         if self.cluster_port:
@@ -96,11 +101,28 @@ class EmbeddedNats:
                 f'cluster {{\n  name: {self.cluster_name}\n  listen: "127.0.0.1:{self.cluster_port}"\n'
                 f"  routes: [{routes}]\n}}\n"
             )
+        if self.authorization is not None:
+            self._write_authorization(self.authorization)
+            text += 'include "auth.conf"\n'
         conf.write_text(text)
         log = (self.data_dir / "nats.log").open("ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def _write_authorization(self, text: str) -> None:
+        path = self.data_dir / "auth.conf"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(text)
+        temporary.chmod(0o600)
+        temporary.replace(path)  # a reload never reads half a file
+
+    def reauthorize(self, authorization: str) -> None:
+        """Replace the users and permissions, and reload: clients no longer authorized are disconnected."""
+        self.authorization = authorization
+        self._write_authorization(authorization)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)  # nats-server's config reload
 
     def wait_ready(self, *, timeout_s: float = 10.0) -> None:
         """Until /healthz is 200: JetStream enabled (alone), or current with its meta leader (clustered)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -24,6 +25,7 @@ __all__ = [
     "DLQ",
     "EXECUTOR_CMD",
     "EXECUTOR_EVT",
+    "IDEMPOTENCY_BUCKET",
     "NOTIFIER_CMD",
     "NOTIFIER_EVT",
     "RESEARCH_CMD",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 DUPLICATE_WINDOW_S = 120.0
+IDEMPOTENCY_BUCKET = "ab_idempotency"  # the gateway's kept POST answers (gateway/state.py)
+log = structlog.get_logger("bus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +120,20 @@ ALL_STREAMS = (
 )
 
 
-async def ensure_streams(js: JetStreamContext, bus: BusConfig, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-    """Create each stream, or bring an existing one to its declared config."""
+async def ensure_streams(
+    js: JetStreamContext, bus: BusConfig, specs: tuple[StreamSpec, ...] = ALL_STREAMS, *, may_update: bool = True
+) -> None:
+    """Create each stream, or bring an existing one to its declared config (`may_update`: only the
+    admin role may; a process role leaves a stream that differs as it is, and says so)."""
     for spec in specs:
         config = spec.config(bus)
         try:
             await js.add_stream(config)
         except BadRequestError:
-            await js.update_stream(config)
+            if may_update:
+                await js.update_stream(config)
+            else:
+                log.warning("stream differs from its declaration; `agentbus run` (admin) updates it", stream=spec.name)
 
 
 async def ensure_consumer(js: JetStreamContext, bus: BusConfig, spec: ConsumerSpec) -> None:

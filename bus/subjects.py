@@ -9,7 +9,9 @@ Layout (see docs/bus.md):
   ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
 
-The parse helpers at the end read subjects (and subscription patterns) in the same layout.
+NATS's own subjects that the per-process permissions name (JetStream API, KV, acks, inboxes, the micro
+service discovery subjects) are built here too, in the section before the parse helpers, which read
+subjects (and subscription patterns) in the layout above.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "MICRO_DISCOVERY",
     "ActorName",
     "EventSubject",
     "InvalidToken",
+    "command_tenant",
     "consumer_next",
     "conversation_command",
     "conversation_commands",
@@ -38,6 +42,12 @@ __all__ = [
     "executor_events",
     "executor_finished",
     "executor_finished_all",
+    "inbox_prefix",
+    "js_api",
+    "js_consumer_api",
+    "js_stream_api",
+    "js_stream_reads",
+    "kv_writes",
     "notifier_command",
     "notifier_commands",
     "notifier_event",
@@ -62,6 +72,11 @@ __all__ = [
     "scheduler_event",
     "scheduler_events",
     "service",
+    "services",
+    "tenant_commands",
+    "tenant_events",
+    "tenant_inbox_prefix",
+    "tenant_run_outputs",
     "token",
 ]
 
@@ -241,6 +256,11 @@ def run_output(tenant: str, run_id: str) -> str:
     return _join("run", "out", token(tenant), token(run_id))
 
 
+def tenant_run_outputs(tenant: str) -> str:
+    """Every run output of one tenant (a subscription pattern)."""
+    return _join("run", "out", token(tenant), "*")
+
+
 def run_outputs() -> str:
     return _join("run", "out", ">")
 
@@ -250,6 +270,21 @@ def run_outputs() -> str:
 
 def service(actor: ActorName, verb: str) -> str:
     return _join(actor.value, "svc", token(verb))
+
+
+def services(actor: ActorName) -> str:
+    """Every service endpoint of `actor` (a subscription pattern)."""
+    return _join(actor.value, "svc", ">")
+
+
+def tenant_commands(actor: ActorName, tenant: str) -> str:
+    """Every command of one tenant to `actor` (what a tenant's own NATS user may publish)."""
+    return _join(actor.value, "cmd", token(tenant), ">")
+
+
+def tenant_events(tenant: str) -> str:
+    """Every event of one tenant, whatever the actor (what a tenant's own NATS user may read)."""
+    return _join("*", "evt", token(tenant), ">")
 
 
 def consumer_next(stream: str, durable: str) -> str:
@@ -263,6 +298,59 @@ def dead_letter(actor: ActorName) -> str:
 
 def dead_letters() -> str:
     return _join("dlq", ">")
+
+
+# --- NATS's own subjects, as permissions name them --------------------------------------------
+
+
+def inbox_prefix(role: str) -> str:
+    """The reply inbox prefix of one process role: its replies are readable by it alone."""
+    return f"_INBOX.{token(role)}"
+
+
+def tenant_inbox_prefix(tenant: str) -> str:
+    """The reply inbox prefix a tenant's own NATS user must connect with (`inbox_prefix=`)."""
+    return f"_INBOX.tenant.{token(tenant)}"
+
+
+def js_api(*tokens: str) -> str:
+    """A JetStream API subject, e.g. js_api("INFO") or js_api("STREAM", "INFO", "*")."""
+    return ".".join(("$JS", "API", *tokens))
+
+
+def js_stream_api(verb: str, stream: str) -> str:
+    """The JetStream API subject that applies `verb` (INFO, CREATE, UPDATE, DELETE, PURGE...) to `stream`."""
+    return js_api("STREAM", verb, stream)
+
+
+def js_consumer_api(stream: str) -> tuple[str, ...]:
+    """Every consumer API subject on one stream: create, info, delete, list, and pulling messages."""
+    return (
+        js_api("CONSUMER", "*", stream),
+        js_api("CONSUMER", "*", stream, ">"),
+        js_api("CONSUMER", "DURABLE", "CREATE", stream, ">"),
+        js_api("CONSUMER", "MSG", "NEXT", stream, ">"),
+    )
+
+
+def js_stream_reads(stream: str) -> tuple[str, ...]:
+    """What reading one stream's messages publishes: direct and leader gets, acks, flow control."""
+    return (
+        js_api("DIRECT", "GET", stream),
+        js_api("DIRECT", "GET", stream, ">"),
+        js_stream_api("MSG.GET", stream),
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
+        *js_consumer_api(stream),
+    )
+
+
+def kv_writes(bucket: str) -> str:
+    """The subjects a put, delete or purge of any key in one KV bucket publishes to."""
+    return f"$KV.{token(bucket)}.>"
+
+
+MICRO_DISCOVERY = "$SRV.>"  # what nats.micro services answer (PING, INFO, STATS)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -284,6 +372,14 @@ def parse_event(subject: str) -> EventSubject | None:
     if len(tokens) < 5 or tokens[0] != PREFIX or tokens[2] != "evt" or any(t in ("*", ">") for t in tokens):
         return None
     return EventSubject(area=tokens[1], tenant=tokens[3], entity_id=tokens[4], kind=".".join(tokens[5:]))
+
+
+def command_tenant(subject: str) -> str | None:
+    """The tenant token of a command subject (ab.<actor>.cmd.<tenant>.<id>); None for any other subject."""
+    tokens = subject.split(".")
+    if len(tokens) < 5 or tokens[0] != PREFIX or tokens[2] != "cmd":
+        return None
+    return tokens[3]
 
 
 def pattern_error(pattern: str) -> str | None:

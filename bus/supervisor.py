@@ -26,13 +26,16 @@ from pathlib import Path
 
 import httpx
 
+from bus.credentials import Role, seed_path
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from bus.nats_server import AuthenticatedNats
 
-__all__ = ["ACTORS", "Child", "RunConfig", "Running", "Supervisor", "restart_delay", "say"]
+__all__ = ["ACTORS", "CREDENTIALS", "Child", "RunConfig", "Running", "Supervisor", "restart_delay", "say"]
 
 # Every actor `agentbus run` starts, as `python -m actors.<name>`: adding one is adding its name here.
 ACTORS: tuple[str, ...] = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
 
+CREDENTIALS = "credentials"  # under the home: the NATS nkey seed of each process role
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_S = 60.0  # a child that ran this long before it died starts its backoff over
@@ -140,12 +143,13 @@ class Child:
     pump: asyncio.Task[None] | None = None
     started_at: float = 0.0
     crashes: int = 0  # quick crashes in a row
+    env: dict[str, str] = field(default_factory=dict)  # its own, over the environment all children share
 
     async def start(self, env: Mapping[str, str]) -> None:
         self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
-            env=dict(env),
+            env={**env, **self.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -191,6 +195,7 @@ class Supervisor:
         self.config = config
         self.on_ready = on_ready
         self.nats: EmbeddedNats | None = None
+        self.authenticated: AuthenticatedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
         self._env: dict[str, str] = {}
@@ -209,6 +214,8 @@ class Supervisor:
                 return await self._serve()
             finally:
                 await self._stop_children()
+                if self.authenticated is not None:
+                    await self.authenticated.stop_following()
                 await asyncio.to_thread(self._stop_infra)
                 for name in ("nats.url", "database.url", "nats.pid"):
                     (home / name).unlink(missing_ok=True)
@@ -241,6 +248,11 @@ class Supervisor:
         }
         self.children = [Child(name, (sys.executable, "-m", f"actors.{name}")) for name in ACTORS]
         self.children.append(Child("gateway", (sys.executable, "-m", "gateway")))
+        if self.authenticated is not None:  # each child connects with its own role's nkey alone
+            for child in self.children:
+                child.env = {
+                    "NATS_NKEY_SEED_FILE": str(seed_path(self.authenticated.credentials_dir, Role(child.name)))
+                }
         for child in self.children:
             await child.start(env)
         gateway_url = f"http://127.0.0.1:{port}"
@@ -255,13 +267,16 @@ class Supervisor:
         await asyncio.to_thread(_clear_leftovers, home)
         nats_url = cfg.nats_url
         if nats_url is None:
-            self.nats = EmbeddedNats(home / "nats")
-            await asyncio.to_thread(self.nats.start, preferred_port=cfg.nats_port)
+            self.authenticated = AuthenticatedNats(home / "nats", home / CREDENTIALS)
+            self.nats = self.authenticated.server
+            await asyncio.to_thread(self.authenticated.start, preferred_port=cfg.nats_port)
             assert self.nats.process is not None
             (home / "nats.pid").write_text(f"{self.nats.process.pid}\n")
+            await self.authenticated.follow_tenant_users()
             nats_url = self.nats.url
             taken = f" (port {cfg.nats_port} is taken)" if self.nats.port != cfg.nats_port else ""
             say(f"embedded nats-server on {nats_url}{taken}, data in {home / 'nats'}")
+            say(f"NATS requires credentials: an nkey per process in {home / CREDENTIALS} (admin.nk is yours)")
         else:
             say(f"using NATS_URL={nats_url}")
         database_url = cfg.database_url

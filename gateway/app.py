@@ -12,6 +12,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from bus.client import Bus
 from bus.config import BusConfig
+from bus.credentials import Role
+from bus.streams import IDEMPOTENCY_BUCKET
 from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
 from gateway.caller import provide_caller
@@ -26,7 +28,7 @@ from gateway.pipelines import run_pipeline
 from gateway.research import ResearchController
 from gateway.runs import RunController
 from gateway.screening import screen_request
-from gateway.state import IDEMPOTENCY_BUCKET, Gateway
+from gateway.state import Gateway
 from gateway.tasks import TaskController, TaskRunController, webhook
 from gateway.tools import call_tool, list_tools
 from gateway.usage import read_usage
@@ -39,7 +41,7 @@ __all__ = ["create_app"]
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        bus = await Bus.connect(bus_config)
+        bus = await Bus.connect(bus_config, role=Role.GATEWAY)
         kv = await bus.key_value(IDEMPOTENCY_BUCKET, ttl_s=config.idempotency_ttl_s)
         gateway = Gateway(config, bus, kv)
         await gateway.turns.start()

@@ -26,9 +26,9 @@ from bus.breakers import read_breakers
 from bus.client import Bus
 from bus.errors import BusError
 from bus.headers import Trace
-from bus.streams import ALL_STREAMS
+from bus.streams import ALL_STREAMS, IDEMPOTENCY_BUCKET
 from gateway.errors import RETRY_AFTER_S
-from gateway.state import IDEMPOTENCY_BUCKET, gateway_of
+from gateway.state import gateway_of
 from schemas.health import HealthCheck, HealthReport
 
 __all__ = ["health"]

@@ -37,7 +37,6 @@ from schemas.runs import TERMINAL_OUTPUTS, RunOutput
 __all__ = ["Gateway", "Stored", "gateway_of", "ident", "stored_response"]
 
 T = TypeVar("T")
-IDEMPOTENCY_BUCKET = "ab_idempotency"
 ID_NAMESPACE = uuid.UUID("6f1c1f1e-5b8a-4f57-9a39-0c7c2b0e8a11")
 
 

@@ -29,7 +29,9 @@ from bus import keys
 from bus.actor import Actor
 from bus.client import Bus
 from bus.config import BusConfig
+from bus.credentials import ensure_seeds
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from bus.permissions import server_authorization
 
 pydantic_ai.models.ALLOW_MODEL_REQUESTS = False
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +65,28 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats").start()
+def nats_credentials(tmp_path: Path) -> Path:
+    """A directory of nkey seeds, one per process role (`<role>.nk`), as `agentbus run` makes them."""
+    directory = tmp_path / "credentials"
+    ensure_seeds(directory)
+    return directory
+
+
+@pytest.fixture
+def nats_server(request: pytest.FixtureRequest, tmp_path: Path, nats_credentials: Path) -> Iterator[EmbeddedNats]:
+    """An authenticated nats-server: every process connects with its role's nkey and permissions.
+
+    A test fails if the server refused any publish or subscribe (the permissions missed something a
+    process needs), unless it is marked `bus_violations` (an attack test that expects refusals).
+    """
+    roles = ensure_seeds(nats_credentials)
+    server = EmbeddedNats(tmp_path / "nats", authorization=server_authorization(roles)).start()
     yield server
     server.stop()
+    log = (server.data_dir / "nats.log").read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "Violation" in line]
+    if refused and request.node.get_closest_marker("bus_violations") is None:
+        pytest.fail("nats-server refused what a process did:\n" + "\n".join(refused[:10]), pytrace=False)
 
 
 @pytest.fixture
@@ -83,9 +103,15 @@ async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def bus_config(nats_server: EmbeddedNats) -> BusConfig:
+def bus_config(nats_server: EmbeddedNats, nats_credentials: Path) -> BusConfig:
     """Short ack_wait so a killed actor's work is redelivered within a test's time."""
-    return BusConfig(servers=(nats_server.url,), name="test", ack_wait_s=2.0, request_timeout_s=5.0)
+    return BusConfig(
+        servers=(nats_server.url,),
+        name="test",
+        ack_wait_s=2.0,
+        request_timeout_s=5.0,
+        credentials_dir=str(nats_credentials),
+    )
 
 
 @pytest.fixture
@@ -94,6 +120,7 @@ def actor_env(bus_config: BusConfig, database_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "NATS_URL": ",".join(bus_config.servers),
+        "AGENTBUS_NATS_CREDENTIALS": str(bus_config.credentials_dir),
         "DATABASE_URL": database_url,
         "AGENTBUS_ACK_WAIT": str(bus_config.ack_wait_s),
         "AGENTBUS_LOG_FORMAT": "json",

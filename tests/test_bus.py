@@ -12,6 +12,7 @@ from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.client import Bus
 from bus.config import BusConfig
+from bus.credentials import Role
 from bus.errors import Retry
 from bus.headers import Header, Trace
 from bus.streams import CONVERSATION_CMD, CONVERSATION_EVT, DLQ, ConsumerSpec
@@ -26,6 +27,7 @@ SPEC = ConsumerSpec(CONVERSATION_CMD, "test-echo", subjects.conversation_command
 
 class EchoActor(Actor):
     name: ClassVar[subjects.ActorName] = subjects.ActorName.CONVERSATION
+    role: ClassVar[Role | None] = Role.ADMIN  # a test of the Actor base, free of the conversation role's limits
 
     def __init__(self, config: BusConfig) -> None:
         super().__init__(config)

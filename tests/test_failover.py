@@ -25,8 +25,15 @@ from bus import keys
 from bus.client import Bus
 from bus.config import BusConfig
 from bus.embedded import EmbeddedNats, EmbeddedNatsCluster, free_port
-from bus.streams import CONVERSATION_CMD, EXECUTOR_CMD, EXECUTOR_EVT, RUN_OUT, SCHEDULER_CMD, SCHEDULER_EVT
-from gateway.state import IDEMPOTENCY_BUCKET
+from bus.streams import (
+    CONVERSATION_CMD,
+    EXECUTOR_CMD,
+    EXECUTOR_EVT,
+    IDEMPOTENCY_BUCKET,
+    RUN_OUT,
+    SCHEDULER_CMD,
+    SCHEDULER_EVT,
+)
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(90)
