@@ -96,6 +96,8 @@ ACCESS: dict[Role, Access] = {
     Role.RESEARCH: Access(
         sends=(
             subjects.research_events(),
+            subjects.research_commands(),  # a job's next step is a command to itself
+            subjects.research_cancels(),  # a cancel command reaches the replica driving the job
             subjects.executor_commands(),
             subjects.executor_cancels(),
             subjects.notifier_commands(),
@@ -107,7 +109,7 @@ ACCESS: dict[Role, Access] = {
         reads_buckets=(tenants.BUCKET,),
     ),
     Role.NOTIFIER: Access(
-        sends=(subjects.notifier_events(),),
+        sends=(subjects.notifier_events(), subjects.notifier_commands()),  # a retry is a command again
         reads=(streams.NOTIFIER_CMD,),
         reads_buckets=(tenants.BUCKET,),
     ),
@@ -181,6 +183,8 @@ def permissions(role: Role) -> Permissions:
         subjects.js_stream_api("INFO", "*"),
         subjects.js_api("STREAM", "NAMES"),
         subjects.js_api("STREAM", "LIST"),  # stream configs and counts, never their messages
+        subjects.js_api("CONSUMER", "LIST", "*"),  # consumer configs and counts, likewise
+        subjects.js_api("CONSUMER", "NAMES", "*"),
         *(subjects.js_stream_api("CREATE", spec.name) for spec in ALL_STREAMS),
         *(subjects.js_stream_api("CREATE", _bucket_stream(b)) for b in buckets),
         *_stream_reads(access.reads),

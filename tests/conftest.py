@@ -120,7 +120,7 @@ def actor_env(bus_config: BusConfig, database_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "NATS_URL": ",".join(bus_config.servers),
-        "AGENTBUS_NATS_CREDENTIALS": str(bus_config.credentials_dir),
+        **({"AGENTBUS_NATS_CREDENTIALS": bus_config.credentials_dir} if bus_config.credentials_dir else {}),
         "DATABASE_URL": database_url,
         "AGENTBUS_ACK_WAIT": str(bus_config.ack_wait_s),
         "AGENTBUS_LOG_FORMAT": "json",

@@ -23,7 +23,11 @@ pytestmark = pytest.mark.timeout(180)
 
 
 async def test_keys_create_prints_a_key_the_gateway_can_resolve(bus_config: BusConfig, tmp_path: Path) -> None:
-    env = {**os.environ, "NATS_URL": ",".join(bus_config.servers)}
+    env = {
+        **os.environ,
+        "NATS_URL": ",".join(bus_config.servers),
+        "AGENTBUS_NATS_CREDENTIALS": str(bus_config.credentials_dir),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bus.cli", "keys", "create", "--tenant", "acme", "--name", "ci",
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

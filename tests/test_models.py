@@ -257,7 +257,11 @@ async def test_agentbus_models_lists_breakers_and_check_sends_each_model_one_req
     platform = await start(start_platform, tmp_path, servers, failures=1, cooldown_s=60.0)
     async with platform.client() as client:
         assert (await turn(client)).status_code == 200  # `first` fails (its breaker opens), `second` answers
-    env = {**os.environ, "NATS_URL": ",".join(bus_config.servers)}
+    env = {
+        **os.environ,
+        "NATS_URL": ",".join(bus_config.servers),
+        "AGENTBUS_NATS_CREDENTIALS": str(bus_config.credentials_dir),
+    }
 
     async def agentbus(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
