@@ -11,7 +11,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help sync run test bench bench-smoke lint format gateway clean reset
+.PHONY: help sync run test bench bench-smoke lint format gateway credentials clean reset
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -56,11 +56,14 @@ actor-%: sync ## run one actor (actor-conversation, -executor, -scheduler, -trig
 gateway: sync ## run the gateway alone, against `make run`'s NATS unless NATS_URL is set
 	$(RUN) agentbus gateway
 
+credentials: sync ## make the NATS nkey of every process in .agentbus/credentials (make run does it too; compose.yaml needs it first)
+	$(RUN) agentbus credentials
+
 clean: ## remove caches and build output (keeps .agentbus data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache dist
 	find . -path ./.venv -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
-reset: ## delete .agentbus: the embedded NATS and PostgreSQL data, and the dev API key
+reset: ## delete .agentbus: the embedded NATS and PostgreSQL data, the NATS credentials, and the dev API key
 	@if [ -e .agentbus/run.lock ] && ! flock -n .agentbus/run.lock true; then \
 		echo "agentbus run is still running here: stop it first"; exit 1; fi
 	rm -rf .agentbus

@@ -25,7 +25,6 @@ from arq.connections import RedisSettings
 
 from bus import keys, subjects
 from bus.client import Bus
-from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from schemas.tasks import CreateTask, TaskRunFinished, TaskType, TaskView
 from tests.bench.durable import TASK, run_floor
@@ -228,7 +227,7 @@ async def _scheduler(
 ) -> tuple[dict[str, float], Latency | None]:
     """Create rate and idle CPU with `scale.schedules` active schedules, then the firing lag of
     `scale.one_shots` one-shot tasks 20 ms apart."""
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,), request_timeout_s=30))
+    bus = await Bus.connect(infra.bus_config(request_timeout_s=30))
     trace = Trace(tenant=TENANT)
     create = subjects.service(subjects.ActorName.SCHEDULER, "create")
     out: dict[str, float] = {}
@@ -317,7 +316,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
         AGENTBUS_OUTBOUND_ALLOW="127.0.0.1",
         AGENTBUS_SCHEDULER_TICK="0.05",
     )
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+    bus = await Bus.connect(infra.bus_config())
     key = await keys.create_key(bus, tenant=TENANT, name="bench")
     await bus.close()
 

@@ -21,7 +21,6 @@ from pydantic_ai.models.test import TestModel
 
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from tests.bench.durable import TURN, Floor, run_floor
 from tests.bench.harness import (
     LATENCY,
@@ -115,7 +114,7 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, object]
     )
     commands = {name: ["-m", f"actors.{name}"] for name in CHAT_ACTORS} | {"gateway": ["-m", "gateway"]}
     out: dict[str, object] = {}
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+    bus = await Bus.connect(infra.bus_config())
     key = await keys.create_key(bus, tenant="bench", name="bench")
     await bus.close()
     headers = {"Authorization": f"Bearer {key}"}

@@ -17,12 +17,16 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from bus.config import BusConfig
+from bus.credentials import ensure_seeds
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from bus.permissions import server_authorization
 from bus.supervisor import ACTORS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,10 +251,20 @@ class Infra:
     postgres: EmbeddedPostgres
     home: Path
 
+    @property
+    def credentials(self) -> Path:
+        """The nkey seed of every process role: the nats-server is authenticated as under `make run`."""
+        return self.home / "credentials"
+
+    def bus_config(self, **overrides: Any) -> BusConfig:
+        """How a benchmark's own connection reaches the nats-server (as admin unless a role is chosen)."""
+        return BusConfig(servers=(self.nats.url,), credentials_dir=str(self.credentials), **overrides)
+
     def env(self, database: str = "postgres", **extra: str) -> dict[str, str]:
         return {
             **os.environ,
             "NATS_URL": self.nats.url,
+            "AGENTBUS_NATS_CREDENTIALS": str(self.credentials),
             "DATABASE_URL": self.postgres.uri(database),
             "AGENTBUS_LOG_LEVEL": "WARNING",
             **extra,
@@ -272,7 +286,8 @@ def infra() -> Iterator[Infra]:
     """A nats-server (sync_interval: always, as `make run`) and a PostgreSQL in a temp dir."""
     with tempfile.TemporaryDirectory(prefix="agentbus-bench-") as tmp:
         home = Path(tmp)
-        nats = EmbeddedNats(home / "nats").start()
+        roles = ensure_seeds(home / "credentials")
+        nats = EmbeddedNats(home / "nats", authorization=server_authorization(roles)).start()
         pg = EmbeddedPostgres(home / "pg").start()
         try:
             yield Infra(nats, pg, home)

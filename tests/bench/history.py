@@ -22,7 +22,6 @@ from actors.executor.config import ExecutorConfig
 from bus import subjects
 from bus.client import Bus
 from bus.codec import decode
-from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from bus.streams import CONVERSATION_EVT
 from schemas.conversation import ConversationView, CreateConversation, PostMessage, TurnCompleted, TurnFailed
@@ -47,7 +46,7 @@ class Figures:
 
 async def one_mode(servers: Infra, logs: Path, mode: str, inline_bytes: int, turns: int) -> Figures:
     env = servers.env(AGENTBUS_HISTORY_INLINE_BYTES=str(inline_bytes))
-    bus_config = BusConfig(servers=(servers.nats.url,))
+    bus_config = servers.bus_config()
     sizes: list[tuple[int, RunRequest]] = []
 
     async def on_request(msg: Msg) -> None:

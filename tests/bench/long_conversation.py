@@ -23,7 +23,6 @@ from actors.executor.config import ExecutorConfig
 from bus import subjects
 from bus.client import Bus
 from bus.codec import decode_union
-from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from bus.logging import configure_logging
 from schemas.conversation import ConversationView, CreateConversation, PostMessage, TurnCompleted, TurnFailed
@@ -95,7 +94,7 @@ class Conversation:
 
 
 async def one_mode(servers: Infra, logs: Path, mode: str, agents: Path | None, early: int, late: int) -> Figures:
-    bus_config = BusConfig(servers=(servers.nats.url,))
+    bus_config = servers.bus_config()
     latencies: list[float] = []
     cpu: dict[int, float] = {}
     with processes({"conversation": ["-m", "actors.conversation"]}, servers.env(), logs) as children:

@@ -14,7 +14,6 @@ import httpx
 
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, processes, wait_http
 from tests.provider_servers import Behaviour, ProviderServer
 
@@ -89,7 +88,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
             AGENTBUS_BREAKER_COOLDOWN="3600",
         )
         commands = {name: ["-m", f"actors.{name}"] for name in ACTORS} | {"gateway": ["-m", "gateway"]}
-        bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+        bus = await Bus.connect(infra.bus_config())
         key = await keys.create_key(bus, tenant="bench", name="bench")
         await bus.close()
         base = f"http://127.0.0.1:{port}"

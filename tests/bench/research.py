@@ -22,7 +22,6 @@ import httpx
 
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, processes, wait_http
 from tests.bench.models import RESEARCH_LATENCY_S, RESEARCH_QUESTIONS
 
@@ -137,7 +136,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
         AGENTBUS_ACTORS="executor,research",
         AGENTBUS_MAX_RUNS="32",  # >= the 20 sub-questions running at once
     )
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+    bus = await Bus.connect(infra.bus_config())
     key = await keys.create_key(bus, tenant=TENANT, name="bench-research")
     await bus.close()
     base = f"http://127.0.0.1:{port}"

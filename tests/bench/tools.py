@@ -22,7 +22,6 @@ from actors.executor.limits import RunLimits, ToolGuard
 from actors.executor.tools import current_time
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from tests.bench.harness import LATENCY, ROOT, Infra, Latency, Report, Scale, free_port, measure, processes, wait_http
 from tests.bench.models import no_tool, one_mcp_tool, one_tool
 
@@ -62,7 +61,7 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency
     )
     env = infra.env(AGENTBUS_PORT=str(port), AGENTBUS_AGENTS_FILE=str(agents), AGENTBUS_ACTORS=",".join(ACTORS))
     commands = {name: ["-m", f"actors.{name}"] for name in ACTORS} | {"gateway": ["-m", "gateway"]}
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+    bus = await Bus.connect(infra.bus_config())
     key = await keys.create_key(bus, tenant="bench-tools", name="bench")
     await bus.close()
     base = f"http://127.0.0.1:{port}"
