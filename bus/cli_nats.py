@@ -10,16 +10,19 @@ from bus import nats_users, subjects
 from bus.client import Bus
 from bus.credentials import ensure_seeds
 from bus.nats_server import AuthenticatedNats
-from bus.permissions import TENANT_COMMAND_ACTORS
+from bus.permissions import TENANT_COMMAND_ACTORS, server_authorization
 
 __all__ = ["make_credentials", "serve_nats", "tenant_user_text"]
 
 
 def make_credentials(directory: Path) -> str:
-    """Make the nkey seed of every role in `directory` (keeping those that exist); what to tell the user."""
+    """Make the nkey seed of every role in `directory` (keeping those that exist), and the nats-server
+    authorization block for them (`authorization.conf`, to `include` in your own server's config)."""
     roles = ensure_seeds(directory)
+    (directory / "authorization.conf").write_text(server_authorization(roles))
     lines = [f"{directory}/{role.value}.nk  {public}" for role, public in roles.items()]
-    return "\n".join(["NATS credentials (seed file, public key):", *lines])
+    include = f"for your own nats-server: include {directory / 'authorization.conf'}"
+    return "\n".join(["NATS credentials (seed file, public key):", *lines, include])
 
 
 async def serve_nats(data_dir: Path, credentials_dir: Path, host: str, port: int) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
-import nats
 from arq import create_pool
 from arq.connections import RedisSettings
 
@@ -43,6 +42,7 @@ from tests.bench.harness import (
     services_up,
     wait_http,
 )
+from tests.bench.raw import raw_connect
 from tests.bench.workers import ensure_stream
 from tests.receivers import HttpReceiver
 
@@ -85,7 +85,7 @@ class _Platform:
 
     async def run(self) -> None:
         completions = Completions()
-        nc = await nats.connect(self.infra.nats.url)
+        nc = await raw_connect(self.infra.nats.url, self.infra.credentials)
 
         async def on_finished(msg: Any) -> None:
             completions.done(msgspec.json.decode(msg.data, type=TaskRunFinished).run.id)
@@ -163,7 +163,7 @@ class _serve:
 
 
 async def _raw_jetstream(infra: Infra, logs: Path, scale: Scale) -> dict[str, Latency]:
-    nc = await nats.connect(infra.nats.url)
+    nc = await raw_connect(infra.nats.url, infra.credentials)
     js = nc.jetstream()
     await ensure_stream(js)
     completions = Completions()

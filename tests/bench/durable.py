@@ -26,7 +26,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import nats
 import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -34,6 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from bus.pull import Pull
 from tests.bench.harness import CpuMeter, Infra, Latency, Report, Scale, free_port, measure, processes
+from tests.bench.raw import raw_connect
 
 __all__ = ["TASK", "TURN", "Floor", "Plan", "Step", "run_floor"]
 
@@ -220,7 +220,7 @@ class _Worker:
 
 
 async def worker(plan: Plan, process: str) -> None:
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await raw_connect(os.environ["NATS_URL"])
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=2, max_size=10)
     w = _Worker(nc, pool, plan, process)
     consumers = []
@@ -243,7 +243,7 @@ def http(plan: Plan, port: int) -> None:
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        nc = await nats.connect(os.environ["NATS_URL"])
+        nc = await raw_connect(os.environ["NATS_URL"])
         waiting: dict[str, asyncio.Future[None]] = {}
 
         async def on_done(msg: Msg) -> None:
@@ -299,7 +299,7 @@ async def _prepare(servers: Infra, plan: Plan) -> None:
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, body text NOT NULL)")
     finally:
         await conn.close()
-    nc = await nats.connect(servers.nats.url)
+    nc = await raw_connect(servers.nats.url, servers.credentials)
     js = nc.jetstream()
     for hop in HOP_NAMES:
         config = StreamConfig(
@@ -330,7 +330,7 @@ async def run_floor(servers: Infra, logs: Path, scale: Scale, plan: Plan, *, c1:
     commands = {f"durable-{plan.name}-{p}": ["-m", __name__, "worker", plan.name, p] for p in plan.processes}
     commands[f"durable-{plan.name}-http"] = ["-m", __name__, "http", plan.name, str(port)]
     done: dict[str, asyncio.Future[None]] = {}
-    nc = await nats.connect(servers.nats.url)
+    nc = await raw_connect(servers.nats.url, servers.credentials)
 
     async def on_done(msg: Msg) -> None:
         future = done.pop(msg.subject.rsplit(".", 1)[1], None)

@@ -16,18 +16,19 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 import uvicorn
 import uvloop
 from litestar import Litestar, post
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tests.bench.raw import raw_connect
+
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 
 async def relay() -> None:
-    nc = await nats.connect(NATS_URL)
+    nc = await raw_connect(NATS_URL)
 
     async def handle(msg: Msg) -> None:
         reply = await nc.request("floor.b", msg.data, timeout=5)
@@ -38,7 +39,7 @@ async def relay() -> None:
 
 
 async def echo() -> None:
-    nc = await nats.connect(NATS_URL)
+    nc = await raw_connect(NATS_URL)
 
     async def handle(msg: Msg) -> None:
         await msg.respond(msg.data)
@@ -52,7 +53,7 @@ def http(port: int) -> None:
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        state["nc"] = await nats.connect(NATS_URL)
+        state["nc"] = await raw_connect(NATS_URL)
         yield
         await state["nc"].drain()
 

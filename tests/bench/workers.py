@@ -10,11 +10,12 @@ import os
 import sys
 from typing import Any, ClassVar
 
-import nats
 import uvloop
 from arq.connections import RedisSettings
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from tests.bench.raw import raw_connect
 
 STREAM = "BENCH_JOBS"
 
@@ -31,7 +32,7 @@ async def ensure_stream(js: Any) -> None:
 
 async def jetstream_worker() -> None:
     """The raw path the platform's dispatch is compared with: pull, ack, reply."""
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await raw_connect(os.environ["NATS_URL"])
     js = nc.jetstream()
     await ensure_stream(js)
     sub = await js.pull_subscribe("bench.jobs.*", durable="bench-worker", stream=STREAM)
