@@ -35,7 +35,7 @@ def check_channels(config: NotificationConfig | None) -> None:
         if channel in FIELDS and not getattr(config, FIELDS[channel]):
             raise _invalid(f"notification channel {channel.value} needs {FIELDS[channel]}")
     if config.email_address is not None and not EMAIL_ADDRESS.match(config.email_address):
-        raise _invalid(f"email_address must be one email address (no list, name or line break): {config.email_address!r}")
+        raise _invalid(f"email_address must be one address (no list, name or line break): {config.email_address!r}")
 
 
 async def check_notification_config(config: NotificationConfig | None, allow: Allowlist) -> None:

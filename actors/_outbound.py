@@ -126,7 +126,7 @@ async def resolve_checked(host: str, port: int, allow: Allowlist) -> list[IPAddr
         except (OSError, ValueError) as e:  # socket.gaierror is an OSError
             raise UnsafeURL(f"cannot resolve {host}: {e}") from e
         if not addresses:
-            raise UnsafeURL(f"cannot resolve {host}: no addresses")
+            raise UnsafeURL(f"cannot resolve {host}: no addresses") from None
         if allow.allows_host(host):
             return addresses
     for address in addresses:

@@ -16,6 +16,7 @@ young to depend on and is not a dependency of the project.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -105,12 +106,15 @@ class CheckedBackend2(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def http_client(allow: Allowlist, *, timeout: float, **kwargs: Any) -> httpx.AsyncClient:
-    """An httpx client whose every connection goes to a checked address (`kwargs`: httpx.AsyncClient's)."""
+def http_client(
+    allow: Allowlist, *, timeout: float, verify: ssl.SSLContext | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
+    """An httpx client whose every connection goes to a checked address. `verify`: the TLS context
+    (default: the system's CAs, the host name checked); `kwargs`: httpx.AsyncClient's."""
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     # httpx takes no network backend: its pool is replaced by the same pool on the checked backend
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=CheckedBackend(allow)
+        ssl_context=verify or httpx.create_ssl_context(trust_env=False), network_backend=CheckedBackend(allow)
     )
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False, **kwargs)
 
