@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from bus.secrets import ensure_secret_key
 from bus.supervisor import ACTORS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,6 +273,7 @@ def infra() -> Iterator[Infra]:
     """A nats-server (sync_interval: always, as `make run`) and a PostgreSQL in a temp dir."""
     with tempfile.TemporaryDirectory(prefix="agentbus-bench-") as tmp:
         home = Path(tmp)
+        ensure_secret_key(home)  # as `make run`: the processes seal secrets with it (bus/secrets.py)
         nats = EmbeddedNats(home / "nats").start()
         pg = EmbeddedPostgres(home / "pg").start()
         try:
