@@ -29,6 +29,9 @@ from actors._outbound import Allowlist, IPAddress, UnsafeURL, resolve_checked
 
 __all__ = ["http_client", "mcp_http_client"]
 
+# httpx's own defaults (httpx.Limits()), which its transport would have given the pool
+POOL_LIMITS: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}
+
 
 async def _addresses(host: str, port: int, allow: Allowlist, timeout: float | None) -> list[IPAddress]:
     try:
@@ -114,7 +117,9 @@ def http_client(
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     # httpx takes no network backend: its pool is replaced by the same pool on the checked backend
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=verify or httpx.create_ssl_context(trust_env=False), network_backend=CheckedBackend(allow)
+        ssl_context=verify or httpx.create_ssl_context(trust_env=False),
+        network_backend=CheckedBackend(allow),
+        **POOL_LIMITS,
     )
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False, **kwargs)
 
@@ -123,7 +128,7 @@ def mcp_http_client(allow: Allowlist, *, headers: dict[str, str] | None = None) 
     """An httpx2 client for an MCP server over HTTP, on the checked backend; timeouts as the MCP SDK's."""
     transport = httpx2.AsyncHTTPTransport(trust_env=False)
     transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=CheckedBackend2(allow)
+        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=CheckedBackend2(allow), **POOL_LIMITS
     )
     return httpx2.AsyncClient(
         transport=transport,
