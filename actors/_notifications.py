@@ -9,8 +9,9 @@ import secrets
 from actors._outbound import Allowlist, UnsafeURL, check_url
 from bus import subjects
 from bus.errors import BusError
+from bus.secrets import SecretBox
 from schemas.errors import ErrorCode
-from schemas.notifier import Channel, Deliver, NotificationConfig
+from schemas.notifier import EMAIL_ADDRESS, Channel, Deliver, NotificationConfig
 
 __all__ = ["check_channels", "check_notification_config", "deliveries", "new_signing_secret"]
 
@@ -33,8 +34,8 @@ def check_channels(config: NotificationConfig | None) -> None:
     for channel in config.channels:
         if channel in FIELDS and not getattr(config, FIELDS[channel]):
             raise _invalid(f"notification channel {channel.value} needs {FIELDS[channel]}")
-    if config.email_address is not None and "@" not in config.email_address:
-        raise _invalid(f"not an email address: {config.email_address!r}")
+    if config.email_address is not None and not EMAIL_ADDRESS.match(config.email_address):
+        raise _invalid(f"email_address must be one address (no list, name or line break): {config.email_address!r}")
 
 
 async def check_notification_config(config: NotificationConfig | None, allow: Allowlist) -> None:
@@ -59,10 +60,13 @@ def deliveries(
     body: str,
     payload: dict[str, object],
     signing_secret: str,
+    secrets: SecretBox,
 ) -> list[tuple[str, Deliver]]:
-    """(subject, command) per channel; the delivery id `<run_id>-<channel>` makes re-sending harmless."""
+    """(subject, command) per channel; the delivery id `<run_id>-<channel>` makes re-sending harmless.
+    `signing_secret` as stored by the owner: the command carries it sealed, never in plaintext."""
     if config is None:
         return []
+    sealed = secrets.reseal(signing_secret) or signing_secret
     targets = {
         Channel.EMAIL: config.email_address,
         Channel.SLACK: config.slack_webhook_url,
@@ -80,7 +84,7 @@ def deliveries(
             title=title,
             body=body,
             payload=payload,
-            signing_secret=signing_secret if channel is Channel.WEBHOOK else None,
+            sealed_signing_secret=sealed if channel is Channel.WEBHOOK else None,
         )
         out.append((subjects.notifier_command(tenant, delivery_id), deliver))
     return out

@@ -22,6 +22,7 @@ from bus.credentials import Role, seed_path
 from bus.errors import BusError
 from bus.logging import configure_logging
 from bus.model_status import model_report
+from bus.secrets import ensure_secret_key
 from bus.supervisor import ACTORS, CREDENTIALS, RunConfig, Running, Supervisor, say
 
 __all__ = ["curl_examples", "main"]
@@ -178,6 +179,7 @@ async def _welcome(running: Running) -> None:
 def _exec_module(module: str, role: str) -> NoReturn:
     """Become `python -m module`, pointed at a running `agentbus run` when no URLs are set."""
     env = dict(os.environ)
+    ensure_secret_key(RunConfig.from_env().home, env)  # the running platform's key
     for variable, file_name in (("NATS_URL", "nats.url"), ("DATABASE_URL", "database.url")):
         value = _running_url(variable, file_name)
         if value is not None:
@@ -195,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("agentbus", console=True, level="ERROR")  # the bus client's own chatter is not for this screen
     match args.command:
         case "run":
-            return asyncio.run(Supervisor(RunConfig.from_env(), on_ready=_welcome).run())
+            config = RunConfig.from_env()
+            ensure_secret_key(config.home)  # the key secrets are sealed with, for every child (bus/secrets.py)
+            return asyncio.run(Supervisor(config, on_ready=_welcome).run())
         case "keys":
             print(asyncio.run(_create_key(args.tenant, args.name, nats=args.nats)))
             return 0

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -36,6 +37,29 @@ from gateway.views import FullResponse
 from gateway.ws import chat_socket
 
 __all__ = ["create_app"]
+
+# what a browser may send and read across origins (CORS), once an origin is allowed
+CORS_REQUEST_HEADERS = ["authorization", "content-type", "idempotency-key", "last-event-id", "traceparent"]
+CORS_EXPOSED_HEADERS = [
+    "retry-after",
+    "ratelimit",
+    "ratelimit-policy",
+    "x-correlation-id",
+    "idempotent-replayed",
+    "location",
+]
+
+
+def cors_config(config: GatewayConfig) -> CORSConfig | None:
+    """None (no cross-origin access) unless AGENTBUS_CORS_ORIGINS names origins."""
+    if not config.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(config.cors_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_EXPOSED_HEADERS,
+    )
 
 
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
@@ -78,6 +102,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=config.max_body_bytes,
+        cors_config=cors_config(config),
         openapi_config=OpenAPIConfig(
             title="agentbus",
             version="0.1.0",

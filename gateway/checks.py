@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import ApiError
 from schemas.errors import ErrorCode
-from schemas.notifier import NotificationConfig
+from schemas.notifier import EMAIL_ADDRESS, NotificationConfig
 
 __all__ = ["check_notification_config", "check_time_zone"]
 
 MAX_URL = 2_048
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+MAX_EMAIL = 320
 
 
 def _invalid(message: str) -> ApiError:
@@ -34,8 +33,13 @@ def check_notification_config(config: NotificationConfig | None) -> None:
     """Targets of a sane size and shape; whether a URL's host is public the owning actor checks (DNS)."""
     if config is None:
         return
-    if config.email_address is not None and not EMAIL.match(config.email_address):
-        raise _invalid("email_address must be an email address (at most 320 characters)")
+    address = config.email_address
+    if address is not None and (
+        len(address) > MAX_EMAIL or not EMAIL_ADDRESS.match(address) or len(address.split("@")[0]) > 64
+    ):
+        raise _invalid(
+            f"email_address must be one email address (at most {MAX_EMAIL} characters; no list, name or line break)"
+        )
     for field in ("slack_webhook_url", "webhook_url"):
         url: str | None = getattr(config, field)
         if url is None:

@@ -22,6 +22,7 @@ from bus.client import Bus, Envelope
 from bus.codec import decode_union
 from bus.errors import BusError
 from bus.headers import Trace, new_id
+from bus.secrets import SecretError
 from bus.streams import RUN_OUT
 from gateway.access_log import correlation_id
 from gateway.auth import KeyCache
@@ -49,7 +50,8 @@ def ident(value: str) -> str:
 
 
 class Stored(msgspec.Struct, frozen=True):
-    """A POST's first answer, kept under its Idempotency-Key."""
+    """A POST's first answer, kept under its Idempotency-Key, sealed (it may hold a secret shown once:
+    a new task's webhook and signing secrets, a research job's signing secret)."""
 
     status: int
     body: bytes = b""
@@ -149,11 +151,20 @@ class Gateway:
             entry = await self._kv.get(digest)
         except KeyNotFoundError:
             return None
-        return msgspec.msgpack.decode(entry.value, type=Stored) if entry.value else None
+        if not entry.value:
+            return None
+        try:
+            value = self.config.secrets.open_bytes(entry.value)
+        except SecretError:
+            value = entry.value  # kept before answers were sealed (or under a key since dropped)
+        try:
+            return msgspec.msgpack.decode(value, type=Stored)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None  # unreadable: answered anew, as if it had expired
 
     async def remember(self, digest: str | None, stored: Stored) -> None:
         if digest is not None:
-            await self._kv.put(digest, msgspec.msgpack.encode(stored))
+            await self._kv.put(digest, self.config.secrets.seal_bytes(msgspec.msgpack.encode(stored)))
 
     # --- runs --------------------------------------------------------------------------------
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
 
 __all__ = [
+    "EMAIL_ADDRESS",
     "Channel",
     "Deliver",
     "DeliveryAttempt",
@@ -26,6 +28,13 @@ __all__ = [
     "NotifierReply",
     "RetryDelivery",
 ]
+
+# One address, nothing else: a dot-atom local part (no quotes, commas, semicolons, angle brackets,
+# spaces or line breaks, so no list, display name or header injection) @ a host name.
+EMAIL_ADDRESS = re.compile(
+    r"\A[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
 
 
 class Channel(enum.StrEnum):
@@ -89,7 +98,8 @@ class Deliver(Message, frozen=True, kw_only=True, tag="deliver"):
     title: str
     body: str  # Markdown / plain text of the result
     payload: dict[str, object] = {}  # the JSON a webhook receives (and the in-app event carries)
-    signing_secret: str | None = None  # whsec_... for webhooks (Standard Webhooks)
+    signing_secret: str | None = None  # no longer sent (commands from before sealing had it in plaintext)
+    sealed_signing_secret: str | None = None  # the whsec_ key signing a webhook, sealed (bus/secrets.py)
 
 
 class RetryDelivery(Message, frozen=True, kw_only=True, tag="retry_delivery"):

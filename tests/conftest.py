@@ -314,3 +314,13 @@ async def start_platform(bus_config: BusConfig, database_url: str) -> AsyncItera
 
 async def _started(server: uvicorn.Server) -> bool:
     return server.started
+
+
+def _test_secret_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+# Secrets at rest (bus/secrets.py): one key for the run, inherited by actor subprocesses too.
+os.environ.setdefault("AGENTBUS_SECRET_KEY", _test_secret_key())

@@ -24,6 +24,12 @@ from tests.mcp_servers import INJECTION
 Start = Callable[..., Awaitable[Platform]]
 
 
+@pytest.fixture(autouse=True)
+def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's MCP server over HTTP is on loopback: allowed as an operator allows an internal one."""
+    monkeypatch.setenv("AGENTBUS_OUTBOUND_ALLOW", "127.0.0.1")
+
+
 @pytest.fixture
 async def http_server() -> AsyncIterator[str]:
     """The test MCP server over streamable HTTP, as its own process; its URL."""

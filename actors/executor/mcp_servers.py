@@ -20,6 +20,10 @@ an older one. The model sees a server's tools as `<server>_<tool>`. A server tha
 at start is retried when a run needs it (at most every RETRY_S seconds; meanwhile a run of an agent
 that uses it fails, saying so); a stdio server that died (or an isolated one stopped at its
 wall-time limit) is started again for the next call.
+
+A server over HTTP is reached through `actors/_outbound_http.py`: every connection goes to an
+address checked against the outbound rules, so an internal MCP server's host (or network) must be
+listed in `AGENTBUS_OUTBOUND_ALLOW`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+import httpx2
 import msgspec
 import structlog
 from fastmcp.client.transports import StdioTransport
@@ -47,6 +52,8 @@ from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool
 from pydantic_ai.usage import RunUsage
 
+from actors._outbound import Allowlist
+from actors._outbound_http import mcp_http_client
 from actors.executor.isolation import IsolationLimits, ToolStopped, exec_argv
 from actors.executor.limits import UNTRUSTED
 
@@ -93,11 +100,13 @@ def _catalog_context() -> RunContext[Any]:
 class McpServer:
     """One declared server: its connection, its tools as last listed, and the watcher that relists them."""
 
-    def __init__(self, name: str, spec: McpServerSpec) -> None:
+    def __init__(self, name: str, spec: McpServerSpec, allow: Allowlist | None = None) -> None:
         if not SERVER_NAME.match(name):
             raise ValueError(f"MCP server name {name!r}: use letters, digits and '-' (at most 40)")
         self.name = name
         self.spec = spec
+        self.allow = allow if allow is not None else Allowlist()
+        self._http: httpx2.AsyncClient | None = None  # a server over HTTP: its client, while connected
         self.definitions: dict[str, ToolDefinition] = {}  # by the server's own tool names
         self.error: str | None = None  # why it is not connected, when it is not
         self.changes = 0  # how many times its tool list was read again after a change
@@ -115,7 +124,8 @@ class McpServer:
         spec = self.spec
         common: dict[str, Any] = {"cache_tools": False, "message_handler": self._on_message, "init_timeout": 15}
         if spec.url is not None:
-            return MCPToolset(spec.url, headers=_expanded(spec.headers) or None, **common)
+            self._http = mcp_http_client(self.allow, headers=_expanded(spec.headers) or None)
+            return MCPToolset(spec.url, http_client=self._http, **common)
         assert spec.command is not None
         command, args = (spec.command, list(spec.args))
         if spec.isolated:
@@ -164,6 +174,9 @@ class McpServer:
             except Exception as e:
                 log.warning("MCP server did not close cleanly", server=self.name, error=repr(e))
                 break
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     async def _refresh(self) -> None:
         assert self._mcp is not None
@@ -267,8 +280,10 @@ class ServerToolset(AbstractToolset[Any]):
 class McpServers:
     """Every declared server, by name."""
 
-    def __init__(self, specs: dict[str, McpServerSpec]) -> None:
-        self.servers = {name: McpServer(name, spec) for name, spec in specs.items()}
+    def __init__(self, specs: dict[str, McpServerSpec], allow: Allowlist | None = None) -> None:
+        """`allow`: the outbound rules for servers over HTTP (default: AGENTBUS_OUTBOUND_ALLOW)."""
+        allow = allow if allow is not None else Allowlist.from_env()
+        self.servers = {name: McpServer(name, spec, allow) for name, spec in specs.items()}
 
     def __getitem__(self, name: str) -> McpServer:
         return self.servers[name]

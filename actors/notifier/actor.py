@@ -17,16 +17,18 @@ from typing import Any, assert_never
 
 import asyncpg
 import httpx
+import structlog
 
+from actors._outbound_http import http_client
 from actors._postgres import health as postgres_health
 from actors._postgres import open_pool
-from actors.notifier.channels import SendAttempt, send_email, send_http
+from actors.notifier.channels import SendAttempt, one_recipient, send_email, send_http
 from actors.notifier.config import NotifierConfig
 from actors.notifier.store import DeliveryStore
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.config import BusConfig
-from bus.errors import BusError, Retry
+from bus.errors import BusError, Reject, Retry
 from bus.headers import Trace
 from bus.streams import NOTIFIER_CMD, ConsumerSpec
 from schemas._base import Message
@@ -49,6 +51,7 @@ from schemas.notifier import (
 __all__ = ["NotifierActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = structlog.get_logger("notifier")
 LEASE_MARGIN_S = 30.0  # beyond the send timeout, before another replica may take over an attempt
 
 
@@ -83,7 +86,9 @@ class NotifierActor(Actor):
     async def on_start(self) -> None:
         self._pool = await open_pool(self.config.database_url, schema="notifier", migrations=MIGRATIONS)
         self._store = DeliveryStore(self._pool)
-        self._http = httpx.AsyncClient(timeout=self.config.http_timeout_s)
+        if resealed := await self._store.reseal(self.config.secrets):
+            log.info("delivery commands' signing secrets sealed", count=resealed)
+        self._http = http_client(self.config.allow, timeout=self.config.http_timeout_s)
 
     async def on_stop(self) -> None:
         if self._http is not None:
@@ -122,6 +127,8 @@ class NotifierActor(Actor):
         )
 
     async def _handle_deliver(self, deliver: Deliver, delivery: Delivery) -> None:
+        if deliver.channel is Channel.EMAIL and not one_recipient(deliver.target):
+            raise Reject("an email delivery's target must be one address (no list, name or line break)")
         tenant = delivery.tenant
         record = await self.store.accept(deliver, tenant)
         if record.tenant != tenant or record.status is not DeliveryStatus.PENDING:

@@ -17,11 +17,12 @@ import httpx
 import msgspec
 from standardwebhooks.webhooks import Webhook
 
-from actors._outbound import UnsafeURL, check_url
+from actors._outbound import UnsafeURL, check_url_syntax
 from actors.notifier.config import NotifierConfig
-from schemas.notifier import Deliver
+from bus.secrets import SecretError
+from schemas.notifier import EMAIL_ADDRESS, Deliver
 
-__all__ = ["SendAttempt", "send_email", "send_http"]
+__all__ = ["SendAttempt", "one_recipient", "send_email", "send_http"]
 
 RETRYABLE_HTTP = {408, 425, 429}
 
@@ -49,7 +50,14 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max((when - now).total_seconds(), 0.0)
 
 
+def one_recipient(target: str) -> bool:
+    """The target is exactly one address: no list, display name, or line break to add a header."""
+    return EMAIL_ADDRESS.match(target) is not None
+
+
 async def send_email(config: NotifierConfig, deliver: Deliver) -> SendAttempt:
+    if not one_recipient(deliver.target):
+        return SendAttempt(ok=False, permanent=True, error="the recipient must be one email address")
     if config.smtp_host is None:
         return SendAttempt(ok=False, permanent=True, error="no SMTP server configured (set SMTP_HOST)")
     message = EmailMessage()
@@ -66,7 +74,7 @@ async def send_email(config: NotifierConfig, deliver: Deliver) -> SendAttempt:
             port=config.smtp_port,
             username=config.smtp_username,
             password=config.smtp_password,
-            start_tls=config.smtp_starttls,
+            start_tls=config.starttls,
             use_tls=config.smtp_tls,
             timeout=config.http_timeout_s,
         )
@@ -87,22 +95,35 @@ def _body(deliver: Deliver) -> bytes:
     )
 
 
+def _signing_secret(config: NotifierConfig, deliver: Deliver) -> str | None:
+    if deliver.sealed_signing_secret is not None:
+        return config.secrets.open(deliver.sealed_signing_secret)
+    return deliver.signing_secret  # a command from before sealing
+
+
 async def send_http(config: NotifierConfig, deliver: Deliver, client: httpx.AsyncClient) -> SendAttempt:
-    """POST to a Slack incoming webhook or a generic webhook (signed per Standard Webhooks)."""
+    """POST to a Slack incoming webhook or a generic webhook (signed per Standard Webhooks). `client`
+    connects only to checked addresses (actors/_outbound_http.py): an unsafe target is refused there."""
     try:
-        await check_url(deliver.target, config.allow)
+        check_url_syntax(deliver.target)
     except UnsafeURL as e:
         return SendAttempt(ok=False, permanent=True, error=f"unsafe URL: {e}")
+    try:
+        secret = _signing_secret(config, deliver)
+    except SecretError as e:
+        return SendAttempt(ok=False, permanent=True, error=f"the signing secret cannot be opened: {e}")
     body = _body(deliver)
     headers = {"content-type": "application/json", "user-agent": "agentbus-notifier"}
     if deliver.channel == "webhook":
         now = datetime.now(UTC)
         headers["webhook-id"] = deliver.delivery_id
         headers["webhook-timestamp"] = str(int(now.timestamp()))
-        if deliver.signing_secret:
-            headers["webhook-signature"] = Webhook(deliver.signing_secret).sign(deliver.delivery_id, now, body.decode())
+        if secret:
+            headers["webhook-signature"] = Webhook(secret).sign(deliver.delivery_id, now, body.decode())
     try:
         response = await client.post(deliver.target, content=body, headers=headers, follow_redirects=False)
+    except UnsafeURL as e:
+        return SendAttempt(ok=False, permanent=True, error=f"unsafe URL: {e}")
     except httpx.HTTPError as e:
         return SendAttempt(ok=False, error=f"{type(e).__name__}: {e}")
     code = response.status_code

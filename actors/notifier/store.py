@@ -1,4 +1,9 @@
-"""The notifier's table (schema `notifier`): one row per delivery, with every attempt and its Deliver command."""
+"""The notifier's table (schema `notifier`): one row per delivery, with every attempt and its Deliver command.
+
+A stored command holds a webhook's signing secret only sealed (`sealed_signing_secret`); `reseal`
+seals the plaintext `signing_secret` of commands from before, and moves the ones that may still be
+sent (not delivered) to the current key.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import msgspec
 
 from actors._postgres import as_struct, as_structs
 from bus.codec import decode, encode
+from bus.secrets import SecretBox, SecretError
 from schemas.notifier import Deliver, DeliveryAttempt, DeliveryRecord, DeliveryStatus
 
 __all__ = ["DeliveryStore"]
@@ -31,6 +37,36 @@ class DeliveryStore:
         )  # fmt: skip
         assert row is not None
         return as_struct(row, DeliveryRecord)
+
+    async def reseal(self, box: SecretBox) -> int:
+        """Seal the signing secrets of stored commands not sealed under the current key; how many were."""
+        rows = await self.pool.fetch(
+            """
+            SELECT id, command FROM deliveries WHERE channel = 'webhook'
+                AND (position('"signing_secret":"'::bytea IN command) > 0 OR status <> 'delivered')
+            """
+        )
+        count = 0
+        for row in rows:
+            command = decode(bytes(row["command"]), Deliver)
+            try:
+                if command.signing_secret is not None:
+                    sealed: str | None = box.seal(command.signing_secret)
+                elif command.sealed_signing_secret is not None:
+                    sealed = box.reseal(command.sealed_signing_secret)
+                else:
+                    sealed = None
+            except SecretError:  # under a key no longer configured: its next attempt says so
+                continue
+            if sealed is None:
+                continue
+            resealed = msgspec.structs.replace(command, signing_secret=None, sealed_signing_secret=sealed)
+            status = await self.pool.execute(
+                "UPDATE deliveries SET command = $2 WHERE id = $1 AND command = $3",
+                row["id"], encode(resealed), row["command"],
+            )  # fmt: skip
+            count += status == "UPDATE 1"
+        return count
 
     async def lease(self, delivery_id: str, seconds: float) -> DeliveryRecord | None:
         """Take the pending delivery for one attempt of at most `seconds`; None while another holds it."""

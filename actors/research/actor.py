@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, assert_never
 
 import asyncpg
+import structlog
 
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
@@ -39,6 +40,8 @@ from schemas.research import (
 __all__ = ["ResearchActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+log = structlog.get_logger("research")
 
 
 class ResearchActor(Actor):
@@ -87,6 +90,8 @@ class ResearchActor(Actor):
 
     async def on_start(self) -> None:
         self._pool = await open_pool(self.config.database_url, schema="research", migrations=MIGRATIONS)
+        if resealed := await JobStore(self._pool).reseal(self.config.secrets):
+            log.info("notification secrets sealed under the current key", count=resealed)
         self._cancels = CancelSignals(self.bus, subjects.research_cancels(), CancelResearch, lambda c: c.job_id)
         await self._cancels.start()
         self._jobs = Jobs(self.bus, JobStore(self._pool), self.config, self._cancels)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from actors._outbound import Allowlist
 from actors._postgres import database_url
+from bus.secrets import SecretBox
 
 __all__ = ["ResearchConfig"]
 
@@ -20,6 +21,7 @@ class ResearchConfig:
     fetch_timeout_s: float = 20.0
     concurrency: int = 4  # sub-questions of one job running at once
     max_jobs: int = 32  # jobs one replica drives at once
+    secrets: SecretBox = field(default_factory=SecretBox.from_env)  # seals the notification secrets at rest
 
     @classmethod
     def from_env(cls) -> ResearchConfig:

@@ -1,7 +1,10 @@
 """Fetching a web page as a research source: every hop checked against the outbound rules, the body bounded.
 
-Redirects are followed by hand (at most MAX_REDIRECTS), re-checking each target with `check_url`, so a
-public URL cannot bounce to an internal address. Errors are FetchError, with a message a model can act on.
+Every connection goes to an address checked against the outbound rules (actors/_outbound_http.py:
+resolved once, checked, connected to, so DNS rebinding cannot point it inward). Redirects are
+followed by hand (at most MAX_REDIRECTS), each target's URL checked again and fetched over its own
+checked connection, so a public URL cannot bounce to an internal address either. Errors are
+FetchError, with a message a model can act on.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from actors._outbound import Allowlist, UnsafeURL, check_url
+from actors._outbound import Allowlist, UnsafeURL, check_url_syntax
+from actors._outbound_http import http_client
 from actors.research.text import UnreadableDocument, pdf_to_text, to_text
 
 __all__ = ["FetchError", "FetchedPage", "fetch_text"]
@@ -43,16 +47,16 @@ class FetchedPage:
 async def fetch_text(url: str, *, allow: Allowlist, max_bytes: int, timeout_s: float) -> FetchedPage:
     """GET `url` (following up to MAX_REDIRECTS redirects) as text; at most `max_bytes` of body, `timeout_s` in all."""
     try:
-        async with asyncio.timeout(timeout_s), httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client:
-            return await _fetch(client, url, allow, max_bytes)
+        async with asyncio.timeout(timeout_s), http_client(allow, timeout=timeout_s, follow_redirects=False) as client:
+            return await _fetch(client, url, max_bytes)
     except TimeoutError:
         raise FetchError(f"{url} did not answer within {timeout_s:g} seconds") from None
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, allow: Allowlist, max_bytes: int) -> FetchedPage:
+async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int) -> FetchedPage:
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            await check_url(url, allow)
+            check_url_syntax(url)
         except UnsafeURL as e:
             raise FetchError(f"refusing to fetch {url}: {e}") from None
         except ValueError:  # urlsplit: an unclosed IPv6 bracket, a port that is not a number
@@ -71,6 +75,8 @@ async def _fetch(client: httpx.AsyncClient, url: str, allow: Allowlist, max_byte
                     )
                 body, truncated = await _read(response, max_bytes)
                 charset = response.charset_encoding or "utf-8"
+        except UnsafeURL as e:  # from the connection: what the name resolved to is internal
+            raise FetchError(f"refusing to fetch {url}: {e}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise FetchError(f"cannot fetch {url}: {e or type(e).__name__}") from None
         return _page(url, response.status_code, kind, body, charset, truncated, max_bytes)

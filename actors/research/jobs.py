@@ -79,10 +79,11 @@ class Jobs:
                 subjects.research_command(trace.tenant, cmd.job_id), cmd, trace=trace, msg_id=cmd.job_id
             )
         view = row.view(await self.store.subruns(row.id))
-        return ResearchView(job=view, notification_secret=row.notification_secret if created else None)
+        secret = self.config.secrets.open(row.notification_secret) if created else None
+        return ResearchView(job=view, notification_secret=secret)
 
     async def create(self, cmd: StartResearch, tenant: str) -> tuple[JobRow, bool]:
-        found = await self.store.create(tenant, cmd, new_signing_secret())
+        found = await self.store.create(tenant, cmd, self.config.secrets.seal(new_signing_secret()))
         if found is None:
             raise BusError(ErrorCode.CONFLICT, f"research job id {cmd.job_id} is taken")
         return found
@@ -200,6 +201,7 @@ class Jobs:
             body=row.report or row.error or "",
             payload=payload,
             signing_secret=row.notification_secret,
+            secrets=self.config.secrets,
         ):
             await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 

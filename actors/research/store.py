@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from actors._postgres import as_struct, as_structs
+from bus.secrets import SecretBox, SecretError
 from schemas.research import (
     Citation,
     ResearchJob,
@@ -34,7 +35,7 @@ class JobRow:
     id: str
     tenant: str
     spec: StartResearch
-    notification_secret: str
+    notification_secret: str  # sealed (bus/secrets.py)
     status: ResearchStatus
     stopped_by: StopReason | None
     error: str | None
@@ -109,6 +110,22 @@ class JobStore:
         if row is None or row["tenant"] != tenant:
             return None
         return as_struct(row, JobRow), created
+
+    async def reseal(self, box: SecretBox) -> int:
+        """Seal every notification secret not sealed under the current key yet; how many were."""
+        count = 0
+        for record in await self.pool.fetch("SELECT id, notification_secret FROM jobs"):
+            try:
+                sealed = box.reseal(record["notification_secret"])
+            except SecretError:  # under a key no longer configured: left alone
+                continue
+            if sealed is not None:
+                status = await self.pool.execute(
+                    "UPDATE jobs SET notification_secret = $2 WHERE id = $1 AND notification_secret = $3",
+                    record["id"], sealed, record["notification_secret"],
+                )  # fmt: skip
+                count += status == "UPDATE 1"
+        return count
 
     async def get(self, job_id: str, tenant: str) -> JobRow | None:
         row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND tenant = $2", job_id, tenant)

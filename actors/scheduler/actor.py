@@ -126,6 +126,9 @@ class SchedulerActor(Actor):
 
     async def on_start(self) -> None:
         self._pool = await open_pool(self.config.database_url, schema="scheduler", migrations=MIGRATIONS)
+        async with self._pool.acquire() as conn:
+            if resealed := await store.reseal(conn, self.config.secrets):
+                log.info("notification secrets sealed under the current key", count=resealed)
         self.spawn(self._ticker(), name="scheduler-ticker")
 
     async def on_stop(self) -> None:
@@ -333,6 +336,7 @@ class SchedulerActor(Actor):
             body=body,
             payload=payload,
             signing_secret=row.notification_secret,
+            secrets=self.config.secrets,
         ):
             await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 
@@ -409,7 +413,7 @@ class SchedulerActor(Actor):
         )
         secret = new_signing_secret()
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await store.insert_task(conn, task, secret)
+            row = await store.insert_task(conn, task, self.config.secrets.seal(secret))
             existing = await store.get_task(conn, task.id, trace.tenant) if row is None else None
             run: TaskRun | None = None
             if row is not None and task.task_type is TaskType.DELEGATION:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from actors._outbound import Allowlist
 from actors._postgres import database_url
+from bus.secrets import SecretBox
 
 __all__ = ["SchedulerConfig"]
 
@@ -19,6 +20,7 @@ class SchedulerConfig:
     restart_after_s: float = 10.0  # a task run fired but not started for this long is started again
     batch: int = 100
     allow: Allowlist = field(default_factory=Allowlist)  # AGENTBUS_OUTBOUND_ALLOW, as the notifier
+    secrets: SecretBox = field(default_factory=SecretBox.from_env)  # seals the notification secrets at rest
 
     @classmethod
     def from_env(cls) -> SchedulerConfig:

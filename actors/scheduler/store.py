@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from actors._postgres import Conn, as_struct, as_structs
+from bus.secrets import SecretBox, SecretError
 from schemas.runs import Usage
 from schemas.tasks import (
     FiredBy,
@@ -17,7 +18,7 @@ from schemas.tasks import (
     TaskRunStatus,
 )
 
-__all__ = ["TaskRow", "task_of", "task_row_of"]
+__all__ = ["TaskRow", "reseal", "task_of", "task_row_of"]
 
 OPEN = ("queued", "running")
 
@@ -27,7 +28,7 @@ class TaskRow:
     """A task as stored, with what only the scheduler sees (its notification secret)."""
 
     task: Task
-    notification_secret: str
+    notification_secret: str  # sealed (bus/secrets.py)
 
 
 def task_row_of(row: asyncpg.Record) -> TaskRow:
@@ -218,3 +219,21 @@ async def list_runs(conn: Conn, task_id: str, *, limit: int, after: str | None =
 async def task_row(conn: Conn, task_id: str) -> TaskRow | None:
     row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
     return task_row_of(row) if row is not None else None
+
+
+async def reseal(conn: Conn, box: SecretBox) -> int:
+    """Seal every notification secret not sealed under the current key yet (plaintext from before
+    sealing, or an older key); how many were. One no configured key opens is left alone."""
+    count = 0
+    for record in await conn.fetch("SELECT id, notification_secret FROM tasks"):
+        try:
+            sealed = box.reseal(record["notification_secret"])
+        except SecretError:
+            continue
+        if sealed is not None:
+            status = await conn.execute(
+                "UPDATE tasks SET notification_secret = $2 WHERE id = $1 AND notification_secret = $3",
+                record["id"], sealed, record["notification_secret"],
+            )  # fmt: skip
+            count += status == "UPDATE 1"
+    return count

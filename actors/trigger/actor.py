@@ -107,6 +107,9 @@ class TriggerActor(Actor):
 
     async def on_start(self) -> None:
         pool = await open_pool(self.config.database_url, schema="trigger", migrations=MIGRATIONS)
+        async with pool.acquire() as conn:
+            if resealed := await store.reseal(conn, self.config.secrets):
+                log.info("webhook secrets sealed under the current key", count=resealed)
         firings = Firings(self.bus, pool, self.config)
         self._parts = _Parts(
             pool=pool,
@@ -142,7 +145,8 @@ class TriggerActor(Actor):
         secret = new_secret() if config.subject is None else None
         async with self.parts.pool.acquire() as conn, conn.transaction():
             before = await store.get(conn, cmd.task_id, lock=True)
-            after = await store.register(conn, cmd.task_id, tenant, secret, config)
+            sealed = self.config.secrets.seal(secret) if secret is not None else None
+            after = await store.register(conn, cmd.task_id, tenant, sealed, config)
         if after is None:
             raise BusError(ErrorCode.CONFLICT, f"task id {cmd.task_id} is taken")
         await self.listeners.apply(before, after)

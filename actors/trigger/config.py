@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors._postgres import database_url
+from bus.secrets import SecretBox
 
 __all__ = ["TriggerActorConfig"]
 
@@ -19,6 +20,7 @@ class TriggerActorConfig:
     sweep_s: float = 60.0  # how often old receipts/firings and orphaned trigger consumers are removed
     debounce_poll_s: float = 1.0  # how often a replica looks for debounced firings another replica left due
     retry_s: float = 1.0  # pause before a listener whose consumer failed tries again
+    secrets: SecretBox = field(default_factory=SecretBox.from_env)  # seals the webhook secrets at rest
 
     def __post_init__(self) -> None:
         if self.tolerance_s <= 0:

@@ -1,8 +1,8 @@
 """The trigger actor's tables (schema `trigger`). Functions take a connection the caller holds.
 
-`triggers.secret` is the webhook's `whsec_` secret as given out: it is stored because verifying
-a signature needs it. It is not encrypted at rest (out of scope): whoever reads this table can
-sign webhooks for these tasks.
+`triggers.secret` is the webhook's `whsec_` secret, sealed with the secret key (bus/secrets.py):
+it is stored because verifying a signature needs it, and only a process holding the key can open
+it. A row from before sealing holds it in plaintext until `reseal` runs at the actor's start.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import asyncpg
 import msgspec
 
 from actors._postgres import Conn, as_struct, as_structs
+from bus.secrets import SecretBox, SecretError
 from schemas.tasks import FiredBy, TriggerConfig
 
-__all__ = ["Pending", "TriggerRow"]
+__all__ = ["Pending", "TriggerRow", "reseal"]
 
 _COLUMNS = "task_id, tenant, secret, config, enabled, dropped, task_updated_at"
 
@@ -26,7 +27,7 @@ _COLUMNS = "task_id, tenant, secret, config, enabled, dropped, task_updated_at"
 class TriggerRow:
     task_id: str
     tenant: str
-    secret: str | None
+    secret: str | None  # sealed (SecretBox.open reads it)
     config: TriggerConfig
     enabled: bool
     dropped: int
@@ -107,6 +108,24 @@ async def delete(conn: Conn, task_id: str, tenant: str) -> TriggerRow | None:
         f"DELETE FROM triggers WHERE task_id = $1 AND tenant = $2 RETURNING {_COLUMNS}", task_id, tenant
     )
     return _row(record)
+
+
+async def reseal(conn: Conn, box: SecretBox) -> int:
+    """Seal every secret not sealed under the current key yet (plaintext from before, or an older
+    key); how many were. A row changed meanwhile (a new secret) is left as it is now."""
+    count = 0
+    for record in await conn.fetch("SELECT task_id, secret FROM triggers WHERE secret IS NOT NULL"):
+        try:
+            sealed = box.reseal(record["secret"])
+        except SecretError:  # under a key no longer configured: verifying its webhooks fails, loudly
+            continue
+        if sealed is not None:
+            status = await conn.execute(
+                "UPDATE triggers SET secret = $2 WHERE task_id = $1 AND secret = $3",
+                record["task_id"], sealed, record["secret"],
+            )  # fmt: skip
+            count += status == "UPDATE 1"
+    return count
 
 
 # --- webhooks ------------------------------------------------------------------------------------

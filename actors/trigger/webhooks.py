@@ -55,7 +55,7 @@ class Webhooks:
             row = await store.get(conn, hook.task_id, lock=True)
             if row is None or not row.enabled or not row.is_webhook or row.secret is None:
                 raise BusError(ErrorCode.NOT_FOUND, f"no webhook for task {hook.task_id}")
-            event, sent = self._checked(row.secret, hook)
+            event, sent = self._checked(self.config.secrets.open(row.secret), hook)
             if not await store.record_receipt(conn, hook.task_id, hook.webhook_id):
                 raise BusError(ErrorCode.CONFLICT, f"webhook-id {hook.webhook_id} was already received")
             if matches(event, row.config.filter):  # else: received (not sent again), starts nothing

@@ -27,6 +27,7 @@ from bus.config import BusConfig
 from bus.credentials import ensure_seeds
 from bus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from bus.permissions import server_authorization
+from bus.secrets import ensure_secret_key
 from bus.supervisor import ACTORS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,6 +287,7 @@ def infra() -> Iterator[Infra]:
     """A nats-server (sync_interval: always, as `make run`) and a PostgreSQL in a temp dir."""
     with tempfile.TemporaryDirectory(prefix="agentbus-bench-") as tmp:
         home = Path(tmp)
+        ensure_secret_key(home)  # as `make run`: the processes seal secrets with it (bus/secrets.py)
         roles = ensure_seeds(home / "credentials")
         nats = EmbeddedNats(home / "nats", authorization=server_authorization(roles)).start()
         pg = EmbeddedPostgres(home / "pg").start()
