@@ -172,7 +172,7 @@ ATTACKS = {
         subjects.executor_command("b", "r1"),
         {Role.GATEWAY, Role.CONVERSATION, Role.EXECUTOR, Role.SCHEDULER, Role.RESEARCH},
     ),
-    "send an email": (subjects.notifier_command("b", "d1"), {Role.SCHEDULER, Role.RESEARCH}),
+    "send an email": (subjects.notifier_command("b", "d1"), {Role.SCHEDULER, Role.RESEARCH, Role.NOTIFIER}),
 }
 
 
