@@ -350,3 +350,18 @@ async def test_agentbus_nats_server_serves_the_roles_and_the_tenant_users_the_cl
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 15)
+
+
+def test_compose_gives_each_process_its_own_seed_and_publishes_no_nats_port() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "compose.yaml").read_text())
+    services = compose["services"]
+    nats_service = services["nats"]
+    assert "ports" not in nats_service
+    assert nats_service["command"][:2] == ["agentbus", "nats-server"]  # what the test above runs
+    for role in PROCESS_ROLES:
+        service = services[role.value]
+        assert service["secrets"] == [{"source": f"nats_{role.value}", "target": "nats"}]
+        assert service["environment"]["NATS_NKEY_SEED_FILE"] == "/run/secrets/nats"
+        assert compose["secrets"][f"nats_{role.value}"]["file"] == f"./.agentbus/credentials/{role.value}.nk"
