@@ -8,6 +8,7 @@ Layout (see docs/bus.md):
   ab.executor.ctl.cancel.<tenant>.<run_id> cancel broadcast to every executor replica (core NATS)
   ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
+  ab.audit.<tenant>.<action>               the audit log: who (key id) did what, when (JetStream)
 
 The parse helpers at the end read subjects (and subscription patterns) in the same layout.
 """
@@ -22,6 +23,9 @@ __all__ = [
     "ActorName",
     "EventSubject",
     "InvalidToken",
+    "audit",
+    "audit_all",
+    "audit_of",
     "consumer_next",
     "conversation_command",
     "conversation_commands",
@@ -243,6 +247,21 @@ def run_output(tenant: str, run_id: str) -> str:
 
 def run_outputs() -> str:
     return _join("run", "out", ">")
+
+
+# --- audit log ---------------------------------------------------------------------------------
+
+
+def audit(tenant: str, action: str) -> str:
+    return _join("audit", token(tenant), token(action))
+
+
+def audit_of(tenant: str) -> str:
+    return _join("audit", token(tenant), "*")
+
+
+def audit_all() -> str:
+    return _join("audit", ">")
 
 
 # --- services and dead letters -----------------------------------------------------------------
