@@ -61,7 +61,9 @@ async def read(bus: Bus, tenant: str, *, after_seq: int = 0, since: float | None
             received += len(batch)
             for msg in batch:
                 with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    events.append((msg.metadata.sequence.stream, decode_union(msg.data, AuditEvent)))
+                    event = decode_union(msg.data, AuditEvent)
+                    if since is None or event.at >= since:  # the server starts near `since`, not at it
+                        events.append((msg.metadata.sequence.stream, event))
         return Page(events=events, more=pending > want)
     finally:
         with contextlib.suppress(Exception):
