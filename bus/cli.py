@@ -7,25 +7,28 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import httpx
 
-from bus import keys
+from bus import audit, keys, nats_users
 from bus.cli_nats import make_credentials, serve_nats, tenant_user_text
 from bus.client import Bus
 from bus.config import BusConfig
-from bus.credentials import Role, seed_path
+from bus.credentials import Role, is_nats_user, seed_path
 from bus.errors import BusError
 from bus.logging import configure_logging
 from bus.model_status import model_report
 from bus.secrets import ensure_secret_key
 from bus.supervisor import ACTORS, CREDENTIALS, RunConfig, Running, Supervisor, say
+from schemas.audit import AuditAction, AuditEvent
 
-__all__ = ["curl_examples", "main"]
+__all__ = ["curl_examples", "duration", "main"]
 
 DOCS_PATHS = ("/schema/swagger", "/schema", "/docs")  # Litestar's OpenAPI UI first
 
@@ -44,8 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True, help="the tenant the key acts for")
     create.add_argument("--name", default="default", help="a label for the key (default: %(default)s)")
     create.add_argument(
+        "--scope",
+        action="append",
+        choices=[s.value for s in keys.Scope],
+        help="read, write or admin (admin implies write implies read; repeatable; default: admin)",
+    )
+    create.add_argument(
         "--nats", action="store_true", help="a NATS user for publishing to the bus directly, not an API key"
     )
+    create.add_argument("--expires", type=duration, help="expire after this long: 90s, 15m, 12h, 30d (default: never)")
+    listing = key_commands.add_parser("list", help="list keys: id, tenant, name, scopes, created, expires")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key by its id (or a NATS user by its public key): refused within a second"
+    )
+    revoke.add_argument("key_id")
+    rotate = key_commands.add_parser("rotate", help="a new key in place of one (same tenant, name, scopes); print it")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace", type=duration, default=0.0, help="keep the old key working this long (e.g. 1h)")
     credentials = commands.add_parser("credentials", help="make the NATS nkey seed of every process role")
     credentials.add_argument("--dir", type=Path, help="where (default: .agentbus/credentials)")
     serve = commands.add_parser("nats-server", help="run nats-server with agentbus's users (compose.yaml's nats)")
@@ -85,17 +104,100 @@ async def _connect(nats_url: str, name: str) -> Bus:
         raise SystemExit(f"no NATS answers at {nats_url}") from None
 
 
-async def _create_key(tenant: str, name: str, *, nats: bool = False) -> str:
+def duration(text: str) -> float:
+    """Seconds in `90s`, `15m`, `12h`, `30d` (or a bare number of seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 90s, 15m, 12h or 30d)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"a duration is not negative: {text!r}")
+    return seconds
+
+
+async def _keys(args: argparse.Namespace) -> str:
+    """What `agentbus keys ...` prints; every change goes to the tenant's audit log as done by `cli`."""
     nats_url = _running_url("NATS_URL", "nats.url")
     if nats_url is None:
         raise SystemExit("set NATS_URL, or start `agentbus run` (make run) in this directory first")
     bus = await _connect(nats_url, "agentbus-keys")
     try:
-        if nats:
-            return await tenant_user_text(bus, tenant, name)
-        return await keys.create_key(bus, tenant=tenant, name=name)
+        match args.keys_command:
+            case "create" if args.nats:
+                user_text = await tenant_user_text(bus, args.tenant, args.name)
+                await _audited_nats(bus, args.tenant, AuditAction.CREATED, user_text.split()[2])
+                return user_text
+            case "create":
+                expires_at = None if args.expires is None else time.time() + args.expires
+                scopes = [keys.Scope(s) for s in args.scope or ["admin"]]
+                key, stored = await keys.create(
+                    bus, tenant=args.tenant, name=args.name, scopes=scopes, expires_at=expires_at
+                )
+                await _audited(bus, stored, AuditAction.CREATED)
+                return key
+            case "list":
+                users = await nats_users.list_users(bus, tenant=args.tenant)
+                listed = _table(await keys.list_keys(bus, args.tenant))
+                if users:
+                    listed += "\n\nNATS users (revoke by public key):\n" + "\n".join(
+                        f"{u.public_key}  {u.tenant}  {u.name}" for u in users
+                    )
+                return listed
+            case "revoke" if is_nats_user(args.key_id):
+                revoked = [u for u in await nats_users.list_users(bus) if u.public_key == args.key_id]
+                if not revoked or not await nats_users.revoke_user(bus, args.key_id):
+                    raise SystemExit(f"no NATS user {args.key_id}")
+                await _audited_nats(bus, revoked[0].tenant, AuditAction.REVOKED, args.key_id)
+                return f"revoked NATS user {args.key_id} ({revoked[0].tenant}); its connections are closed"
+            case "revoke":
+                gone = await keys.revoke_id(bus, args.key_id)
+                if gone is None:
+                    raise SystemExit(f"no key {args.key_id}")
+                await _audited(bus, gone, AuditAction.REVOKED)
+                return f"revoked {gone.id} ({gone.record.tenant}/{gone.record.name})"
+            case "rotate":
+                old = await keys.find(bus, args.key_id)
+                if old is None:
+                    raise SystemExit(f"no key {args.key_id}")
+                key, new = await keys.rotate(bus, old, grace_s=args.grace)
+                await _audited(bus, old, AuditAction.ROTATED, target=new.id)
+                return key
+        raise SystemExit(f"unknown keys command {args.keys_command}")
     finally:
         await bus.close()
+
+
+async def _audited(bus: Bus, stored: keys.StoredKey, action: AuditAction, *, target: str = "") -> None:
+    event = AuditEvent(
+        at=time.time(), tenant=stored.record.tenant, key_id="cli", action=action, target=target or stored.id
+    )
+    await audit.record(bus, event)
+
+
+async def _audited_nats(bus: Bus, tenant: str, action: AuditAction, public_key: str) -> None:
+    await audit.record(bus, AuditEvent(at=time.time(), tenant=tenant, key_id="cli", action=action, target=public_key))
+
+
+def _table(found: list[keys.StoredKey]) -> str:
+    def when(at: float | None) -> str:
+        return "never" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    rows = [("ID", "TENANT", "NAME", "SCOPES", "CREATED", "EXPIRES")]
+    rows += [
+        (
+            s.id,
+            s.record.tenant,
+            s.record.name,
+            ",".join(s.record.scopes),
+            when(s.record.created_at),
+            when(s.record.expires_at),
+        )
+        for s in found
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 async def _models(check: bool) -> str:
@@ -201,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_secret_key(config.home)  # the key secrets are sealed with, for every child (bus/secrets.py)
             return asyncio.run(Supervisor(config, on_ready=_welcome).run())
         case "keys":
-            print(asyncio.run(_create_key(args.tenant, args.name, nats=args.nats)))
+            print(asyncio.run(_keys(args)))
             return 0
         case "credentials":
             print(make_credentials(args.dir or RunConfig.from_env().home / CREDENTIALS))

@@ -15,7 +15,7 @@ import nkeys
 
 from bus.subjects import ActorName
 
-__all__ = ["Role", "ensure_seeds", "new_seed", "public_key", "read_seed", "seed_path"]
+__all__ = ["Role", "ensure_seeds", "is_nats_user", "new_seed", "public_key", "read_seed", "seed_path"]
 
 
 class Role(enum.StrEnum):
@@ -40,6 +40,11 @@ def new_seed() -> bytes:
 def public_key(seed: bytes) -> str:
     """The public key (`U...`) nats-server's config names for a seed."""
     return bytes(nkeys.from_seed(bytearray(seed)).public_key).decode()
+
+
+def is_nats_user(text: str) -> bool:
+    """Whether `text` is a NATS user's public key (`U` + 55 base32 characters)."""
+    return len(text) == 56 and text.startswith("U") and text.isalnum() and text.isupper()
 
 
 def seed_path(directory: Path, role: Role) -> Path:

@@ -20,6 +20,7 @@ from bus import subjects
 from bus.config import BusConfig
 
 __all__ = [
+    "AUDIT",
     "CONVERSATION_CMD",
     "CONVERSATION_EVT",
     "DLQ",
@@ -103,6 +104,7 @@ RESEARCH_CMD = StreamSpec("AB_RESEARCH_CMD", (subjects.research_commands(),), wo
 RESEARCH_EVT = StreamSpec("AB_RESEARCH_EVT", (subjects.research_events(),))
 RUN_OUT = StreamSpec("AB_RUN_OUT", (subjects.run_outputs(),))
 DLQ = StreamSpec("AB_DLQ", (subjects.dead_letters(),), max_age_s=14 * 24 * 3600.0)
+AUDIT = StreamSpec("AB_AUDIT", (subjects.audit_all(),), max_age_s=400 * 24 * 3600.0)  # a year and a bit
 
 ALL_STREAMS = (
     CONVERSATION_CMD,
@@ -117,6 +119,7 @@ ALL_STREAMS = (
     RESEARCH_EVT,
     RUN_OUT,
     DLQ,
+    AUDIT,
 )
 
 

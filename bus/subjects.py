@@ -8,6 +8,7 @@ Layout (see docs/bus.md):
   ab.executor.ctl.cancel.<tenant>.<run_id> cancel broadcast to every executor replica (core NATS)
   ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
+  ab.audit.<tenant>.<action>               the audit log: who (key id) did what, when (JetStream)
 
 NATS's own subjects that the per-process permissions name (JetStream API, KV, acks, inboxes, the micro
 service discovery subjects) are built here too, in the section before the parse helpers, which read
@@ -25,6 +26,9 @@ __all__ = [
     "ActorName",
     "EventSubject",
     "InvalidToken",
+    "audit",
+    "audit_all",
+    "audit_of",
     "command_tenant",
     "consumer_next",
     "conversation_command",
@@ -263,6 +267,21 @@ def tenant_run_outputs(tenant: str) -> str:
 
 def run_outputs() -> str:
     return _join("run", "out", ">")
+
+
+# --- audit log ---------------------------------------------------------------------------------
+
+
+def audit(tenant: str, action: str) -> str:
+    return _join("audit", token(tenant), token(action))
+
+
+def audit_of(tenant: str) -> str:
+    return _join("audit", token(tenant), "*")
+
+
+def audit_all() -> str:
+    return _join("audit", ">")
 
 
 # --- services and dead letters -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
@@ -17,16 +18,21 @@ from bus.credentials import Role
 from bus.streams import IDEMPOTENCY_BUCKET
 from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
+from gateway.audit import read_audit
+from gateway.audit_trail import audit_response
+from gateway.auth import authorize
 from gateway.caller import provide_caller
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
+from gateway.keys import KeyController, create_ws_token
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
 from gateway.research import ResearchController
+from gateway.revocation import CloseOnRevoke
 from gateway.runs import RunController
 from gateway.screening import screen_request
 from gateway.state import Gateway
@@ -62,18 +68,36 @@ def cors_config(config: GatewayConfig) -> CORSConfig | None:
     )
 
 
+log = structlog.get_logger("gateway")
+
+
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
+    """The gateway app; SystemExit (with the reason) for a config it must not run with."""
+    if (refusal := config.refusal()) is not None:
+        raise SystemExit(f"agentbus gateway: {refusal}")
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         bus = await Bus.connect(bus_config, role=Role.GATEWAY)
         kv = await bus.key_value(IDEMPOTENCY_BUCKET, ttl_s=config.idempotency_ttl_s)
         gateway = Gateway(config, bus, kv)
+        if config.auth_off:
+            log.warning(
+                "AUTHENTICATION IS OFF (AGENTBUS_AUTH=off): every request acts for one tenant; local development only",
+                tenant=config.auth_tenant,
+                host=config.host,
+            )
+        else:
+            await gateway.keys.start()
+        gateway.audit.start()
         await gateway.turns.start()
         app.state.gateway = gateway
         try:
             yield
         finally:
             await gateway.turns.stop()
+            await gateway.audit.stop()
+            await gateway.keys.stop()
             await bus.close()
 
     app = Litestar(
@@ -87,6 +111,9 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             DocumentController,
             ResearchController,
             NotificationController,
+            KeyController,
+            create_ws_token,
+            read_audit,
             chat_socket,
             list_agents,
             read_usage,
@@ -95,8 +122,9 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             health,
         ],
         before_request=screen_request,
-        middleware=[RequestStamp()],
-        before_send=[finish_response],
+        guards=[authorize],
+        middleware=[RequestStamp(), CloseOnRevoke()],
+        before_send=[finish_response, audit_response],
         dependencies={"caller": Provide(provide_caller)},
         response_class=FullResponse,
         exception_handlers=exception_handlers,

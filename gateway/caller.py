@@ -14,8 +14,7 @@ from litestar.di import NamedDependency
 
 from bus import subjects
 from bus.headers import Trace
-from gateway.access_log import note_tenant
-from gateway.auth import presented_key
+from gateway.auth import principal_of
 from gateway.state import Gateway, gateway_of
 from schemas._base import Message
 
@@ -28,9 +27,10 @@ WEBHOOK_TENANT = "webhook"  # a signed webhook has no API key: the trigger actor
 class RequestCaller:
     """A request's tenant and trace, and what it may ask of the bus on the tenant's behalf."""
 
-    def __init__(self, gateway: Gateway, request: Request[Any, Any, Any], tenant: str) -> None:
+    def __init__(self, gateway: Gateway, request: Request[Any, Any, Any], tenant: str, key_id: str = "") -> None:
         self.gateway = gateway
         self.tenant = tenant
+        self.key_id = key_id  # the public id of the request's API key ("" for a signed webhook)
         self.trace = gateway.trace(tenant, request)
         self._request = request
 
@@ -56,11 +56,9 @@ Caller = NamedDependency[RequestCaller]
 
 
 async def provide_caller(request: Request[Any, Any, Any], state: State) -> RequestCaller:
-    """The caller of a `/v1` request: the tenant of its API key (401 without a known one)."""
-    gateway = gateway_of(state)
-    tenant = await gateway.keys.tenant(presented_key(request))
-    note_tenant(request, tenant)
-    return RequestCaller(gateway, request, tenant)
+    """The caller of a `/v1` request: the tenant of its API key, as the app's guard found it (gateway/auth.py)."""
+    principal = principal_of(request)
+    return RequestCaller(gateway_of(state), request, principal.tenant, principal.key_id)
 
 
 async def provide_webhook_caller(request: Request[Any, Any, Any], state: State) -> RequestCaller:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bus.secrets import SecretBox
 
-__all__ = ["GatewayConfig", "cors_origins"]
+__all__ = ["GatewayConfig", "cors_origins", "is_loopback"]
 
 DEFAULT_ACTORS = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,15 +29,18 @@ class GatewayConfig:
     port: int = 8000
     reply_timeout_s: float = 120.0  # a non-streamed turn answers 504 after this
     max_body_bytes: int = 1 << 20
-    key_cache_s: float = 30.0  # how long a resolved API key is trusted without asking NATS again
     idempotency_ttl_s: float = 24 * 3600.0
     actors: tuple[str, ...] = DEFAULT_ACTORS  # what /health expects to answer
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); none by default
     secrets: SecretBox = field(default_factory=SecretBox.from_env)  # seals the kept idempotent answers
+    auth_off: bool = False  # AGENTBUS_AUTH=off: local development only, every request acts for `auth_tenant`
+    auth_tenant: str = "dev"
+    ws_token_ttl_s: float = 60.0  # how long a WebSocket token from POST /v1/ws-tokens may wait to be used
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
         actors = os.environ.get("AGENTBUS_ACTORS")
+        auth = os.environ.get("AGENTBUS_AUTH", os.environ.get("AUTH_ENABLED", "on")).strip().lower()
         return cls(
             host=os.environ.get("AGENTBUS_HOST", "127.0.0.1"),
             port=int(os.environ.get("AGENTBUS_PORT", "8000")),
@@ -35,7 +48,18 @@ class GatewayConfig:
             max_body_bytes=int(os.environ.get("AGENTBUS_MAX_BODY", str(1 << 20))),
             actors=tuple(a for a in actors.split(",") if a) if actors else DEFAULT_ACTORS,
             cors_origins=cors_origins(os.environ),
+            auth_off=auth in ("off", "false", "0", "no"),
+            auth_tenant=os.environ.get("AGENTBUS_AUTH_TENANT", "dev"),
         )
+
+    def refusal(self) -> str | None:
+        """Why the gateway must not start with this config (None: it may)."""
+        if self.auth_off and not is_loopback(self.host):
+            return (
+                f"AGENTBUS_AUTH=off is for local development only: the gateway listens on {self.host}, "
+                "not on loopback (set AGENTBUS_HOST=127.0.0.1, or turn authentication on)"
+            )
+        return None
 
 
 def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -2,9 +2,10 @@
 and the X-Correlation-Id every response carries.
 
 The statuses follow from what the gateway does to every request rather than from each handler: every
-`/v1` route may answer 401 (no key), 422 (a bad value), 503 (an actor or NATS is away) and 504 (no
-reply in time); a route with an id in its path 404; one that takes a body 400 (not JSON, nested too deep)
-and 413 (too large); one that changes something 409 (a conflict with the state it changes).
+`/v1` route may answer 401 (no key), 403 (the key lacks the route's scope), 422 (a bad value), 503 (an
+actor or NATS is away) and 504 (no reply in time); a route with an id in its path 404; one that takes a
+body 400 (not JSON, nested too deep) and 413 (too large); one that changes something 409 (a conflict
+with the state it changes).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ COMPONENTS = Components(
 )
 DESCRIPTIONS = {
     400: "the body is not JSON, or is nested too deep",
-    401: "no API key, an unknown one, or (a webhook) no valid signature",
+    401: "no API key, an unknown, revoked or expired one, or (a webhook) no valid signature",
+    403: "the API key lacks the scope the route needs (`forbidden`; details.scope names it)",
     404: "no such id (or it is another tenant's), or no such tool (`unknown_tool`)",
     409: "it conflicts with the current state (a turn running under policy `reject`, a job not ended, ...)",
     413: "the body is too large",
@@ -61,6 +63,8 @@ def _statuses(path: str, method: str) -> set[int]:
     if not path.startswith("/v1/"):
         return {503} if path == "/health" else set()
     statuses = {401, 422, 503, 504}
+    if not path.startswith("/v1/tasks/webhooks/"):  # a signed webhook has no key, so no scope
+        statuses.add(403)
     if "{" in path:
         statuses.add(404)
     if method in ("post", "put", "patch"):

@@ -1,4 +1,5 @@
-"""What the gateway holds while it runs: the bus, key cache, idempotency store and turn waiters."""
+"""What the gateway holds while it runs: the bus, key watch, WebSocket tokens, audit trail, idempotency store
+and turn waiters."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ from bus.client import Bus, Envelope
 from bus.codec import decode_union
 from bus.errors import BusError
 from bus.headers import Trace, new_id
+from bus.keys import KeyRecord, Scope
 from bus.secrets import SecretError
 from bus.streams import RUN_OUT
 from gateway.access_log import correlation_id
-from gateway.auth import KeyCache
+from gateway.audit_trail import AuditTrail
+from gateway.auth import KeyWatch, Principal
 from gateway.catalog import AgentCatalogCache
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
+from gateway.ws_tokens import WsTokens
 from schemas._base import Message
 from schemas.conversation import TurnCompleted, TurnFailed
 from schemas.errors import ErrorCode
@@ -104,7 +108,15 @@ class Gateway:
     def __init__(self, config: GatewayConfig, bus: Bus, kv: KeyValue) -> None:
         self.config = config
         self.bus = bus
-        self.keys = KeyCache(bus, config.key_cache_s)
+        self.keys = KeyWatch(bus)
+        self.ws_tokens = WsTokens(bus, self.keys, config.ws_token_ttl_s)
+        self.audit = AuditTrail(bus)
+        self.dev_principal = Principal(  # AGENTBUS_AUTH=off: every request acts for this one
+            tenant=config.auth_tenant,
+            key_id="dev",
+            digest="",
+            record=KeyRecord(tenant=config.auth_tenant, name="dev", created_at=0.0, scopes=(Scope.ADMIN,)),
+        )
         self.turns = TurnWaiter(bus)
         self.agents = AgentCatalogCache(bus)
         self._kv = kv

@@ -190,6 +190,7 @@ class TaskRunController(Controller):
     tags=["tasks"],
     summary="A triggered task's signed webhook",
     dependencies={"caller": Provide(provide_webhook_caller)},
+    opt={"public": True},  # no API key: the signature stands in (gateway/auth.py skips the route)
 )
 async def webhook(request: Request[Any, Any, Any], caller: Caller, task_id: FromPath[str]) -> WebhookTaken:
     headers = request.headers

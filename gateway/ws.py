@@ -1,8 +1,10 @@
 """A WebSocket per conversation for chat both ways: send `{"message": ...}`, receive the run's events.
 
 Each event arrives as `{"id": <stream seq>, "event": <type>, "data": {...}}`; several turns may be
-in flight (the conversation's policy decides what happens to them). Browsers cannot set headers
-on a WebSocket, so the key may also come as `?api_key=`.
+in flight (the conversation's policy decides what happens to them). The app's guard (gateway/auth.py)
+lets the socket in: with `Authorization: Bearer <key>` (a `write` key), or, since browsers cannot set
+headers on a WebSocket, with `?token=` from POST /v1/ws-tokens (single use, 60 s). A revoked key's
+socket is closed with code 4401 (gateway/revocation.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from litestar.params import FromPath
 
 from bus import subjects
 from bus.errors import BusError
-from gateway.auth import presented_key
+from gateway.auth import principal_of
 from gateway.bodies import NewMessage
 from gateway.conversations import start_turn
 from gateway.errors import ApiError, error_json
@@ -46,9 +48,9 @@ async def _relay(gw: Gateway, socket: WebSocket[Any, Any, Any], lock: asyncio.Lo
 @websocket("/v1/conversations/{conversation_id:str}/ws")
 async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPath[str]) -> None:
     gw = gateway_of(socket.app.state)
+    tenant = principal_of(socket).tenant
     await socket.accept()
     try:
-        tenant = await gw.keys.tenant(presented_key(socket, allow_query=True))
         conversation_id = subjects.token(conversation_id)
         await gw.bus.request(
             subjects.service(subjects.ActorName.CONVERSATION, "get"),

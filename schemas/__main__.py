@@ -31,6 +31,7 @@ MODULES = (
     "notifier",
     "tasks",
     "research",
+    "audit",
 )
 HEADING = "## Message schemas (`schemas/`)"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bus.md"

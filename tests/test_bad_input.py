@@ -100,9 +100,11 @@ async def test_bad_frames_on_the_chat_websocket_get_an_error_frame_and_the_socke
     platform = await start_platform()
     async with platform.client() as client:
         conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
-        url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
+        url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws"
         bad = (("[" * 10_000 + "]" * 10_000, "malformed"), ('{"message": "a\\u0000"}', "invalid"))
-        async with websockets.connect(url, max_size=None) as socket:
+        async with websockets.connect(
+            url, max_size=None, additional_headers={"Authorization": f"Bearer {platform.key}"}
+        ) as socket:
             await socket.send(bad[0][0])  # answered only once the socket's own conversation lookup is done
             async with asyncio.timeout(10):
                 assert json.loads(await socket.recv())["error"]["code"] == bad[0][1]

@@ -65,8 +65,8 @@ async def test_a_chat_turn_over_the_websocket(start_platform: Start) -> None:
     platform = await start_platform(TestModel(custom_output_text="over the socket", call_tools=[]))
     async with platform.client() as client:
         conversation_id = await new_conversation(client)
-    url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
-    async with websockets.connect(url) as socket:
+    url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {platform.key}"}) as socket:
         await socket.send(json.dumps({"message": "hello"}))
         events: list[dict[str, Any]] = []
         async with asyncio.timeout(15):
@@ -223,7 +223,7 @@ async def test_when_a_stream_ends_its_reply_is_stored(start_platform: Start, dat
     async with platform.client() as client:
         conversation_id = await new_conversation(client)
         url = f"/v1/conversations/{conversation_id}/messages"
-        ws_url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws?api_key={platform.key}"
+        ws_url = platform.url.replace("http", "ws") + f"/v1/conversations/{conversation_id}/ws"
 
         async def hold_the_conversation() -> None:
             db = await asyncpg.connect(database_url)
@@ -248,7 +248,9 @@ async def test_when_a_stream_ends_its_reply_is_stored(start_platform: Start, dat
             await holding
 
         async def ws_turn() -> None:
-            async with websockets.connect(ws_url) as socket:
+            async with websockets.connect(
+                ws_url, additional_headers={"Authorization": f"Bearer {platform.key}"}
+            ) as socket:
                 await socket.send(json.dumps({"message": "two"}))
                 holding: asyncio.Task[None] | None = None
                 async with asyncio.timeout(15):
