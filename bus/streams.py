@@ -34,6 +34,7 @@ __all__ = [
     "RUN_OUT",
     "SCHEDULER_CMD",
     "SCHEDULER_EVT",
+    "WS_TOKENS_BUCKET",
     "ConsumerSpec",
     "StreamSpec",
     "ensure_consumer",
@@ -42,6 +43,7 @@ __all__ = [
 
 DUPLICATE_WINDOW_S = 120.0
 IDEMPOTENCY_BUCKET = "ab_idempotency"  # the gateway's kept POST answers (gateway/state.py)
+WS_TOKENS_BUCKET = "ab_ws_tokens"  # the gateway's single-use WebSocket tokens (gateway/ws_tokens.py)
 log = structlog.get_logger("bus")
 
 

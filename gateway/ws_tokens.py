@@ -18,13 +18,14 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus.client import Bus
 from bus.keys import key_id
+from bus.streams import WS_TOKENS_BUCKET
 from gateway.auth import KeyWatch, Principal
 from gateway.errors import ApiError
 from schemas.errors import ErrorCode
 
 __all__ = ["BUCKET", "WsToken", "WsTokens"]
 
-BUCKET = "ab_ws_tokens"
+BUCKET = WS_TOKENS_BUCKET
 PREFIX = "wst_"
 
 

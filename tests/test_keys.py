@@ -206,6 +206,7 @@ async def test_the_keys_command_lists_rotates_and_revokes(
     bus_config: BusConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NATS_URL", ",".join(bus_config.servers))
+    monkeypatch.setenv("AGENTBUS_NATS_CREDENTIALS", str(bus_config.credentials_dir))
 
     def run(*argv: str) -> str:
         assert cli.main(["keys", *argv]) == 0
