@@ -23,6 +23,7 @@ from gateway.health import health
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
+from gateway.ratelimit import rate_limit_headers
 from gateway.research import ResearchController
 from gateway.runs import RunController
 from gateway.screening import screen_request
@@ -43,10 +44,13 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         kv = await bus.key_value(IDEMPOTENCY_BUCKET, ttl_s=config.idempotency_ttl_s)
         gateway = Gateway(config, bus, kv)
         await gateway.turns.start()
+        await gateway.tenants.start()
+        await gateway.rate_limits.start()
         app.state.gateway = gateway
         try:
             yield
         finally:
+            await gateway.tenants.stop()
             await gateway.turns.stop()
             await bus.close()
 
@@ -70,7 +74,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         ],
         before_request=screen_request,
         middleware=[RequestStamp()],
-        before_send=[finish_response],
+        before_send=[finish_response, rate_limit_headers],
         dependencies={"caller": Provide(provide_caller)},
         response_class=FullResponse,
         exception_handlers=exception_handlers,

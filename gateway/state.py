@@ -23,11 +23,14 @@ from bus.codec import decode_union
 from bus.errors import BusError
 from bus.headers import Trace, new_id
 from bus.streams import RUN_OUT
+from bus.tenants import TenantSettingsCache
 from gateway.access_log import correlation_id
 from gateway.auth import KeyCache
 from gateway.catalog import AgentCatalogCache
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
+from gateway.ratelimit import RateLimits
+from gateway.streams import StreamSlots
 from schemas._base import Message
 from schemas.conversation import TurnCompleted, TurnFailed
 from schemas.errors import ErrorCode
@@ -106,6 +109,9 @@ class Gateway:
         self.keys = KeyCache(bus, config.key_cache_s)
         self.turns = TurnWaiter(bus)
         self.agents = AgentCatalogCache(bus)
+        self.tenants = TenantSettingsCache(bus)  # started with the app (gateway/app.py)
+        self.rate_limits = RateLimits(bus, config, self.tenants)
+        self.streams = StreamSlots(self.tenants)
         self._kv = kv
 
     async def ask(self, actor: subjects.ActorName, verb: str, message: Message, reply: type[T], trace: Trace) -> T:
