@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Children (actor subprocesses) must not reach a real model either.
 os.environ.setdefault("AGENTBUS_OFFLINE", "1")
+# The scheduler's tests fire tasks seconds apart; the platform's default shortest interval is a minute.
+os.environ.setdefault("AGENTBUS_QUOTA_MIN_INTERVAL_S", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
