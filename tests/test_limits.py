@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import uvicorn
@@ -17,11 +17,13 @@ from bus.embedded import free_port
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from schemas.tenants import TenantSettings
-from tests.conftest import wait_until
+from tests.conftest import Platform, wait_until
 
 ACTORS = ("conversation", "executor")
 POLICY = re.compile(r'^"(\w+)";q=(\d+);w=(\d+)$')
 STATE = re.compile(r'^"(\w+)";r=(\d+);t=(\d+)$')
+
+Start = Callable[..., Awaitable[Platform]]
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +55,7 @@ def items(header: str, pattern: re.Pattern[str]) -> dict[str, tuple[int, int]]:
 
 
 async def test_a_key_over_its_rate_gets_429_with_retry_after_and_every_answer_has_the_headers(
-    start_platform,  # type: ignore[no-untyped-def]
+    start_platform: Start,
 ) -> None:
     platform = await start_platform(rate_limit=5)
     async with platform.client() as client:
@@ -74,7 +76,7 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_every_answer_ha
         assert (await other_key.get("/v1/agents")).status_code == 200
 
 
-async def test_two_gateway_replicas_share_a_key_s_limit(start_platform, bus_config: BusConfig) -> None:  # type: ignore[no-untyped-def]
+async def test_two_gateway_replicas_share_a_key_s_limit(start_platform: Start, bus_config: BusConfig) -> None:
     platform = await start_platform(rate_limit=6)
     headers = {"Authorization": f"Bearer {platform.key}"}
     async with gateway(bus_config, rate_limit=6) as second, httpx.AsyncClient(headers=headers, timeout=10) as client:
@@ -85,7 +87,7 @@ async def test_two_gateway_replicas_share_a_key_s_limit(start_platform, bus_conf
     assert statuses == [200] * 6 + [429] * 2
 
 
-async def test_zero_turns_the_limit_off(start_platform) -> None:  # type: ignore[no-untyped-def]
+async def test_zero_turns_the_limit_off(start_platform: Start) -> None:
     platform = await start_platform(rate_limit=0)
     async with platform.client() as client:
         answers = [await client.get("/v1/agents") for _ in range(30)]
@@ -93,7 +95,7 @@ async def test_zero_turns_the_limit_off(start_platform) -> None:  # type: ignore
     assert "ratelimit" not in answers[-1].headers
 
 
-async def test_a_tenant_s_limit_counts_every_key_of_the_tenant(start_platform) -> None:  # type: ignore[no-untyped-def]
+async def test_a_tenant_s_limit_counts_every_key_of_the_tenant(start_platform: Start) -> None:
     platform = await start_platform(rate_limit=100)
 
     async def followed() -> bool:
@@ -113,7 +115,7 @@ async def test_a_tenant_s_limit_counts_every_key_of_the_tenant(start_platform) -
         assert (await other.get("/v1/agents")).status_code == 200
 
 
-async def test_a_webhook_is_limited_per_task(start_platform) -> None:  # type: ignore[no-untyped-def]
+async def test_a_webhook_is_limited_per_task(start_platform: Start) -> None:
     platform = await start_platform(webhook_rate_limit=3)
     async with httpx.AsyncClient(base_url=platform.url, timeout=10) as anonymous:
         first = [(await anonymous.post("/v1/tasks/webhooks/task-a", content=b"{}")).status_code for _ in range(4)]

@@ -4,7 +4,7 @@ than the shortest interval) with `quota_exceeded` naming it, and the executor sh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
@@ -18,8 +18,10 @@ from bus.config import BusConfig
 from bus.headers import Trace, new_id
 from schemas.runs import RunRequest
 from schemas.tenants import Quotas, TenantSettings
-from tests.conftest import running, wait_until
+from tests.conftest import Platform, running, wait_until
 from tests.models import prompts_of
+
+Start = Callable[..., Awaitable[Platform]]
 
 
 def refused(answer: httpx.Response, status: int, quota: str) -> bool:
@@ -48,7 +50,7 @@ class Held:
         return FunctionModel(self._whole, stream_function=self._stream)
 
 
-async def test_each_quota_answers_with_its_name(start_platform, bus_config: BusConfig) -> None:  # type: ignore[no-untyped-def]
+async def test_each_quota_answers_with_its_name(start_platform: Start, bus_config: BusConfig) -> None:
     held = Held()
     quotas = Quotas(
         tasks=2, active_schedules=1, min_interval_s=60, documents=2, document_bytes=30, research_jobs=1, streams=1
