@@ -2,8 +2,8 @@
 a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark with tiny counts,
 failing unless each one ran and printed its figures.
 
-`python -m tests.bench [--smoke] [chat|background|research|history|long_conversation|supervised|providers|tools ...]`
-runs the ones named.
+`python -m tests.bench [--smoke] [chat|background|research|history|long_conversation|supervised|providers|tools|
+ratelimit ...]` runs the ones named.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import uvloop
 
-from tests.bench import background, chat, history, long_conversation, providers, research, supervised, tools
+from tests.bench import background, chat, history, long_conversation, providers, ratelimit, research, supervised, tools
 from tests.bench.harness import FULL, SMOKE, Infra, Report, Scale, infra
 
 Benchmark = Callable[[Infra, Path, Scale, Report], Awaitable[None]]
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "supervised": supervised.run,
     "providers": providers.run,
     "tools": tools.run,
+    "ratelimit": ratelimit.run,
 }
 
 
