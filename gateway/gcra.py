@@ -9,6 +9,9 @@ check is one KV read and one compare-and-set write (`update(last=revision)`), an
 the race to another reads again and retries (`ATTEMPTS`). The read is skipped while the replica's
 cached revision is current, so a key used through one replica costs one KV write per request, and a
 key over its limit costs none (a refusal is decided from the cached TAT, which can only lag behind).
+A replica writes each key one request at a time (a lock per key), so only replicas race each other.
+The bucket is held in memory (replicated like the others, never fsynced): a NATS restart forgets
+every TAT, which only lets each key start with its whole burst again.
 
 A policy allows `quota` requests per `window_s` (60 s) with a burst of the whole quota: each request
 moves the TAT on by `window_s / quota`; one is refused while TAT would land more than a window ahead.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from dataclasses import dataclass
 
 import structlog
@@ -76,19 +80,38 @@ class RateLimiter:
         self._kv = kv
         self._leader_kv = leader_kv  # after a lost race: the stream leader has the newest revision
         self._seen: dict[str, tuple[float, int]] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._warned = 0.0
 
     async def check(self, policy: Policy, key: str) -> Decision | None:
         """The decision for one more request on `key`; None when KV cannot answer (let it through)."""
+        if (refused := self._refused(policy, key)) is not None:
+            return refused
         try:
             async with asyncio.timeout(TIMEOUT_S):
-                return await self._check(policy, key)
+                lock = self._locks.get(key)
+                if lock is None:
+                    lock = self._locks[key] = asyncio.Lock()
+                async with lock:  # one write per key at a time from this replica: others race only across replicas
+                    return await self._check(policy, key)
         except Exception as e:  # TimeoutError, a NATS error, a closed connection: fail open
             now = time.monotonic()
             if now - self._warned > WARN_EVERY_S:
                 self._warned = now
                 log.warning("rate limit store unavailable: requests are let through", error=repr(e))
             return None
+
+    def _refused(self, policy: Policy, key: str) -> Decision | None:
+        """A refusal decided from the cached TAT alone (it can only lag behind the stored one), or None."""
+        cached = self._seen.get(key)
+        if cached is None:
+            return None
+        now = time.time()
+        tat = max(cached[0], now)
+        if tat + policy.interval_s - now <= policy.window_s:
+            return None
+        retry = max(1, math.ceil(tat + policy.interval_s - policy.window_s - now))
+        return Decision(policy, False, 0, math.ceil(tat - now), retry_after_s=retry)
 
     async def _check(self, policy: Policy, key: str) -> Decision:
         for attempt in range(ATTEMPTS):
@@ -114,7 +137,7 @@ class RateLimiter:
             self._seen[key] = (new_tat, revision)
             remaining = math.floor((policy.window_s - (new_tat - now)) / policy.interval_s + 1e-9)
             return Decision(policy, True, remaining, math.ceil(new_tat - now))
-        # contention beyond ATTEMPTS: the others are writing this key as fast as we are; count it as allowed
+        # contention beyond ATTEMPTS (as many replicas writing this key at once): let it through, uncounted
         log.info("rate limit contention: request let through", key=key.split(".")[0])
         return Decision(policy, True, 0, policy.window_s)
 

@@ -46,7 +46,7 @@ class RateLimits:
         self._limiter: RateLimiter | None = None
 
     async def start(self) -> None:
-        kv = await self.bus.key_value(BUCKET, ttl_s=BUCKET_TTL_S)
+        kv = await self.bus.key_value(BUCKET, ttl_s=BUCKET_TTL_S, memory=True)  # a NATS restart forgets: fine
         self._limiter = RateLimiter(kv, await self.bus.key_value(BUCKET, leader=True))
 
     async def admit(self, connection: ASGIConnection[Any, Any, Any, Any], *, key: str, tenant: str) -> None:
