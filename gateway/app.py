@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -23,7 +24,7 @@ from gateway.health import health
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
-from gateway.ratelimit import rate_limit_headers
+from gateway.ratelimit import admit_request, rate_limit_headers
 from gateway.research import ResearchController
 from gateway.runs import RunController
 from gateway.screening import screen_request
@@ -35,6 +36,12 @@ from gateway.views import FullResponse
 from gateway.ws import chat_socket
 
 __all__ = ["create_app"]
+
+
+async def _before_request(request: Request[Any, Any, Any]) -> None:
+    """What every request meets before its route decodes it: its rate limits, then the screening."""
+    await admit_request(request)
+    await screen_request(request)
 
 
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
@@ -72,7 +79,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             call_tool,
             health,
         ],
-        before_request=screen_request,
+        before_request=_before_request,
         middleware=[RequestStamp()],
         before_send=[finish_response, rate_limit_headers],
         dependencies={"caller": Provide(provide_caller)},

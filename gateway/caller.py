@@ -58,10 +58,8 @@ Caller = NamedDependency[RequestCaller]
 async def provide_caller(request: Request[Any, Any, Any], state: State) -> RequestCaller:
     """The caller of a `/v1` request: the tenant of its API key (401 without a known one)."""
     gateway = gateway_of(state)
-    key = presented_key(request)
-    tenant = await gateway.keys.tenant(key)
+    tenant = await gateway.keys.tenant(presented_key(request))
     note_tenant(request, tenant)
-    await gateway.rate_limits.admit(request, key=key, tenant=tenant)  # 429 rate_limited; RateLimit headers
     return RequestCaller(gateway, request, tenant)
 
 

@@ -1,10 +1,12 @@
 """Which rate limits a request meets, the RateLimit headers on its answer, and its 429.
 
-A `/v1` request with an API key is checked against its key's policy (`AGENTBUS_RATE_LIMIT` requests per
-minute; the key named by the SHA-256 digest the key store files it under, never by the key) and its
-tenant's (`rate_limit` in the tenant's settings, default `AGENTBUS_RATE_LIMIT_TENANT`), both at once; a
-signed webhook against its task's (`AGENTBUS_WEBHOOK_RATE_LIMIT`). `0` turns a policy off. The
-mechanism, shared by every replica, is gateway/gcra.py.
+Every `/v1` request with an API key is checked, by the app's `before_request` hook (`admit_request`: before
+any parameter or body is decoded, so a request that fails to decode counts too), against its key's policy
+(`AGENTBUS_RATE_LIMIT` requests per minute; the key named by the SHA-256 digest the key store files it
+under, never by the key) and its tenant's (`rate_limit` in the tenant's settings, default
+`AGENTBUS_RATE_LIMIT_TENANT`), both at once; a signed webhook against its task's
+(`AGENTBUS_WEBHOOK_RATE_LIMIT`). `0` turns a policy off. The mechanism, shared by every replica, is
+gateway/gcra.py. (A WebSocket is counted against the `streams` quota, not a rate.)
 
 The decisions are kept in the request's scope state and the `before_send` hook `rate_limit_headers`
 writes them on the answer, whatever it is (a 404, a stream's opening, the 429 itself), in the form of
@@ -16,20 +18,25 @@ policy. A refused request is 429 `rate_limited` with `Retry-After`; its other po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.types import Message, Scope
 
-from bus import keys
+from bus import keys, subjects
 from bus.client import Bus
 from bus.tenants import TenantSettingsCache
+from gateway.auth import presented_key
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
 from gateway.gcra import BUCKET, BUCKET_TTL_S, Decision, Policy, RateLimiter
 from schemas.errors import ErrorCode
 
-__all__ = ["RateLimits", "rate_limit_headers"]
+__all__ = ["RateLimits", "admit_request", "rate_limit_headers"]
+
+WEBHOOKS = "/v1/tasks/webhooks/"  # signed, with no API key: limited per task
 
 _POLICIES = "agentbus.ratelimit.policies"  # keys of the scope state
 _DECISIONS = "agentbus.ratelimit.decisions"
@@ -83,6 +90,22 @@ class RateLimits:
                 f"retry in {worst.retry_after_s} s",
                 {"policy": policy.name, "retry_after_s": str(worst.retry_after_s)},
             )
+
+
+async def admit_request(request: Request[Any, Any, Any]) -> None:
+    """Litestar `before_request`, before any parameter or body is decoded (so a request that fails to decode
+    counts too): a `/v1` request's key and tenant, or a webhook's task, against their rates."""
+    path = request.url.path
+    if not path.startswith("/v1/"):
+        return
+    gateway = request.app.state.gateway
+    if path.startswith(WEBHOOKS):
+        with contextlib.suppress(subjects.InvalidToken):  # an id that cannot exist: the route answers 404
+            await gateway.rate_limits.admit_webhook(request, subjects.token(path.removeprefix(WEBHOOKS)))
+        return
+    key = presented_key(request)  # 401 without one, as the route would answer
+    tenant = await gateway.keys.tenant(key)  # kept by the key cache: the route's own lookup is a hit
+    await gateway.rate_limits.admit(request, key=key, tenant=tenant)
 
 
 def _headers(policies: list[Policy], decisions: list[Decision]) -> list[tuple[bytes, bytes]]:

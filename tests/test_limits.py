@@ -59,8 +59,9 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_every_answer_ha
 ) -> None:
     platform = await start_platform(rate_limit=5)
     async with platform.client() as client:
-        answers = [await client.get("/v1/conversations/nope") for _ in range(5)]
-        assert [a.status_code for a in answers] == [404] * 5
+        answers = [await client.get("/v1/conversations/nope") for _ in range(4)]
+        answers.append(await client.post("/v1/tasks", json={"task_type": "nope"}))  # one that fails to decode counts
+        assert [a.status_code for a in answers] == [404] * 4 + [422]
         for n, answer in enumerate(answers):
             assert items(answer.headers["ratelimit-policy"], POLICY) == {"key": (5, 60)}
             remaining, reset = items(answer.headers["ratelimit"], STATE)["key"]

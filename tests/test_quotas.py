@@ -99,9 +99,12 @@ async def test_each_quota_answers_with_its_name(start_platform: Start, bus_confi
         async with client.stream("GET", "/v1/notifications/events") as stream:
             assert stream.status_code == 200
             assert refused(await client.get("/v1/notifications/events"), 429, "streams")
-        await asyncio.sleep(0.2)
-        async with client.stream("GET", "/v1/notifications/events") as again:
-            assert again.status_code == 200  # the first one's slot came back when it closed
+
+        async def slot_came_back() -> bool:  # once the gateway has seen the first one close
+            async with client.stream("GET", "/v1/notifications/events") as again:
+                return again.status_code == 200
+
+        await wait_until(slot_came_back, timeout=10, what="the closed stream's slot to come back")
     async with platform.client(await platform.key_for("t2")) as other:  # another tenant: the defaults
         assert (await other.post("/v1/tasks", json=hourly)).status_code == 201
     held.release.set()
