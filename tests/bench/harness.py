@@ -253,6 +253,8 @@ class Infra:
             "NATS_URL": self.nats.url,
             "DATABASE_URL": self.postgres.uri(database),
             "AGENTBUS_LOG_LEVEL": "WARNING",
+            "AGENTBUS_RATE_LIMIT": "0",  # the benchmarks send far more than 100 requests a minute per key
+            "AGENTBUS_WEBHOOK_RATE_LIMIT": "0",  # (the rate-limit one sets its own)
             **extra,
         }
 
