@@ -407,14 +407,16 @@ class SchedulerActor(Actor):
             raise quota_exceeded(MIN_INTERVAL, least, f"the schedule fires {gap:g} s apart, under {least} s")
 
     async def _check_counts(self, conn: Conn, task: Task, *, new: bool) -> None:
-        """quota_exceeded when one more task (`new`), or one more active schedule, is over the tenant's quota."""
+        """quota_exceeded when one more task (`new`: inserted in this transaction), or one more active schedule, is
+        over the tenant's quota."""
         quotas = self._quotas(task.tenant)
         await store.lock_tenant(conn, task.tenant)
-        if new and quotas.tasks and (count := await store.count_tasks(conn, task.tenant)) >= quotas.tasks:
+        held = 1 if new else 0  # a new task is inserted already: it counts itself
+        if new and quotas.tasks and (count := await store.count_tasks(conn, task.tenant) - held) >= quotas.tasks:
             raise quota_exceeded("tasks", quotas.tasks, f"the tenant has {count} tasks")
         scheduling = task.task_type is TaskType.SCHEDULED and task.enabled and task.next_run_at is not None
         if scheduling and quotas.active_schedules:
-            count = await store.count_active_schedules(conn, task.tenant)
+            count = await store.count_active_schedules(conn, task.tenant) - held
             if count >= quotas.active_schedules:
                 raise quota_exceeded("active_schedules", quotas.active_schedules, f"{count} schedules are active")
 
@@ -447,9 +449,9 @@ class SchedulerActor(Actor):
         )
         secret = new_signing_secret()
         async with self._pool.acquire() as conn, conn.transaction():
-            if await store.task_row(conn, task.id) is None:  # a retried create is not counted again
-                await self._check_counts(conn, task, new=True)
             row = await store.insert_task(conn, task, secret)
+            if row is not None:  # counted with it, so over a quota undoes it (a retried create is not counted again)
+                await self._check_counts(conn, task, new=True)
             existing = await store.get_task(conn, task.id, trace.tenant) if row is None else None
             run: TaskRun | None = None
             if row is not None and task.task_type is TaskType.DELEGATION:
