@@ -346,9 +346,10 @@ class Bus:
                 await sub.unsubscribe()
 
     async def key_value(
-        self, bucket: str, *, ttl_s: float | None = None, history: int = 1, leader: bool = False
+        self, bucket: str, *, ttl_s: float | None = None, history: int = 1, leader: bool = False, memory: bool = False
     ) -> KeyValue:
-        """A JetStream KV bucket, created (file storage) the first time; the handle is kept.
+        """A JetStream KV bucket, created (file storage; `memory`: held in memory, for state a restart may lose,
+        such as rate-limit counters) the first time; the handle is kept.
 
         Reads are direct gets, which every replica answers, so a stream leader election does not stop
         them; a replica may lag a moment behind a put, so `leader=True` gives a handle that reads from
@@ -366,7 +367,7 @@ class Bus:
                     bucket=bucket,
                     ttl=ttl_s,
                     history=history,
-                    storage=StorageType.FILE,
+                    storage=StorageType.MEMORY if memory else StorageType.FILE,
                     replicas=self.config.stream_replicas,
                     direct=True,
                 )

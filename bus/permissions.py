@@ -126,7 +126,7 @@ ACCESS: dict[Role, Access] = {
         listens=(subjects.conversation_turns_all(),),
         asks=tuple(ActorName),
         reads=(CONVERSATION_CMD, *EVENT_STREAMS, RUN_OUT, streams.AUDIT),
-        buckets=(keys.BUCKET, streams.IDEMPOTENCY_BUCKET, streams.WS_TOKENS_BUCKET),
+        buckets=(keys.BUCKET, streams.IDEMPOTENCY_BUCKET, streams.WS_TOKENS_BUCKET, streams.RATE_LIMITS_BUCKET),
         reads_buckets=(breakers.BUCKET, tenants.BUCKET),
         serves=False,
     ),

@@ -29,6 +29,7 @@ __all__ = [
     "IDEMPOTENCY_BUCKET",
     "NOTIFIER_CMD",
     "NOTIFIER_EVT",
+    "RATE_LIMITS_BUCKET",
     "RESEARCH_CMD",
     "RESEARCH_EVT",
     "RUN_OUT",
@@ -43,6 +44,7 @@ __all__ = [
 
 DUPLICATE_WINDOW_S = 120.0
 IDEMPOTENCY_BUCKET = "ab_idempotency"  # the gateway's kept POST answers (gateway/state.py)
+RATE_LIMITS_BUCKET = "ab_ratelimits"  # the gateway's GCRA state per key, tenant and webhook task (gateway/gcra.py)
 WS_TOKENS_BUCKET = "ab_ws_tokens"  # the gateway's single-use WebSocket tokens (gateway/ws_tokens.py)
 log = structlog.get_logger("bus")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -31,6 +32,7 @@ from gateway.keys import KeyController, create_ws_token
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
+from gateway.ratelimit import admit_request, rate_limit_headers
 from gateway.research import ResearchController
 from gateway.revocation import CloseOnRevoke
 from gateway.runs import RunController
@@ -71,6 +73,12 @@ def cors_config(config: GatewayConfig) -> CORSConfig | None:
 log = structlog.get_logger("gateway")
 
 
+async def _before_request(request: Request[Any, Any, Any]) -> None:
+    """What every request meets before its route decodes it: its rate limits, then the screening."""
+    await admit_request(request)
+    await screen_request(request)
+
+
 def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
     """The gateway app; SystemExit (with the reason) for a config it must not run with."""
     if (refusal := config.refusal()) is not None:
@@ -91,10 +99,13 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             await gateway.keys.start()
         gateway.audit.start()
         await gateway.turns.start()
+        await gateway.tenants.start()
+        await gateway.rate_limits.start()
         app.state.gateway = gateway
         try:
             yield
         finally:
+            await gateway.tenants.stop()
             await gateway.turns.stop()
             await gateway.audit.stop()
             await gateway.keys.stop()
@@ -121,10 +132,10 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             call_tool,
             health,
         ],
-        before_request=screen_request,
+        before_request=_before_request,
         guards=[authorize],
         middleware=[RequestStamp(), CloseOnRevoke()],
-        before_send=[finish_response, audit_response],
+        before_send=[finish_response, audit_response, rate_limit_headers],
         dependencies={"caller": Provide(provide_caller)},
         response_class=FullResponse,
         exception_handlers=exception_handlers,

@@ -36,6 +36,10 @@ class GatewayConfig:
     auth_off: bool = False  # AGENTBUS_AUTH=off: local development only, every request acts for `auth_tenant`
     auth_tenant: str = "dev"
     ws_token_ttl_s: float = 60.0  # how long a WebSocket token from POST /v1/ws-tokens may wait to be used
+    # requests per minute per API key and per webhook task, shared by every replica (gateway/ratelimit.py);
+    # 0: off. Built in code (tests, embedding) it is off; the service (`from_env`) defaults to 100 and 60.
+    rate_limit: int = 0
+    webhook_rate_limit: int = 0
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -50,6 +54,8 @@ class GatewayConfig:
             cors_origins=cors_origins(os.environ),
             auth_off=auth in ("off", "false", "0", "no"),
             auth_tenant=os.environ.get("AGENTBUS_AUTH_TENANT", "dev"),
+            rate_limit=int(os.environ.get("AGENTBUS_RATE_LIMIT", "100")),
+            webhook_rate_limit=int(os.environ.get("AGENTBUS_WEBHOOK_RATE_LIMIT", "60")),
         )
 
     def refusal(self) -> str | None:

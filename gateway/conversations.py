@@ -19,6 +19,7 @@ from gateway.caller import Caller
 from gateway.errors import HTTP_STATUS, ApiError, error_json, retry_after
 from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, ident, stored_response
+from gateway.streams import StreamSlot
 from gateway.views import full_json
 from schemas.conversation import (
     ContinueConversation,
@@ -76,11 +77,16 @@ async def post_message(caller: Caller, conversation_id: str, body: NewMessage, d
     run_id, message_id = gw.make_id(digest, "run"), gw.make_id(digest, "message")
     trace = caller.trace.child(run_id=run_id)
     if body.stream:
-        await start_turn(
-            gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
-        )
-        await gw.remember(digest, Stored(status=200, stream_run_id=run_id))
-        return await _stream_run(gw, tenant, run_id)
+        slot = gw.streams.take(tenant)  # 429 quota_exceeded before the turn is started
+        try:
+            await start_turn(
+                gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
+            )
+            await gw.remember(digest, Stored(status=200, stream_run_id=run_id))
+            return await _stream_run(gw, tenant, run_id, slot)
+        except BaseException:
+            slot.release()
+            raise
     with gw.turns.expect(run_id) as turn:
         await start_turn(
             gw, tenant, conversation_id, body, trace, run_id=run_id, message_id=message_id, stream=body.stream
@@ -106,7 +112,7 @@ async def post_message(caller: Caller, conversation_id: str, body: NewMessage, d
     return stored_response(stored)
 
 
-async def _stream_run(gw: Gateway, tenant: str, run_id: str) -> Response[Any] | Stream:
+async def _stream_run(gw: Gateway, tenant: str, run_id: str, slot: StreamSlot | None = None) -> Response[Any] | Stream:
     """SSE of the run, unless its first event says it never started (unknown conversation, rejected)."""
     events = aiter(gw.run_output(tenant, run_id))
     try:  # accepted within the reply timeout, or the conversation actor is not answering
@@ -121,7 +127,7 @@ async def _stream_run(gw: Gateway, tenant: str, run_id: str) -> Response[Any] | 
         await events.aclose()  # type: ignore[attr-defined]
         error = first.body.error
         raise ApiError(error.code, error.message, {**error.details, "run_id": run_id})
-    return sse_response(events, [first])
+    return sse_response(events, [first], slot=slot or gw.streams.take(tenant))
 
 
 class ConversationController(Controller):

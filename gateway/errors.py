@@ -117,7 +117,10 @@ def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None
         headers["WWW-Authenticate"] = "Bearer"
     elif code in (ErrorCode.UNAVAILABLE, ErrorCode.MODEL_UNAVAILABLE):
         headers["Retry-After"] = retry_after(code, details)
-    return Response(body, status_code=HTTP_STATUS[code], headers=headers)
+    status = HTTP_STATUS[code]
+    if code is ErrorCode.QUOTA_EXCEEDED and (details or {}).get("quota") == "min_interval_s":
+        status = 422  # a schedule faster than the tenant may have: no waiting makes it acceptable
+    return Response(body, status_code=status, headers=headers)
 
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorEnvelope]:

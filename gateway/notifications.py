@@ -159,4 +159,4 @@ class NotificationController(Controller):
             await _dropped(gw, info)
             after = info.delivered.stream_seq if info.delivered is not None else 0
         events = gw.bus.replay(NOTIFIER_EVT.name, subjects.notifier_in_app(tenant), InAppNotification, after_seq=after)
-        return sse_response(events)
+        return sse_response(events, slot=gw.streams.take(tenant))

@@ -52,7 +52,10 @@ DESCRIPTIONS = {
     404: "no such id (or it is another tenant's), or no such tool (`unknown_tool`)",
     409: "it conflicts with the current state (a turn running under policy `reject`, a job not ended, ...)",
     413: "the body is too large",
-    422: "a value is not acceptable (`invalid`, `unknown_agent`, `limit_exceeded`)",
+    422: "a value is not acceptable (`invalid`, `unknown_agent`, `limit_exceeded`, `quota_exceeded` for a schedule"
+    " faster than the tenant's `min_interval_s`)",
+    429: "over a rate limit (`rate_limited`: retry after Retry-After seconds) or a tenant's quota (`quota_exceeded`,"
+    " `details.quota` names it)",
     502: "the tool ran and failed, or was stopped at an isolation limit (`tool_failed`)",
     503: "an actor or NATS is unavailable: try again after Retry-After seconds",
     504: "no answer in time",
@@ -62,7 +65,7 @@ DESCRIPTIONS = {
 def _statuses(path: str, method: str) -> set[int]:
     if not path.startswith("/v1/"):
         return {503} if path == "/health" else set()
-    statuses = {401, 422, 503, 504}
+    statuses = {401, 422, 429, 503, 504}
     if not path.startswith("/v1/tasks/webhooks/"):  # a signed webhook has no key, so no scope
         statuses.add(403)
     if "{" in path:
@@ -82,10 +85,22 @@ CORRELATION_HEADER = OpenAPIHeader(
 )
 
 
+RATE_LIMIT_HEADERS: dict[str, OpenAPIHeader | Reference] = {
+    "RateLimit-Policy": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING), description='the rate limits applied, e.g. `"key";q=100;w=60`'
+    ),
+    "RateLimit": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING), description='what is left of each, e.g. `"key";r=0;t=17`'
+    ),
+}
+
+
 def _response(status: int) -> OpenAPIResponse:
     headers: dict[str, OpenAPIHeader | Reference] = {"X-Correlation-Id": CORRELATION_HEADER}
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), description="seconds")
+    if status == 429:
+        headers |= RATE_LIMIT_HEADERS
     return OpenAPIResponse(
         description=DESCRIPTIONS[status],
         headers=headers,

@@ -104,7 +104,7 @@ class ResearchController(Controller):
             after_seq=int(last),
             until=lambda event: isinstance(event, ResearchFinished),
         )
-        return sse_response(events)
+        return sse_response(events, slot=caller.gateway.streams.take(caller.tenant))
 
     @post("/{job_id:str}/cancel", status_code=202, summary="Cancel a job: it stops, and so does every sub-run")
     async def cancel(self, caller: Caller, job_id: FromPath[str]) -> ResearchJob:

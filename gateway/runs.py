@@ -74,7 +74,8 @@ class RunController(Controller):
         if not last.isdigit():
             raise ApiError(ErrorCode.INVALID, "Last-Event-ID must be an event id this stream sent")
         await _record(caller, run_id)  # 404 unless the executor knows it
-        return sse_response(caller.gateway.run_output(caller.tenant, run_id, after_seq=int(last)))
+        slot = caller.gateway.streams.take(caller.tenant)
+        return sse_response(caller.gateway.run_output(caller.tenant, run_id, after_seq=int(last)), slot=slot)
 
     @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run: the model call and its tools stop")
     async def cancel(self, caller: Caller, run_id: FromPath[str]) -> RunRecord:

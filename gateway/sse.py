@@ -11,6 +11,7 @@ from litestar.response import Stream
 
 from bus.client import Envelope
 from bus.codec import encode
+from gateway.streams import StreamSlot
 
 __all__ = ["event_json", "sse_frame", "sse_response"]
 
@@ -27,8 +28,19 @@ def sse_frame(envelope: Envelope[Any]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (envelope.seq, tag.encode(), data)
 
 
-async def _frames(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]]) -> AsyncIterator[bytes]:
+async def _frames(
+    first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]], slot: StreamSlot | None
+) -> AsyncIterator[bytes]:
     """Frames of `first` then `rest`, with a comment line every 15 s of silence so proxies keep the stream."""
+    try:
+        async for frame in _relayed(first, rest):
+            yield frame
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def _relayed(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]]) -> AsyncIterator[bytes]:
     for head in first:
         yield sse_frame(head)
     queue: asyncio.Queue[Envelope[Any] | None] = asyncio.Queue()
@@ -58,9 +70,15 @@ async def _frames(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]]
             await task
 
 
-def sse_response(rest: AsyncIterator[Envelope[Any]], first: list[Envelope[Any]] | None = None) -> Stream:
+def sse_response(
+    rest: AsyncIterator[Envelope[Any]], first: list[Envelope[Any]] | None = None, *, slot: StreamSlot | None = None
+) -> Stream:
+    """The stream's response; `slot` (the tenant's `streams` quota) is released when it ends, or is dropped unsent."""
+    frames = _frames(first or [], rest, slot)
+    if slot is not None:
+        slot.release_with(frames)
     return Stream(
-        _frames(first or [], rest),
+        frames,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -26,12 +26,15 @@ from bus.headers import Trace, new_id
 from bus.keys import KeyRecord, Scope
 from bus.secrets import SecretError
 from bus.streams import RUN_OUT
+from bus.tenants import TenantSettingsCache
 from gateway.access_log import correlation_id
 from gateway.audit_trail import AuditTrail
 from gateway.auth import KeyWatch, Principal
 from gateway.catalog import AgentCatalogCache
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
+from gateway.ratelimit import RateLimits
+from gateway.streams import StreamSlots
 from gateway.ws_tokens import WsTokens
 from schemas._base import Message
 from schemas.conversation import TurnCompleted, TurnFailed
@@ -119,6 +122,9 @@ class Gateway:
         )
         self.turns = TurnWaiter(bus)
         self.agents = AgentCatalogCache(bus)
+        self.tenants = TenantSettingsCache(bus)  # started with the app (gateway/app.py)
+        self.rate_limits = RateLimits(bus, config, self.tenants)
+        self.streams = StreamSlots(self.tenants)
         self._kv = kv
 
     async def ask(self, actor: subjects.ActorName, verb: str, message: Message, reply: type[T], trace: Trace) -> T:

@@ -33,6 +33,9 @@ from schemas.errors import ErrorCode
 __all__ = ["chat_socket"]
 
 
+_CLOSE_CODES = {ErrorCode.UNAUTHORIZED: 4401, ErrorCode.QUOTA_EXCEEDED: 4429}
+
+
 def _error(code: ErrorCode, message: str) -> bytes:
     return error_json(code, message)
 
@@ -58,9 +61,10 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
             ConversationView,
             trace=gw.trace(tenant),
         )
+        slot = gw.streams.take(tenant)  # the tenant's `streams` quota: 4429 when it holds every one
     except (ApiError, BusError) as e:
         await socket.send_data(_error(e.code, e.message).decode(), mode="text")
-        await socket.close(code=4401 if e.code == "unauthorized" else 4404, reason=str(e.code))
+        await socket.close(code=_CLOSE_CODES.get(e.code, 4404), reason=str(e.code))
         return
     except subjects.InvalidToken:
         await socket.close(code=4404, reason="not_found")
@@ -101,6 +105,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
     except WebSocketDisconnect:
         pass
     finally:
+        slot.release()
         for task in relays:
             task.cancel()
         with contextlib.suppress(Exception):

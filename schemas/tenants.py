@@ -19,7 +19,7 @@ class Quotas(Record, frozen=True, kw_only=True):
     documents: int | None = None  # research documents stored
     document_bytes: int | None = None  # their bytes, summed
     concurrent_runs: int | None = None  # runs executing at once across every executor replica
-    streams: int | None = None  # open SSE and WebSocket streams across every gateway replica
+    streams: int | None = None  # open SSE and WebSocket streams, on each gateway replica (docs/limits.md)
     research_jobs: int | None = None  # research jobs not yet finished
 
 

@@ -38,6 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Children (actor subprocesses) must not reach a real model either.
 os.environ.setdefault("AGENTBUS_OFFLINE", "1")
+# The scheduler's tests fire tasks seconds apart; the platform's default shortest interval is a minute.
+os.environ.setdefault("AGENTBUS_QUOTA_MIN_INTERVAL_S", "1")
+# A gateway started as a process (`python -m gateway`) limits each key to 100 requests a minute; tests of
+# other things send more. The rate-limit tests set their own limits.
+os.environ.setdefault("AGENTBUS_RATE_LIMIT", "0")
+os.environ.setdefault("AGENTBUS_WEBHOOK_RATE_LIMIT", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -75,7 +75,7 @@ async def test_every_route_declares_its_error_statuses_with_the_error_body(start
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
             responses = operation["responses"]
-            expected = {"503"} if path == "/health" else {"401", "422", "503", "504"}
+            expected = {"503"} if path == "/health" else {"401", "422", "429", "503", "504"}
             if "{" in path:
                 expected.add("404")
             if method in ("post", "put", "patch"):
@@ -86,3 +86,5 @@ async def test_every_route_declares_its_error_statuses_with_the_error_body(start
                     assert response["content"]["application/json"]["schema"] == error, (method, path, status)
             if "503" in responses:
                 assert "Retry-After" in responses["503"]["headers"]
+            if "429" in responses:
+                assert {"Retry-After", "RateLimit-Policy", "RateLimit"} <= responses["429"]["headers"].keys()

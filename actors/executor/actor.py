@@ -35,12 +35,13 @@ from actors.executor.catalog import catalog_endpoint
 from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
 from actors.executor.deployments import models_endpoint
+from actors.executor.fair_share import FairShare
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
-from actors.executor.store import Begun, RunStore, UsageStore
+from actors.executor.store import Begun, RunsFull, RunStore, UsageStore
 from actors.executor.summary_store import SummaryStore
 from actors.executor.tool_service import tool_endpoints
 from actors.executor.tools import ToolRegistry
@@ -53,6 +54,7 @@ from bus.errors import BusError, Reject, Retry
 from bus.headers import Trace
 from bus.runs import CancelSignals, RunClient
 from bus.streams import EXECUTOR_CMD, RUN_OUT, ConsumerSpec
+from bus.tenants import TenantSettingsCache
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.research import DocumentHits, FetchedPage, FetchPage, SearchDocuments
@@ -118,6 +120,8 @@ class ExecutorActor(Actor):
         self._cancels: CancelSignals[CancelRun] | None = None
         self._breakers: Breakers | None = None
         self._models = contextlib.AsyncExitStack()  # provider models held open (their HTTP clients) while it runs
+        self.fair = FairShare(config.max_concurrent_runs)  # the consumer hands over at most that many at once
+        self._tenants: TenantSettingsCache | None = None
 
     @property
     def store(self) -> RunStore:
@@ -195,8 +199,12 @@ class ExecutorActor(Actor):
         self._runs = RunClient(self.bus)
         self._cancels = CancelSignals(self.bus, subjects.executor_cancels(), CancelRun, lambda c: c.run_id)
         await self._cancels.start()
+        self._tenants = TenantSettingsCache(self.bus)
+        await self._tenants.start()
 
     async def on_stop(self) -> None:
+        if self._tenants is not None:
+            await self._tenants.stop()
         await self._models.aclose()
         await self.tools.servers.stop()
         if self._cancels is not None:
@@ -222,6 +230,27 @@ class ExecutorActor(Actor):
                 assert_never(command)
 
     async def _run(self, req: RunRequest, delivery: Delivery) -> None:
+        """Run it once the tenant's fair share of this replica's slots, and its `concurrent_runs` quota, admit it;
+        until then it goes back to the stream for a moment (actors/executor/fair_share.py)."""
+        tenant = delivery.tenant
+        inside = _inside_a_run(req)
+        if inside:
+            self.fair.hold(tenant)
+        elif not self.fair.take(tenant):
+            raise Retry(
+                "the tenant holds its share of the run slots", delay=self.config.fair_share_retry_s, waiting=True
+            )
+        try:
+            quota = 0 if inside or self._tenants is None else self._tenants.get(tenant).quotas.concurrent_runs or 0
+            await self._run_admitted(req, delivery, max_running=quota)
+        except RunsFull as e:
+            raise Retry(
+                f"concurrent_runs quota: {e.running} runs running", delay=self.config.fair_share_retry_s, waiting=True
+            ) from e
+        finally:
+            self.fair.release(tenant)
+
+    async def _run_admitted(self, req: RunRequest, delivery: Delivery, *, max_running: int) -> None:
         tenant = delivery.tenant
         trace = delivery.trace.child(run_id=req.run_id)
         structlog.contextvars.bind_contextvars(run_id=req.run_id)
@@ -234,6 +263,7 @@ class ExecutorActor(Actor):
                 tenant=tenant,
                 model=runner.model.name if runner else ("pipeline" if self._pipeline_of(req) else ""),
                 offline=runner.model.offline if runner else False,
+                max_running=max_running,
             )
             if begun is None:
                 raise Reject(f"run id {req.run_id} belongs to another tenant")
@@ -486,6 +516,16 @@ def _waits(end: RunEnd) -> bool:
 def _retry_after(end: RunEnd) -> float:
     seconds = end.error.details.get("retry_after_s", "1") if isinstance(end, RunFailed) else "1"
     return max(float(seconds), 1.0)
+
+
+def _inside_a_run(req: RunRequest) -> bool:
+    """A pipeline's step or a subagent hand-off (`<parent>-step<n>`, `<parent>-sub<k>`): its parent run holds a
+    slot and waits for it. (A research job's sub-runs have the job as parent: runs of their own.)"""
+    parent = req.parent_run_id
+    if parent is None or not req.run_id.startswith(f"{parent}-"):
+        return False
+    rest = req.run_id.removeprefix(f"{parent}-")
+    return rest.removeprefix("step").isdigit() or rest.removeprefix("sub").isdigit()
 
 
 def _depth(req: RunRequest) -> int:

@@ -19,6 +19,7 @@ class ExecutorConfig:
     default_model: str | list[str] | None = None  # agents naming none: AGENTBUS_MODEL (a chain: comma-separated)
     offline: bool = False  # force the offline model for every provider model (tests, demos)
     max_concurrent_runs: int = 32
+    fair_share_retry_s: float = 1.0  # a run its tenant's share does not admit yet is offered again after this
     max_subagent_depth: int = 2  # how deep agents may hand sub-problems to other agents
     max_output_tokens: int = 4096  # the cap on one model response, for agents that set none
     model_timeout_s: float = 120.0  # one model request, all its attempts, for agents that set none
@@ -34,6 +35,7 @@ class ExecutorConfig:
             default_model=_chain(os.environ.get("AGENTBUS_MODEL", "")),
             offline=os.environ.get("AGENTBUS_OFFLINE", "") not in ("", "0", "false"),
             max_concurrent_runs=int(os.environ.get("AGENTBUS_MAX_RUNS", "32")),
+            fair_share_retry_s=float(os.environ.get("AGENTBUS_FAIR_SHARE_RETRY", "1.0")),
             max_subagent_depth=int(os.environ.get("AGENTBUS_SUBAGENT_DEPTH", "2")),
             max_output_tokens=int(os.environ.get("AGENTBUS_MAX_OUTPUT_TOKENS", "4096")),
             model_timeout_s=model_timeout_s,

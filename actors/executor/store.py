@@ -8,12 +8,20 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from actors._postgres import as_struct, as_structs
+from actors._postgres import Conn, as_struct, as_structs
 from bus.codec import decode_union, encode
 from schemas.runs import STATUS_OF_END, RunCancelled, RunCompleted, RunEnd, RunFailed, RunRecord, RunRequest, Usage
 from schemas.usage import UsageGrouping
 
-__all__ = ["Begun", "RunStore", "UsageStore", "UsageSums"]
+__all__ = ["Begun", "RunStore", "RunsFull", "UsageStore", "UsageSums"]
+
+
+class RunsFull(Exception):
+    """The tenant has as many runs running as its `concurrent_runs` quota allows."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"{running} runs are running")
+        self.running = running
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +35,30 @@ class RunStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def begin(self, req: RunRequest, *, tenant: str, model: str, offline: bool) -> Begun | None:
-        """Record the run as running (attempt + 1 if it was already); None if another tenant owns the id."""
-        row = await self.pool.fetchrow(
+    async def begin(
+        self, req: RunRequest, *, tenant: str, model: str, offline: bool, max_running: int = 0
+    ) -> Begun | None:
+        """Record the run as running (attempt + 1 if it was already); None if another tenant owns the id.
+        With `max_running` (the tenant's `concurrent_runs` quota), RunsFull when the tenant already has that many
+        runs running on any replica (a run's own sub-runs not counted): counted and recorded under a per-tenant
+        lock, so replicas cannot race past it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if max_running:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('executor.runs:' || $1, 0))", tenant)
+                count = await conn.fetchval(
+                    """
+                    SELECT count(*) FROM runs WHERE tenant = $1 AND status = 'running' AND id <> $2
+                      AND NOT EXISTS (SELECT FROM runs parent WHERE parent.id = runs.parent_run_id)
+                    """,
+                    tenant, req.run_id,
+                )  # fmt: skip
+                if count >= max_running:
+                    raise RunsFull(count)
+            return await self._begin(conn, req, tenant=tenant, model=model, offline=offline)
+
+    @staticmethod
+    async def _begin(conn: Conn, req: RunRequest, *, tenant: str, model: str, offline: bool) -> Begun | None:
+        row = await conn.fetchrow(
             """
             INSERT INTO runs (id, tenant, agent, model, offline, status, conversation_id, parent_run_id, task_id,
                               started_at)

@@ -25,6 +25,7 @@ from bus.config import BusConfig
 from bus.errors import BusError, Reject
 from bus.runs import CancelSignals
 from bus.streams import RESEARCH_CMD, ConsumerSpec
+from bus.tenants import TenantSettingsCache
 from schemas.research import (
     CancelResearch,
     FetchPage,
@@ -36,6 +37,7 @@ from schemas.research import (
     SearchDocuments,
     StartResearch,
 )
+from schemas.tenants import Quotas
 
 __all__ = ["ResearchActor"]
 
@@ -56,6 +58,7 @@ class ResearchActor(Actor):
         self._jobs: Jobs | None = None
         self._sources: Sources | None = None
         self._cancels: CancelSignals[CancelResearch] | None = None
+        self._tenants: TenantSettingsCache | None = None
 
     @property
     def jobs(self) -> Jobs:
@@ -94,10 +97,18 @@ class ResearchActor(Actor):
             log.info("notification secrets sealed under the current key", count=resealed)
         self._cancels = CancelSignals(self.bus, subjects.research_cancels(), CancelResearch, lambda c: c.job_id)
         await self._cancels.start()
-        self._jobs = Jobs(self.bus, JobStore(self._pool), self.config, self._cancels)
-        self._sources = Sources(self.config, DocumentStore(self._pool))
+        self._tenants = tenants = TenantSettingsCache(self.bus)
+        await tenants.start()
+
+        def quotas(tenant: str) -> Quotas:
+            return tenants.get(tenant).quotas
+
+        self._jobs = Jobs(self.bus, JobStore(self._pool), self.config, self._cancels, quotas)
+        self._sources = Sources(self.config, DocumentStore(self._pool), quotas)
 
     async def on_stop(self) -> None:
+        if self._tenants is not None:
+            await self._tenants.stop()
         if self._cancels is not None:
             await self._cancels.stop()
         if self._pool is not None:

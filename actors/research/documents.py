@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from bus.quotas import quota_exceeded
 from schemas.research import Document, DocumentHit
+from schemas.tenants import Quotas
 
 __all__ = ["DocumentStore"]
 
@@ -24,15 +26,36 @@ class DocumentStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def add(self, document_id: str, tenant: str, title: str, content_type: str, text: str) -> Document | None:
-        """Store the document (a retried ingest keeps the first); None if the id is another tenant's."""
-        row = await self.pool.fetchrow(
-            """
-            INSERT INTO documents (id, tenant, title, content_type, content) VALUES ($1, $2, $3, $4, $5)
-            ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING *
-            """,
-            document_id, tenant, title, content_type, text,
-        )  # fmt: skip
+    async def add(
+        self, document_id: str, tenant: str, title: str, content_type: str, text: str, *, quotas: Quotas
+    ) -> Document | None:
+        """Store the document (a retried ingest keeps the first); None if the id is another tenant's.
+        BusError(quota_exceeded) when a new one is over the tenant's `documents` or `document_bytes`: counted
+        under a per-tenant lock, so replicas ingest one at a time and cannot race past the quota."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if (quotas.documents or quotas.document_bytes) and not await conn.fetchval(
+                "SELECT 1 FROM documents WHERE id = $1", document_id
+            ):
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('research.documents:' || $1, 0))", tenant
+                )
+                held = await conn.fetchrow(
+                    "SELECT count(*), coalesce(sum(octet_length(content)), 0) FROM documents WHERE tenant = $1", tenant
+                )
+                count, size = (int(held[0]), int(held[1])) if held is not None else (0, 0)
+                if quotas.documents and count >= quotas.documents:
+                    raise quota_exceeded("documents", quotas.documents, f"the tenant has {count} documents")
+                adding = len(text.encode())
+                if quotas.document_bytes and size + adding > quotas.document_bytes:
+                    message = f"the documents hold {size} bytes; this one adds {adding}"
+                    raise quota_exceeded("document_bytes", quotas.document_bytes, message)
+            row = await conn.fetchrow(
+                """
+                INSERT INTO documents (id, tenant, title, content_type, content) VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING *
+                """,
+                document_id, tenant, title, content_type, text,
+            )  # fmt: skip
         return _document(row) if row is not None and row["tenant"] == tenant else None
 
     async def get(self, document_id: str, tenant: str) -> Document | None:

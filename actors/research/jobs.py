@@ -9,6 +9,7 @@ takes it over and resumes it (see `subruns.py`). A command dead-lettered after f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -38,6 +39,7 @@ from schemas.research import (
     StartResearch,
     StopReason,
 )
+from schemas.tenants import Quotas
 
 __all__ = ["Jobs"]
 
@@ -59,9 +61,15 @@ class Jobs:
     """The job endpoints' and command's handlers."""
 
     def __init__(
-        self, bus: Bus, store: JobStore, config: ResearchConfig, cancels: CancelSignals[CancelResearch]
+        self,
+        bus: Bus,
+        store: JobStore,
+        config: ResearchConfig,
+        cancels: CancelSignals[CancelResearch],
+        quotas: Callable[[str], Quotas],
     ) -> None:
         self.bus = bus
+        self.quotas = quotas  # a tenant's quotas, as its settings say now
         self.store = store
         self.config = config
         self.cancels = cancels
@@ -83,7 +91,10 @@ class Jobs:
         return ResearchView(job=view, notification_secret=secret)
 
     async def create(self, cmd: StartResearch, tenant: str) -> tuple[JobRow, bool]:
-        found = await self.store.create(tenant, cmd, self.config.secrets.seal(new_signing_secret()))
+        limit = self.quotas(tenant).research_jobs or 0
+        found = await self.store.create(
+            tenant, cmd, self.config.secrets.seal(new_signing_secret()), max_unfinished=limit
+        )
         if found is None:
             raise BusError(ErrorCode.CONFLICT, f"research job id {cmd.job_id} is taken")
         return found

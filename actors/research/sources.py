@@ -3,6 +3,8 @@ These answer the executor's source tools (search_documents, fetch_url) and the g
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from actors.research.config import ResearchConfig
 from actors.research.documents import DocumentStore
 from actors.research.fetch import FetchError, fetch_text
@@ -22,6 +24,7 @@ from schemas.research import (
     ListDocuments,
     SearchDocuments,
 )
+from schemas.tenants import Quotas
 
 __all__ = ["Sources"]
 
@@ -29,9 +32,10 @@ __all__ = ["Sources"]
 class Sources:
     """The source endpoints' handlers."""
 
-    def __init__(self, config: ResearchConfig, documents: DocumentStore) -> None:
+    def __init__(self, config: ResearchConfig, documents: DocumentStore, quotas: Callable[[str], Quotas]) -> None:
         self.config = config
         self.documents = documents
+        self.quotas = quotas  # a tenant's quotas, as its settings say now
 
     async def fetch(self, query: FetchPage, trace: Trace) -> Message:
         try:
@@ -57,7 +61,8 @@ class Sources:
         if len(text) > self.config.max_document_chars:
             raise BusError(ErrorCode.TOO_LARGE, f"documents are limited to {self.config.max_document_chars} characters")
         kind = "text/html" if cmd.content_type.startswith("text/html") else cmd.content_type.split(";")[0].strip()
-        document = await self.documents.add(cmd.document_id, trace.tenant, cmd.title, kind, text)
+        quotas = self.quotas(trace.tenant)
+        document = await self.documents.add(cmd.document_id, trace.tenant, cmd.title, kind, text, quotas=quotas)
         if document is None:
             raise BusError(ErrorCode.CONFLICT, f"document id {cmd.document_id} is taken")
         return DocumentView(document=document)

@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from actors._postgres import as_struct, as_structs
+from bus.quotas import quota_exceeded
 from bus.secrets import SecretBox, SecretError
 from schemas.research import (
     Citation,
@@ -95,15 +96,25 @@ class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def create(self, tenant: str, spec: StartResearch, secret: str) -> tuple[JobRow, bool] | None:
-        """The job row (inserted if new) and whether this call created it; None if the id is another tenant's."""
-        row = await self.pool.fetchrow(
-            """
-            INSERT INTO jobs (id, tenant, spec, notification_secret) VALUES ($1, $2, $3, $4)
-            ON CONFLICT (id) DO NOTHING RETURNING *
-            """,
-            spec.job_id, tenant, spec, secret,
-        )  # fmt: skip
+    async def create(
+        self, tenant: str, spec: StartResearch, secret: str, *, max_unfinished: int = 0
+    ) -> tuple[JobRow, bool] | None:
+        """The job row (inserted if new) and whether this call created it; None if the id is another tenant's.
+        BusError(quota_exceeded) when a new job would make more than `max_unfinished` (0: any number) unfinished
+        jobs of the tenant: counted under a per-tenant lock, so replicas cannot race past it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if max_unfinished and not await conn.fetchval("SELECT 1 FROM jobs WHERE id = $1", spec.job_id):
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('research.jobs:' || $1, 0))", tenant)
+                sql = "SELECT count(*) FROM jobs WHERE tenant = $1 AND finished_at IS NULL"
+                if (count := await conn.fetchval(sql, tenant)) >= max_unfinished:
+                    raise quota_exceeded("research_jobs", max_unfinished, f"{count} research jobs are unfinished")
+            row = await conn.fetchrow(
+                """
+                INSERT INTO jobs (id, tenant, spec, notification_secret) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (id) DO NOTHING RETURNING *
+                """,
+                spec.job_id, tenant, spec, secret,
+            )  # fmt: skip
         created = row is not None
         if row is None:
             row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", spec.job_id)

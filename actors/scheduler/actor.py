@@ -30,13 +30,15 @@ from actors._postgres import health as postgres_health
 from actors.scheduler import store
 from actors.scheduler.clock import Clock, SystemClock
 from actors.scheduler.config import SchedulerConfig
-from actors.scheduler.timing import Timing, TimingError, validate
+from actors.scheduler.timing import Timing, TimingError, shortest_gap_s, validate
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.config import BusConfig
 from bus.errors import BusError
 from bus.headers import Trace, new_id
+from bus.quotas import MIN_INTERVAL, quota_exceeded
 from bus.streams import EXECUTOR_EVT, SCHEDULER_CMD, ConsumerSpec
+from bus.tenants import TenantSettingsCache
 from schemas._base import Message
 from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
 from schemas.errors import ErrorCode
@@ -70,6 +72,7 @@ from schemas.tasks import (
     UnregisterTrigger,
     UpdateTask,
 )
+from schemas.tenants import Quotas
 
 __all__ = ["SchedulerActor"]
 
@@ -103,6 +106,7 @@ class SchedulerActor(Actor):
         self.clock: Clock = clock or SystemClock()
         self._pool: Any = None
         self._wake = asyncio.Event()
+        self._tenants: TenantSettingsCache | None = None
 
     def routes(self) -> Sequence[Consumer[Any] | Endpoint[Any]]:
         return (
@@ -125,6 +129,8 @@ class SchedulerActor(Actor):
         )
 
     async def on_start(self) -> None:
+        self._tenants = TenantSettingsCache(self.bus)
+        await self._tenants.start()
         self._pool = await open_pool(self.config.database_url, schema="scheduler", migrations=MIGRATIONS)
         async with self._pool.acquire() as conn:
             if resealed := await store.reseal(conn, self.config.secrets):
@@ -132,6 +138,8 @@ class SchedulerActor(Actor):
         self.spawn(self._ticker(), name="scheduler-ticker")
 
     async def on_stop(self) -> None:
+        if self._tenants is not None:
+            await self._tenants.stop()
         if self._pool is not None:
             await self._pool.close()
 
@@ -376,6 +384,7 @@ class SchedulerActor(Actor):
             now = self.clock.now()
             if task.run_at is not None and task.run_at < now - PAST_RUN_AT:
                 raise _invalid("run_at is in the past")
+            self._check_interval(task, timing, now)
             nxt = task.run_at if task.run_at is not None else timing.next_after(now)
             return replace_task(task, next_run_at=nxt)
         try:
@@ -383,6 +392,37 @@ class SchedulerActor(Actor):
         except TimingError as e:
             raise _invalid(str(e)) from e
         return replace_task(task, next_run_at=None)
+
+    # --- quotas (counted here, in the tasks' own table, under a per-tenant lock: replicas cannot race past) ----
+
+    def _quotas(self, tenant: str) -> Quotas:
+        if self._tenants is None:
+            raise RuntimeError("scheduler is not started")
+        return self._tenants.get(tenant).quotas
+
+    def _check_interval(self, task: Task, timing: Timing, now: datetime) -> None:
+        """quota_exceeded (answered 422) for an interval, or a cron's shortest gap, under `min_interval_s`."""
+        least = self._quotas(task.tenant).min_interval_s or 0
+        cron_fields = len(task.schedule_expression.split()) if task.schedule_expression else 0
+        if not least or (cron_fields == 5 and least <= 60):  # a 5-field cron fires at most once a minute
+            return
+        gap = shortest_gap_s(timing, below=least, start=now)
+        if gap is not None and gap < least:
+            raise quota_exceeded(MIN_INTERVAL, least, f"the schedule fires {gap:g} s apart, under {least} s")
+
+    async def _check_counts(self, conn: Conn, task: Task, *, new: bool) -> None:
+        """quota_exceeded when one more task (`new`: inserted in this transaction), or one more active schedule, is
+        over the tenant's quota."""
+        quotas = self._quotas(task.tenant)
+        await store.lock_tenant(conn, task.tenant)
+        held = 1 if new else 0  # a new task is inserted already: it counts itself
+        if new and quotas.tasks and (count := await store.count_tasks(conn, task.tenant) - held) >= quotas.tasks:
+            raise quota_exceeded("tasks", quotas.tasks, f"the tenant has {count} tasks")
+        scheduling = task.task_type is TaskType.SCHEDULED and task.enabled and task.next_run_at is not None
+        if scheduling and quotas.active_schedules:
+            count = await store.count_active_schedules(conn, task.tenant) - held
+            if count >= quotas.active_schedules:
+                raise quota_exceeded("active_schedules", quotas.active_schedules, f"{count} schedules are active")
 
     async def _create(self, cmd: CreateTask, trace: Trace) -> Message:
         now = self.clock.now()
@@ -414,6 +454,8 @@ class SchedulerActor(Actor):
         secret = new_signing_secret()
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.insert_task(conn, task, self.config.secrets.seal(secret))
+            if row is not None:  # counted with it, so over a quota undoes it (a retried create is not counted again)
+                await self._check_counts(conn, task, new=True)
             existing = await store.get_task(conn, task.id, trace.tenant) if row is None else None
             run: TaskRun | None = None
             if row is not None and task.task_type is TaskType.DELEGATION:
@@ -534,6 +576,8 @@ class SchedulerActor(Actor):
             paused_over_slot = nxt is not None and nxt < now and cmd.enabled and not task.enabled
             if paused_over_slot and task.misfire_policy is MisfirePolicy.SKIP:  # resume at the next slot
                 nxt = _timing(task).next_after(now)
+            if cmd.enabled and not task.enabled:
+                await self._check_counts(conn, replace_task(task, enabled=True, next_run_at=nxt), new=False)
             row = await store.save_task(conn, replace_task(task, enabled=cmd.enabled, next_run_at=nxt, updated_at=now))
         await self._changed(row.task, trace)
         return TaskView(task=row.task)

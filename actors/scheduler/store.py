@@ -237,3 +237,19 @@ async def reseal(conn: Conn, box: SecretBox) -> int:
             )  # fmt: skip
             count += status == "UPDATE 1"
     return count
+
+
+async def lock_tenant(conn: Conn, tenant: str) -> None:
+    """Hold the tenant's quota lock until the transaction ends: replicas count and insert one at a time."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('scheduler.quota:' || $1, 0))", tenant)
+
+
+async def count_tasks(conn: Conn, tenant: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE tenant = $1", tenant))
+
+
+async def count_active_schedules(conn: Conn, tenant: str) -> int:
+    """Enabled scheduled tasks that will fire again (a one-shot that has fired holds no schedule)."""
+    sql = """SELECT count(*) FROM tasks
+             WHERE tenant = $1 AND task_type = 'scheduled' AND enabled AND next_run_at IS NOT NULL"""
+    return int(await conn.fetchval(sql, tenant))

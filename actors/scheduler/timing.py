@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
 
-__all__ = ["Timing", "TimingError", "first_after", "validate"]
+__all__ = ["Timing", "TimingError", "first_after", "shortest_gap_s", "validate"]
+
+GAPS_LOOKED_AT = 1000  # firings a cron's shortest gap is looked for in (a few ms of croniter)
 
 
 class TimingError(ValueError):
@@ -83,3 +85,24 @@ def validate(
 
 def first_after(timing: Timing, moment: datetime) -> datetime | None:
     return timing.next_after(moment)
+
+
+def shortest_gap_s(timing: Timing, *, below: float, start: datetime) -> float | None:
+    """The shortest time between two firings of the timing (its interval; for cron, looked for among its first
+    GAPS_LOOKED_AT firings after `start`), or None for a one-shot. Stops at the first gap under `below`."""
+    if timing.interval is not None:
+        return timing.interval
+    if timing.cron is None:
+        return None
+    fields = timing.cron.split()
+    it = croniter(timing.cron, start.astimezone(UTC), second_at_beginning=len(fields) == 6)
+    last: datetime = it.get_next(datetime)
+    shortest: float | None = None
+    for _ in range(GAPS_LOOKED_AT):
+        nxt: datetime = it.get_next(datetime)
+        gap = (nxt - last).total_seconds()
+        shortest = gap if shortest is None else min(shortest, gap)
+        if shortest < below:
+            break
+        last = nxt
+    return shortest

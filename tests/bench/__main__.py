@@ -3,7 +3,7 @@ a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark w
 failing unless each one ran and printed its figures.
 
 `python -m tests.bench [--smoke] [NAME ...]` runs the ones named (chat, background, research, history,
-long_conversation, supervised, providers, tools, revocation).
+long_conversation, supervised, providers, tools, revocation, ratelimit).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tests.bench import (
     history,
     long_conversation,
     providers,
+    ratelimit,
     research,
     revocation,
     supervised,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "providers": providers.run,
     "tools": tools.run,
     "revocation": revocation.run,
+    "ratelimit": ratelimit.run,
 }
 
 

@@ -268,6 +268,8 @@ class Infra:
             "AGENTBUS_NATS_CREDENTIALS": str(self.credentials),
             "DATABASE_URL": self.postgres.uri(database),
             "AGENTBUS_LOG_LEVEL": "WARNING",
+            "AGENTBUS_RATE_LIMIT": "0",  # the benchmarks send far more than 100 requests a minute per key
+            "AGENTBUS_WEBHOOK_RATE_LIMIT": "0",  # (the rate-limit one sets its own)
             **extra,
         }
 
