@@ -34,6 +34,8 @@ import structlog
 from nats.js.errors import KeyNotFoundError, KeyValueError
 from nats.js.kv import KeyValue
 
+from bus.streams import RATE_LIMITS_BUCKET
+
 __all__ = ["BUCKET", "Decision", "Policy", "RateLimiter"]
 
 BUCKET = RATE_LIMITS_BUCKET
