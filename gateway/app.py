@@ -43,10 +43,12 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         kv = await bus.key_value(IDEMPOTENCY_BUCKET, ttl_s=config.idempotency_ttl_s)
         gateway = Gateway(config, bus, kv)
         await gateway.turns.start()
+        await gateway.tenants.start()
         app.state.gateway = gateway
         try:
             yield
         finally:
+            await gateway.tenants.stop()
             await gateway.turns.stop()
             await bus.close()
 

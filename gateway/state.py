@@ -23,6 +23,7 @@ from bus.codec import decode_union
 from bus.errors import BusError
 from bus.headers import Trace, new_id
 from bus.streams import RUN_OUT
+from bus.tenants import TenantSettingsCache
 from gateway.access_log import correlation_id
 from gateway.auth import KeyCache
 from gateway.catalog import AgentCatalogCache
@@ -106,6 +107,7 @@ class Gateway:
         self.keys = KeyCache(bus, config.key_cache_s)
         self.turns = TurnWaiter(bus)
         self.agents = AgentCatalogCache(bus)
+        self.tenants = TenantSettingsCache(bus)  # started by the app's lifespan
         self._kv = kv
 
     async def ask(self, actor: subjects.ActorName, verb: str, message: Message, reply: type[T], trace: Trace) -> T:
