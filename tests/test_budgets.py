@@ -69,10 +69,10 @@ def _refused(response: httpx.Response, budget: str) -> dict[str, Any]:
     return error
 
 
-async def test_a_daily_token_budget_passes_the_first_turn_refuses_the_next_and_follows_a_change(
+async def test_a_daily_token_budget_passes_a_turn_then_refuses_turns_tasks_pipelines_research_until_raised(
     start_platform: Start,
 ) -> None:
-    platform = await start_platform(answering(PRICED), background=True, research=False)
+    platform = await start_platform(answering(PRICED), background=True)
     async with await _budget(platform, "tiny", Budgets(tokens_per_day=TURN_TOKENS)) as client:
         before = await _budgets(client)
         assert before["day"]["tokens_budget"] == TURN_TOKENS and before["day"]["tokens_left"] == TURN_TOKENS
@@ -114,6 +114,19 @@ async def test_a_daily_token_budget_passes_the_first_turn_refuses_the_next_and_f
         # a pipeline run is refused before its steps start
         _refused(await client.post("/v1/pipelines/text-analysis/runs", json={"text": "a text"}), "tokens_per_day")
 
+        # a research job fails with it, saying which budget
+        started = await client.post("/v1/research", json={"question": "Why is the sky blue?"})
+        assert started.status_code == 202, started.text
+        job: dict[str, Any] = {}
+
+        async def job_ended() -> bool:
+            nonlocal job
+            job = (await client.get(f"/v1/research/{started.json()['id']}")).json()
+            return job.get("finished_at") is not None
+
+        await wait_until(job_ended, timeout=30, what="the research job to end")
+        assert job["status"] == "failed" and job["error"].startswith("budget_exceeded (tokens_per_day)"), job
+
         # the budget raised in the tenant settings: the next turn runs
         await _budget(platform, "tiny", Budgets(tokens_per_day=10 * TURN_TOKENS))
         again = await _say(client, chat, "Now?")
@@ -142,21 +155,3 @@ async def test_a_run_is_stopped_mid_run_at_a_token_or_a_dollar_budget(start_plat
     async with platform.client() as client:  # another tenant, without a budget, is not touched
         assert (await _say(client, await _chat(client))).status_code == 200
         assert (await _budgets(client))["day"]["tokens_left"] is None
-
-
-async def test_a_research_job_of_a_tenant_over_budget_fails_with_budget_exceeded(start_platform: Start) -> None:
-    platform = await start_platform(answering(PRICED), background=True)
-    async with await _budget(platform, "spent", Budgets(tokens_per_day=TURN_TOKENS)) as client:
-        assert (await _say(client, await _chat(client))).status_code == 200  # spends the day's budget
-        started = await client.post("/v1/research", json={"question": "Why is the sky blue?"})
-        assert started.status_code == 202, started.text
-        job_id = started.json()["id"]
-        job: dict[str, Any] = {}
-
-        async def ended() -> bool:
-            nonlocal job
-            job = (await client.get(f"/v1/research/{job_id}")).json()
-            return job.get("finished_at") is not None
-
-        await wait_until(ended, timeout=30, what="the research job to end")
-    assert job["status"] == "failed" and job["error"].startswith("budget_exceeded (tokens_per_day)"), job
