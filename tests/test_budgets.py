@@ -152,6 +152,11 @@ async def test_a_run_is_stopped_mid_run_at_a_token_or_a_dollar_budget(start_plat
         day = (await _budgets(client))["day"]
         assert day["usd"] == pytest.approx(price) and day["usd_budget"] == pytest.approx(price / 2)
         assert day["usd_left"] == 0
+    # a pipeline's steps are streamed: their usage is pydantic-ai's estimate (about 50 tokens each)
+    async with await _budget(platform, "piped", Budgets(tokens_per_day=20)) as client:
+        piped = await client.post("/v1/pipelines/text-analysis/runs", json={"text": "a text"})
+        error = _refused(piped, "tokens_per_day")  # its steps were stopped: the pipeline says why
+        assert "pipeline steps failed" in error["message"]
     async with platform.client() as client:  # another tenant, without a budget, is not touched
         assert (await _say(client, await _chat(client))).status_code == 200
         assert (await _budgets(client))["day"]["tokens_left"] is None
