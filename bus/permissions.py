@@ -32,7 +32,7 @@ from bus.streams import (
     SCHEDULER_EVT,
     StreamSpec,
 )
-from bus.subjects import ActorName
+from bus.subjects import ActorName, RunOrigin
 
 __all__ = ["ACCESS", "Access", "Permissions", "permissions", "server_authorization", "tenant_permissions"]
 
@@ -57,7 +57,7 @@ class Access:
 
 ACCESS: dict[Role, Access] = {
     Role.CONVERSATION: Access(
-        sends=(subjects.conversation_events_all(), subjects.executor_commands(), subjects.run_outputs()),
+        sends=(subjects.conversation_events_all(), subjects.executor_plain_commands(), subjects.run_outputs()),
         asks=(A.EXECUTOR,),
         reads=(CONVERSATION_CMD, EXECUTOR_EVT, RUN_OUT),
         reads_buckets=(tenants.BUCKET,),
@@ -66,7 +66,8 @@ ACCESS: dict[Role, Access] = {
         sends=(
             subjects.run_outputs(),
             subjects.executor_events(),
-            subjects.executor_commands(),  # pipeline steps and subagent hand-offs are runs too
+            subjects.executor_plain_commands(),
+            subjects.executor_origin_commands(RunOrigin.SUBRUN),  # pipeline steps and subagent hand-offs
             subjects.executor_cancels(),
         ),
         listens=(subjects.executor_cancels(),),
@@ -79,7 +80,7 @@ ACCESS: dict[Role, Access] = {
         sends=(
             subjects.scheduler_events(),
             subjects.conversation_commands(),
-            subjects.executor_commands(),
+            subjects.executor_plain_commands(),
             subjects.notifier_commands(),
             subjects.notifier_events(),
         ),
@@ -98,7 +99,7 @@ ACCESS: dict[Role, Access] = {
             subjects.research_events(),
             subjects.research_commands(),  # a job's next step is a command to itself
             subjects.research_cancels(),  # a cancel command reaches the replica driving the job
-            subjects.executor_commands(),
+            subjects.executor_origin_commands(RunOrigin.RESEARCH),  # a job's sub-runs, alone allowed internal agents
             subjects.executor_cancels(),
             subjects.notifier_commands(),
             subjects.notifier_events(),
@@ -118,7 +119,7 @@ ACCESS: dict[Role, Access] = {
             subjects.conversation_commands(),
             subjects.scheduler_commands(),
             subjects.research_commands(),
-            subjects.executor_commands(),
+            subjects.executor_plain_commands(),
             subjects.executor_cancels(),
             subjects.research_cancels(),
             subjects.audit_all(),

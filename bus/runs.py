@@ -40,13 +40,16 @@ class RunClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def run(self, request: RunRequest, trace: Trace, *, resume: bool = False) -> RunEnd:
+    async def run(
+        self, request: RunRequest, trace: Trace, *, resume: bool = False, origin: subjects.RunOrigin | None = None
+    ) -> RunEnd:
         """Publish `request` and wait for the run's end (replayed: an end published earlier counts too).
 
         The publish is deduped by the run id. With `resume` (the caller is re-doing its work after a
         crash), a run the executor has running is not asked for again: its request stays unacked until
         it ends, so it is redelivered if its executor died. An ended one is asked again and answers
-        with its recorded end, never running twice.
+        with its recorded end, never running twice. `origin`: the platform starts it for itself (a step,
+        a hand-off, a research sub-run: see subjects.RunOrigin), on that origin's own subject.
         """
         run_trace = trace.child(run_id=request.run_id)
         subject = subjects.executor_finished(trace.tenant, request.run_id)
@@ -54,7 +57,11 @@ class RunClient:
         try:
             known = await self.record(request.run_id, run_trace) if resume else None
             if known is None or known.status is not RunStatus.RUNNING:
-                command = subjects.executor_command(trace.tenant, request.run_id)
+                command = (
+                    subjects.executor_command(trace.tenant, request.run_id)
+                    if origin is None
+                    else subjects.executor_subrun_command(trace.tenant, request.run_id, origin)
+                )
                 await self.bus.publish(command, request, trace=run_trace, msg_id=request.run_id)
             end: RunEnd = (await anext(finished)).body.result
             return end

@@ -5,6 +5,8 @@ Layout (see docs/bus.md):
   ab.<actor>.evt.<tenant>.<id>.<kind>      events, JetStream, fan-out and replayable
   ab.<actor>.svc.<verb>                    queries, NATS micro service request/reply
   ab.run.out.<tenant>.<run_id>             one run's output, ordered and resumable
+  ab.executor.cmd.<tenant>.<run_id>.<origin> a run started by the platform itself (a pipeline step or
+                                           hand-off: `sub`; a research job's sub-run: `research`)
   ab.executor.ctl.cancel.<tenant>.<run_id> cancel broadcast to every executor replica (core NATS)
   ab.research.ctl.cancel.<tenant>.<job_id> cancel broadcast to every research replica (core NATS)
   ab.dlq.<actor>                           dead letters, with the reason in headers
@@ -26,6 +28,7 @@ __all__ = [
     "ActorName",
     "EventSubject",
     "InvalidToken",
+    "RunOrigin",
     "audit",
     "audit_all",
     "audit_of",
@@ -46,6 +49,9 @@ __all__ = [
     "executor_events",
     "executor_finished",
     "executor_finished_all",
+    "executor_origin_commands",
+    "executor_plain_commands",
+    "executor_subrun_command",
     "inbox_prefix",
     "js_api",
     "js_consumer_api",
@@ -68,6 +74,7 @@ __all__ = [
     "research_event",
     "research_events",
     "research_job_events",
+    "run_origin",
     "run_output",
     "run_outputs",
     "scheduler_changes_all",
@@ -100,6 +107,18 @@ class ActorName(enum.StrEnum):
     RESEARCH = "research"
     NOTIFIER = "notifier"
     GATEWAY = "gateway"
+
+
+class RunOrigin(enum.StrEnum):
+    """Who started a run the platform publishes for itself (the last token of its command subject).
+
+    A plain `ab.executor.cmd.<tenant>.<run_id>` is a run asked for on the tenant's behalf (a turn, a task,
+    a pipeline run, a tenant's own publish) and runs only the agents the tenant may run; only the executor
+    may publish `sub` (the steps and hand-offs of a run it checked) and only the research actor `research`
+    (a job's sub-runs, which may run the internal research agents)."""
+
+    SUBRUN = "sub"
+    RESEARCH = "research"
 
 
 def token(value: str) -> str:
@@ -151,6 +170,21 @@ def executor_command(tenant: str, run_id: str) -> str:
 
 def executor_commands() -> str:
     return _join("executor", "cmd", ">")
+
+
+def executor_subrun_command(tenant: str, run_id: str, origin: RunOrigin) -> str:
+    """A run started by the platform itself; the executor's command consumer takes it with the rest."""
+    return _join("executor", "cmd", token(tenant), token(run_id), origin.value)
+
+
+def executor_plain_commands() -> str:
+    """Every tenant's runs asked for on its behalf (a permission pattern: who may publish them)."""
+    return _join("executor", "cmd", "*", "*")
+
+
+def executor_origin_commands(origin: RunOrigin) -> str:
+    """Every tenant's runs of that origin (a permission pattern: who may publish them)."""
+    return _join("executor", "cmd", "*", "*", origin.value)
 
 
 def executor_cancel(tenant: str, run_id: str) -> str:
@@ -399,6 +433,17 @@ def command_tenant(subject: str) -> str | None:
     if len(tokens) < 5 or tokens[0] != PREFIX or tokens[2] != "cmd":
         return None
     return tokens[3]
+
+
+def run_origin(subject: str) -> RunOrigin | None:
+    """The origin an executor command subject names; None for a plain one (or any other subject)."""
+    tokens = subject.split(".")
+    if len(tokens) != 6 or tokens[:3] != [PREFIX, "executor", "cmd"]:
+        return None
+    try:
+        return RunOrigin(tokens[5])
+    except ValueError:
+        return None
 
 
 def pattern_error(pattern: str) -> str | None:

@@ -1,4 +1,5 @@
-"""GET /v1/agents: what a conversation, task or research job may name (the executor's catalog)."""
+"""GET /v1/agents: what a conversation, task or research job may name (the executor's catalog, only what the
+tenant may run: `TenantSettings.agents`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ class Agents(msgspec.Struct, frozen=True, kw_only=True):
 @get(
     "/v1/agents",
     tags=["agents"],
-    summary="The agents and pipelines a conversation, task or research job may name",
+    summary="The agents and pipelines the tenant's conversations, tasks and research jobs may name",
 )
 async def list_agents(caller: Caller) -> Agents:
-    catalog = await caller.gateway.agents.catalog(caller.trace)
+    gw = caller.gateway
+    catalog = await gw.agents.allowed(caller.trace, gw.tenants.get(caller.tenant).agents)
     return Agents(agents=catalog.agents, pipelines=catalog.pipelines)

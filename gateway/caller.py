@@ -42,9 +42,13 @@ class RequestCaller:
         """Publish to JetStream (deduplicated by `msg_id`) under this request's trace, or a child of it."""
         await self.gateway.bus.publish(subject, message, trace=trace or self.trace, msg_id=msg_id)
 
-    async def check_agent(self, *, agent: str | None = None, pipeline: str | None = None) -> None:
-        """422 unknown_agent unless the agent (and pipeline) named exist."""
-        await self.gateway.agents.check(self.trace, agent=agent, pipeline=pipeline)
+    async def check_agent(
+        self, *, agent: str | None = None, pipeline: str | None = None, internal: bool = False
+    ) -> None:
+        """422 unknown_agent unless the agent (and pipeline) named exist (`internal`: a research job's, which may
+        name an internal research agent); 403 forbidden if the tenant may not run them."""
+        allowed = self.gateway.tenants.get(self.tenant).agents
+        await self.gateway.agents.check(self.trace, agent=agent, pipeline=pipeline, allowed=allowed, internal=internal)
 
     def idempotency_digest(self) -> str | None:
         """The request's Idempotency-Key, digested with its tenant, method and path (None without one)."""

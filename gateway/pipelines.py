@@ -36,6 +36,7 @@ async def run_pipeline(caller: Caller, name: FromPath[str], data: JSONBody[Pipel
     digest = caller.idempotency_digest()
     if (stored := await gw.recall(digest)) is not None:
         return stored_response(stored)
+    await caller.check_agent(pipeline=ident(name))
     run_id = gw.make_id(digest, "run")
     run = RunRequest(
         run_id=run_id,

@@ -63,7 +63,7 @@ class ResearchController(Controller):
         if (stored := await gw.recall(digest)) is not None:
             return stored_response(stored)
         check_notification_config(data.notification_config)
-        await caller.check_agent(agent=data.agent)
+        await caller.check_agent(agent=data.agent, internal=True)
         cmd = StartResearch(**msgspec.structs.asdict(data), job_id=gw.make_id(digest, "research"))
         view = await caller.ask(RESEARCH, "start", cmd, ResearchView)
         secret = view.notification_secret if cmd.notification_config is not None else None

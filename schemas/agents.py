@@ -15,6 +15,9 @@ class ListAgents(Message, frozen=True, kw_only=True, tag="list_agents"):
 class AgentCatalog(Message, frozen=True, kw_only=True, tag="agent_catalog"):
     agents: list[str]  # sorted
     pipelines: list[str] = []  # sorted; each runs as agent `pipeline:<name>`
+    # sorted; the internal research agents: a research job may name one to answer its sub-questions,
+    # a conversation, task or pipeline none (they are not in `agents`)
+    internal: list[str] = []
 
 
 CatalogReply = AgentCatalog | ErrorReply

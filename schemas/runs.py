@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from schemas._base import Message, Record
-from schemas.errors import ErrorReply
+from schemas.errors import ErrorCode, ErrorReply
 
 __all__ = [
     "CancelRun",
@@ -226,6 +226,8 @@ class PipelineStep(Record, frozen=True, kw_only=True):
     error: str | None = None
     usage: Usage = Usage()
     ms: float = 0.0
+    error_code: ErrorCode | None = None  # how a failed step failed
+    error_details: dict[str, str] = {}
 
 
 class PipelineOutput(Record, frozen=True, kw_only=True):

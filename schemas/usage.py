@@ -17,7 +17,17 @@ from schemas._base import Message, Record
 from schemas.errors import ErrorReply
 from schemas.runs import Usage
 
-__all__ = ["GetUsage", "UsageGroup", "UsageGrouping", "UsageReply", "UsageReport", "UsageRollup", "UsageTotal"]
+__all__ = [
+    "BudgetStatus",
+    "GetUsage",
+    "PeriodSpend",
+    "UsageGroup",
+    "UsageGrouping",
+    "UsageReply",
+    "UsageReport",
+    "UsageRollup",
+    "UsageTotal",
+]
 
 
 class UsageGrouping(enum.StrEnum):
@@ -50,6 +60,27 @@ class UsageGroup(UsageTotal, frozen=True, kw_only=True):
     key: str  # the agent, the model, or the day (YYYY-MM-DD)
 
 
+class PeriodSpend(Record, frozen=True, kw_only=True):
+    """The tenant's spend in one UTC period (a day or a month) against its budgets for it: a budget of 0 is
+    none, and then what is left is None. Dollars are the priced part of the spend."""
+
+    since: datetime  # the period's start (midnight UTC)
+    resets_at: datetime  # the next period's start
+    tokens: int = 0  # input + output tokens of the runs that finished in the period
+    tokens_budget: int = 0
+    tokens_left: int | None = None
+    usd: float = 0.0
+    usd_budget: float = 0.0
+    usd_left: float | None = None
+
+
+class BudgetStatus(Record, frozen=True, kw_only=True):
+    """The tenant's budgets (tenant settings over the platform defaults) and what is left of them."""
+
+    day: PeriodSpend
+    month: PeriodSpend
+
+
 class UsageRollup(Record, frozen=True, kw_only=True):
     """The total of the runs a GetUsage picked, and (with `group_by`) the groups it splits into, by key."""
 
@@ -61,6 +92,7 @@ class UsageRollup(Record, frozen=True, kw_only=True):
     run_id: str | None = None
     total: UsageTotal = UsageTotal()
     groups: list[UsageGroup] = []
+    budgets: BudgetStatus | None = None  # the tenant's budgets now, whatever window the query names
 
 
 class UsageReport(Message, frozen=True, kw_only=True, tag="usage_report"):

@@ -168,7 +168,8 @@ async def test_unknown_agents_are_refused_at_creation_with_the_agents_that_exist
         ]
         for response in refused:
             error = assert_clean(response, 422, "unknown_agent")
-            assert "assistant" in error["details"]["agents"] and "researcher" in error["details"]["agents"]
+            assert "assistant" in error["details"]["agents"]
+            assert "researcher" not in error["details"]["agents"]  # an internal research agent: no chat may name it
             assert "text-analysis" in error["details"]["pipelines"]
         listed = (await client.get("/v1/tasks")).json()["tasks"]
         assert [(t["id"], t["agent"]) for t in listed] == [(task_id, "assistant")], listed
@@ -180,7 +181,7 @@ async def test_unknown_agents_are_refused_at_creation_with_the_agents_that_exist
         patched = await client.patch(f"/v1/tasks/{task_id}", json={"agent": "summarizer"})
         assert patched.status_code == 200 and patched.json()["agent"] == "summarizer", patched.text
         catalog = (await client.get("/v1/agents")).json()
-        assert {"assistant", "summarizer", "researcher"} <= set(catalog["agents"])
+        assert {"assistant", "summarizer"} <= set(catalog["agents"]) and "researcher" not in catalog["agents"]
         assert catalog["pipelines"] == ["text-analysis"]
 
 

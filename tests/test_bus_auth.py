@@ -170,7 +170,13 @@ ATTACKS = {
     ),
     "start a run": (
         subjects.executor_command("b", "r1"),
-        {Role.GATEWAY, Role.CONVERSATION, Role.EXECUTOR, Role.SCHEDULER, Role.RESEARCH},
+        {Role.GATEWAY, Role.CONVERSATION, Role.EXECUTOR, Role.SCHEDULER},
+    ),
+    # a platform sub-run skips the tenant's agent check: only its own starter may publish one
+    "start a pipeline step": (subjects.executor_subrun_command("b", "r1", subjects.RunOrigin.SUBRUN), {Role.EXECUTOR}),
+    "start a research sub-run": (
+        subjects.executor_subrun_command("b", "r1", subjects.RunOrigin.RESEARCH),
+        {Role.RESEARCH},
     ),
     "send an email": (subjects.notifier_command("b", "d1"), {Role.SCHEDULER, Role.RESEARCH, Role.NOTIFIER}),
 }

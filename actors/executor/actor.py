@@ -28,6 +28,7 @@ from pydantic_ai.models import Model
 
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
+from actors.executor.admission import Admission
 from actors.executor.agent_run import run_agent
 from actors.executor.agents import BUILT_IN, ModelDefaults, RunDeps, Runner, build_runners, load_file, load_providers
 from actors.executor.breaker import Breakers
@@ -119,15 +120,22 @@ class ExecutorActor(Actor):
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
         self._breakers: Breakers | None = None
+        self._tenants: TenantSettingsCache | None = None
+        self._admission: Admission | None = None
         self._models = contextlib.AsyncExitStack()  # provider models held open (their HTTP clients) while it runs
         self.fair = FairShare(config.max_concurrent_runs)  # the consumer hands over at most that many at once
-        self._tenants: TenantSettingsCache | None = None
 
     @property
     def store(self) -> RunStore:
         if self._store is None:
             raise RuntimeError("executor is not started")
         return self._store
+
+    @property
+    def admission(self) -> Admission:
+        if self._admission is None:
+            raise RuntimeError("executor is not started")
+        return self._admission
 
     @property
     def runs(self) -> RunClient:
@@ -158,8 +166,8 @@ class ExecutorActor(Actor):
             Endpoint("get_run", GetRun, self._get_run),
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
-            catalog_endpoint(lambda: self.runners, lambda: self.pipelines),
-            usage_endpoint(lambda: UsageStore(self.store.pool)),
+            catalog_endpoint(lambda: self.runners, lambda: self.pipelines, internal=RESEARCH_AGENTS.keys()),
+            usage_endpoint(lambda: UsageStore(self.store.pool), lambda: self.admission),
             models_endpoint(lambda: self.runners, lambda: self.breakers),
             *tool_endpoints(lambda: self.tools, self._tool_deps),
         )
@@ -201,14 +209,15 @@ class ExecutorActor(Actor):
         await self._cancels.start()
         self._tenants = TenantSettingsCache(self.bus)
         await self._tenants.start()
+        self._admission = Admission(self._tenants, self._store, RESEARCH_AGENTS.keys())
 
     async def on_stop(self) -> None:
-        if self._tenants is not None:
-            await self._tenants.stop()
         await self._models.aclose()
         await self.tools.servers.stop()
         if self._cancels is not None:
             await self._cancels.stop()
+        if self._tenants is not None:
+            await self._tenants.stop()
         if self._store is not None:
             await self._store.pool.close()
 
@@ -274,7 +283,8 @@ class ExecutorActor(Actor):
                 _wait_if_unavailable(runner)
             writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
             try:
-                end, usage = await self._perform(req, begun, active, writer, trace, depth)
+                origin = subjects.run_origin(delivery.subject)
+                end, usage = await self._perform(req, begun, active, writer, trace, depth, origin)
                 if req.wait_for_model and _waits(end):  # it found every model down: redone once one may answer
                     raise Retry("every model of the agent is unavailable", delay=_retry_after(end), waiting=True)
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
@@ -291,11 +301,21 @@ class ExecutorActor(Actor):
                 await writer.close()
 
     async def _perform(
-        self, req: RunRequest, begun: Begun, active: ActiveRun, writer: OutputWriter, trace: Trace, depth: int
+        self,
+        req: RunRequest,
+        begun: Begun,
+        active: ActiveRun,
+        writer: OutputWriter,
+        trace: Trace,
+        depth: int,
+        origin: subjects.RunOrigin | None,
     ) -> tuple[RunEnd, Usage]:
-        """Run the agent or the pipeline the request names; how it ended."""
+        """Run the agent or the pipeline the request names, if the tenant may and has budget left; how it ended."""
         if begun.cancel_requested or active.token.cancelled:
             return active.cancelled(req.run_id), Usage()
+        allowance = await self.admission.admit(req, trace.tenant, origin)
+        if isinstance(allowance, ErrorReply):
+            return RunFailed(run_id=req.run_id, error=allowance), Usage()
         resume = begun.attempt > 1  # re-done after a crash: sub-runs may exist already
         if (pipeline := self._pipeline_of(req)) is not None:
             writer.emit(RunStarted(run_id=req.run_id, agent=req.agent, model="pipeline", attempt=begun.attempt))
@@ -321,6 +341,7 @@ class ExecutorActor(Actor):
             cancel_reason=lambda: active.reason or CANCELLED,
             history=lambda: read_history(self.bus, self.histories, req, trace),
             context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
+            allowance=allowance,
         )
 
     def _pipeline_of(self, req: RunRequest) -> PipelineSpec | None:
@@ -332,7 +353,7 @@ class ExecutorActor(Actor):
         self, spec: PipelineSpec, req: RunRequest, active: ActiveRun, trace: Trace, depth: int, *, resume: bool
     ) -> tuple[RunEnd, Usage]:
         async def run_step(step: RunRequest) -> RunEnd:
-            return await self.runs.run(step, trace, resume=resume)
+            return await self.runs.run(step, trace, resume=resume, origin=subjects.RunOrigin.SUBRUN)
 
         name = req.agent.removeprefix(PIPELINE_PREFIX)
         steps = asyncio.ensure_future(
@@ -394,7 +415,7 @@ class ExecutorActor(Actor):
             max_tokens=max_tokens,
             wait_for_model=parent.wait_for_model,
         )
-        end = await self.runs.run(child, trace, resume=resume)
+        end = await self.runs.run(child, trace, resume=resume, origin=subjects.RunOrigin.SUBRUN)
         match end:
             case RunCompleted():
                 return end.output

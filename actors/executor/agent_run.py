@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -24,6 +24,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.usage import RunUsage
 
 from actors.executor.agents import RunDeps, Runner
+from actors.executor.budgets import Allowance
 from actors.executor.compaction import ContextWindow
 from actors.executor.costs import run_usage, spent_usage
 from actors.executor.history import HistoryUnreadable
@@ -49,6 +50,7 @@ from schemas.runs import (
 __all__ = ["run_agent", "user_prompt"]
 
 log = structlog.get_logger("executor")
+N = TypeVar("N", int, float)
 
 
 async def run_agent(
@@ -61,12 +63,14 @@ async def run_agent(
     cancel_reason: Callable[[], str],
     history: Callable[[], Awaitable[bytes]],
     context: ContextWindow | None = None,
+    allowance: Allowance | None = None,
 ) -> tuple[RunEnd, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
 
     `history` gives the request's history as JSON (read from its conversation when it travels by
     reference); a conversation that cannot answer now raises BusError, and the run is redone later.
-    `context` starts it from its stored summary and keeps what the model is sent within the budget."""
+    `context` starts it from its stored summary and keeps what the model is sent within the budget;
+    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do."""
     run_id = req.run_id
     try:
         raw = await history()
@@ -77,7 +81,12 @@ async def run_agent(
         messages: list[ModelMessage] = await context.history(raw)
     except ValueError as e:
         return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
-    limits = usage_limits(runner.limits, max_tokens=req.max_tokens, max_cost_usd=req.max_cost_usd)
+    allowance = allowance or Allowance()
+    limits = usage_limits(
+        runner.limits,
+        max_tokens=_least(req.max_tokens, allowance.tokens),
+        max_cost_usd=_least(req.max_cost_usd, allowance.usd),
+    )
     spent = RunUsage()  # the run adds to it as it goes: a run stopped half-way keeps what it spent
     options: dict[str, Any] = {  # the same for a streamed and a plain run
         "message_history": messages,
@@ -94,7 +103,7 @@ async def run_agent(
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
             result = await runner.agent.run(user_prompt(req), **options)
     except Exception as e:
-        ended = _ended_early(run_id, e, runner, writer, cancel_reason)
+        ended = _ended_early(req, e, runner, writer, cancel_reason, allowance)
         if ended is None and (lost := writer.failure) is not None:
             raise lost from e
         assert ended is not None
@@ -104,15 +113,29 @@ async def run_agent(
     return _completed(runner, req, result, writer)
 
 
+def _least(own: N | None, budget: N | None) -> N | None:
+    """The tighter of the request's own limit and what is left of the tenant's budget."""
+    return budget if own is None else own if budget is None else min(own, budget)
+
+
 def _ended_early(
-    run_id: str, error: Exception, runner: Runner, writer: OutputWriter, cancel_reason: Callable[[], str]
+    req: RunRequest,
+    error: Exception,
+    runner: Runner,
+    writer: OutputWriter,
+    cancel_reason: Callable[[], str],
+    allowance: Allowance,
 ) -> RunEnd | None:
     """How a run that raised `error` ended; None when the bus failed, not the run (it goes back and is redone)."""
+    run_id = req.run_id
     match error:
         case AgentRunCancelled():
             return RunCancelled(run_id=run_id, reason=cancel_reason())
         case UsageLimitExceeded():
-            limit = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(error), details={"limit": limit_hit(error)})
+            hit = limit_hit(error)
+            if (spent := allowance.stopped(hit, max_tokens=req.max_tokens, max_cost_usd=req.max_cost_usd)) is not None:
+                return RunFailed(run_id=run_id, error=spent)
+            limit = ErrorReply(code=ErrorCode.LIMIT_EXCEEDED, message=str(error), details={"limit": hit})
             return RunFailed(run_id=run_id, error=limit)
         case ToolStopped():  # an isolated tool stopped at its CPU, memory or wall-time limit
             details = {"limit": error.limit, "tool": error.tool}

@@ -178,6 +178,8 @@ def _step_result(agent: str, run_id: str, end: RunEnd, structured: bool, seconds
         error=end.error.message if isinstance(end, RunFailed) else None,
         usage=end.usage if isinstance(end, RunCompleted) else Usage(),
         ms=round(seconds * 1000, 1),
+        error_code=end.error.code if isinstance(end, RunFailed) else None,
+        error_details=end.error.details if isinstance(end, RunFailed) else {},
     )
 
 
@@ -187,15 +189,20 @@ def _end(req: RunRequest, result: PipelineOutput) -> tuple[RunEnd, Usage]:
     steps = result.steps
     usage = combined(s.usage for s in steps)
     output = msgspec.json.encode(result).decode()
-    failed = [s.agent for s in steps if s.status is not RunStatus.COMPLETED]
+    failed = [s for s in steps if s.status is not RunStatus.COMPLETED]
     if failed:
+        # a step refused for its tenant (budget spent, say) fails the pipeline the same way; else it is unavailable
+        refused = next((s for s in failed if s.error_code in TENANT_REFUSALS), None)
         error = ErrorReply(
-            code=ErrorCode.UNAVAILABLE,
-            message=f"pipeline steps failed: {', '.join(failed)}",
-            details={"result": output},
+            code=refused.error_code if refused and refused.error_code else ErrorCode.UNAVAILABLE,
+            message=f"pipeline steps failed: {', '.join(s.agent for s in failed)}",
+            details={**(refused.error_details if refused else {}), "result": output},
         )
         return RunFailed(run_id=req.run_id, error=error), Usage()
     return RunCompleted(run_id=req.run_id, output=output, usage=usage, model="pipeline"), Usage()
+
+
+TENANT_REFUSALS = (ErrorCode.BUDGET_EXCEEDED, ErrorCode.FORBIDDEN)
 
 
 def _failed(req: RunRequest, code: ErrorCode, message: str) -> RunFailed:

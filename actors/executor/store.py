@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 import msgspec
@@ -13,7 +13,7 @@ from bus.codec import decode_union, encode
 from schemas.runs import STATUS_OF_END, RunCancelled, RunCompleted, RunEnd, RunFailed, RunRecord, RunRequest, Usage
 from schemas.usage import UsageGrouping
 
-__all__ = ["Begun", "RunStore", "RunsFull", "UsageStore", "UsageSums"]
+__all__ = ["Begun", "RunStore", "RunsFull", "Spend", "UsageStore", "UsageSums"]
 
 
 class RunsFull(Exception):
@@ -29,6 +29,17 @@ class Begun:
     attempt: int
     cancel_requested: bool  # the run's own cancel, or its parent run's
     end: RunEnd | None  # set when the run already ended (a redelivery, or cancelled before it came)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A tenant's spend (tokens, priced dollars) today and this month, as of `today` (a UTC date)."""
+
+    day_tokens: int
+    day_usd: float
+    month_tokens: int
+    month_usd: float
+    today: date
 
 
 class RunStore:
@@ -83,16 +94,45 @@ class RunStore:
         return Begun(attempt=row["attempt"], cancel_requested=row["cancel_requested"], end=end)
 
     async def finish(self, run_id: str, end: RunEnd, usage: Usage) -> None:
+        """Record the end, and add what the run spent to its tenant's spend of the day (in one statement)."""
         error = end.error.message if isinstance(end, RunFailed) else None
         await self.pool.execute(
             """
-            UPDATE runs SET status = $2, usage = $3, error = $4, result = $5, finished_at = now(),
-                model = COALESCE($6, model)
-            WHERE id = $1 AND status = 'running'
+            WITH done AS (
+                UPDATE runs SET status = $2, usage = $3, error = $4, result = $5, finished_at = now(),
+                    model = COALESCE($6, model)
+                WHERE id = $1 AND status = 'running'
+                RETURNING tenant
+            )
+            INSERT INTO spend_daily (tenant, day, tokens, usd)
+            SELECT tenant, (now() AT TIME ZONE 'UTC')::date, $7::bigint, $8::float8 FROM done
+            WHERE $7::bigint > 0 OR $8::float8 > 0
+            ON CONFLICT (tenant, day) DO UPDATE
+                SET tokens = spend_daily.tokens + EXCLUDED.tokens, usd = spend_daily.usd + EXCLUDED.usd
             """,
             run_id, STATUS_OF_END[type(end)].value, msgspec.to_builtins(usage), error, encode(end),
             end.model if isinstance(end, RunCompleted) and end.model else None,
+            usage.input_tokens + usage.output_tokens, usage.priced_cost_usd,
         )  # fmt: skip
+
+    async def spend(self, tenant: str) -> Spend:
+        """What the tenant's finished runs spent today and this month (UTC, by the database's clock)."""
+        row = await self.pool.fetchrow(
+            """
+            WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day)
+            SELECT COALESCE(sum(tokens) FILTER (WHERE s.day = today.day), 0)::bigint AS day_tokens,
+                COALESCE(sum(usd) FILTER (WHERE s.day = today.day), 0)::float8 AS day_usd,
+                COALESCE(sum(tokens), 0)::bigint AS month_tokens,
+                COALESCE(sum(usd), 0)::float8 AS month_usd,
+                min(today.day) AS today
+            FROM today LEFT JOIN spend_daily s
+                ON s.tenant = $1 AND s.day <= today.day AND s.day >= date_trunc('month', today.day)::date
+            GROUP BY today.day
+            """,
+            tenant,
+        )
+        assert row is not None
+        return as_struct(row, Spend)
 
     async def give_up(self, req: RunRequest, tenant: str, failed: RunFailed, *, over_an_end: bool) -> RunEnd | None:
         """A dead-lettered request: record its run `failed`, unless it ended already (then its recorded end)

@@ -1,11 +1,13 @@
 """ab.executor.svc.usage: usage and cost summed over a tenant's runs (all, or a task's, a conversation's,
-a run's with the runs under it), in a time window, by agent, model or day (schemas/usage.py)."""
+a run's with the runs under it), in a time window, by agent, model or day (schemas/usage.py), with the
+tenant's budgets and what is left of them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from actors.executor.admission import Admission
 from actors.executor.store import UsageStore, UsageSums
 from bus.actor import Endpoint
 from bus.errors import BusError
@@ -30,8 +32,8 @@ def _usage(sums: UsageSums) -> Usage:
     )
 
 
-async def rollup(store: UsageStore, tenant: str, query: GetUsage) -> UsageRollup:
-    """The query's total and groups; `until` defaults to now, and is answered so."""
+async def rollup(store: UsageStore, tenant: str, query: GetUsage, admission: Admission | None = None) -> UsageRollup:
+    """The query's total and groups, and the tenant's budgets now; `until` defaults to now, and is answered so."""
     until = query.until or datetime.now(UTC)
     if query.since is not None and query.since > until:
         raise BusError(ErrorCode.INVALID, "`from` is after `to`", {"from": str(query.since), "to": str(until)})
@@ -55,6 +57,7 @@ async def rollup(store: UsageStore, tenant: str, query: GetUsage) -> UsageRollup
         run_id=query.run_id,
         total=UsageTotal(runs=total.runs, usage=_usage(total)) if total is not None else UsageTotal(),
         groups=groups if query.group_by is not None else [],
+        budgets=await admission.status(tenant) if admission is not None else None,
     )
 
 
@@ -64,10 +67,10 @@ async def total_usage(store: UsageStore, tenant: str, run_id: str) -> Usage:
     return next((_usage(r) for r in rows if r.key is None), Usage())
 
 
-def usage_endpoint(store: Callable[[], UsageStore]) -> Endpoint[GetUsage]:
-    """The endpoint; `store` is read on every request (it is opened at start)."""
+def usage_endpoint(store: Callable[[], UsageStore], admission: Callable[[], Admission]) -> Endpoint[GetUsage]:
+    """The endpoint; `store` and `admission` are read on every request (they are opened at start)."""
 
     async def answer(query: GetUsage, trace: Trace) -> Message:
-        return UsageReport(rollup=await rollup(store(), trace.tenant, query))
+        return UsageReport(rollup=await rollup(store(), trace.tenant, query, admission()))
 
     return Endpoint("usage", GetUsage, answer)

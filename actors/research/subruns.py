@@ -38,6 +38,8 @@ from schemas.runs import RunCancelled, RunCompleted, RunEnd, RunFailed, RunReque
 __all__ = ["JobWork", "publish_job_event"]
 
 PLANNER = "research-planner"
+# a sub-run refused for its tenant (its budget is spent, its agent not allowed): the job fails, saying which
+TENANT_REFUSALS = (ErrorCode.BUDGET_EXCEEDED, ErrorCode.FORBIDDEN)
 WRITER = "research-writer"
 
 
@@ -173,7 +175,9 @@ class JobWork:
             wait_for_model=True,  # a job in the background waits out a provider outage
         )
         resumed = known is not None and known.status == RunStatus.RUNNING
-        end = await self.runs.run(request, trace, resume=resumed)
+        # on the research origin's subject: only the research actor may publish it, and its runs may run
+        # the internal research agents (subjects.RunOrigin)
+        end = await self.runs.run(request, trace, resume=resumed, origin=subjects.RunOrigin.RESEARCH)
         return await self._finish(row, trace, step, end)
 
     async def _start(self, row: JobRow, trace: Trace, step: Step) -> Totals:
@@ -221,6 +225,9 @@ class JobWork:
             totals=totals_of(subruns),
         )
         await publish_job_event(self.bus, row, "subrun_finished", finished, trace, msg_id=f"{run_id}:finished")
+        if isinstance(end, RunFailed) and end.error.code in TENANT_REFUSALS:  # no later sub-run would start
+            budget = end.error.details.get("budget")
+            raise JobFailed(f"{end.error.code.value}{f' ({budget})' if budget else ''}: {end.error.message}")
         if isinstance(end, RunFailed) and end.error.code is ErrorCode.LIMIT_EXCEEDED:
             limit = end.error.details.get("limit", StopReason.MAX_TOKENS.value)
             raise LimitReached(StopReason(limit), in_run=True)

@@ -269,7 +269,11 @@ class SchedulerActor(Actor):
             RunCancelled: TaskRunStatus.CANCELLED,
         }[type(result)]
         output = result.output if isinstance(result, RunCompleted) else None
-        error = result.error.message if isinstance(result, RunFailed) else getattr(result, "reason", None)
+        # a failed run's error code leads its text (`budget_exceeded: …`), so the task run's record says how it failed
+        if isinstance(result, RunFailed):
+            error: str | None = f"{result.error.code.value}: {result.error.message}"
+        else:
+            error = getattr(result, "reason", None)
         usage = result.usage if isinstance(result, RunCompleted) else None
         await self._end_run(finished.run_id, status, output=output, error=error, usage=usage, trace=delivery.trace)
 

@@ -19,8 +19,10 @@ import httpx
 from pydantic_ai import Agent
 from pydantic_ai.models.test import TestModel
 
-from bus import keys
+from actors.executor.store import RunStore
+from bus import keys, tenants
 from bus.client import Bus
+from schemas.tenants import Budgets, TenantSettings
 from tests.bench.durable import TURN, Floor, run_floor
 from tests.bench.harness import (
     LATENCY,
@@ -37,6 +39,7 @@ from tests.bench.harness import (
 
 CHAT_ACTORS = ("conversation", "executor")
 STREAM_AGENT = "timed"
+BUDGETED = "bench-budget"  # a tenant with a token budget: each of its runs reads its spend before it starts
 
 
 async def _floor_http(infra: Infra, logs: Path, scale: Scale) -> dict[int, Latency]:
@@ -141,6 +144,7 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, object]
                     r.raise_for_status()
 
                 out["c1"] = await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+                out["c1_budget"] = await _budgeted(infra, base, scale)
                 before = await _counters(infra, db)
                 cpu = CpuMeter.of(infra, {name: child.pid for name, child in children.items()})
                 cpu.start()
@@ -154,6 +158,49 @@ async def _platform(infra: Infra, logs: Path, scale: Scale) -> dict[str, object]
     finally:
         await db.close()
     return out
+
+
+async def _budgeted(infra: Infra, base: str, scale: Scale) -> Latency:
+    """The same turns for a tenant with a daily token budget (that never runs out): what enforcing it costs."""
+    bus = await Bus.connect(infra.bus_config())
+    key = await keys.create_key(bus, tenant=BUDGETED, name="bench")
+    await tenants.write(bus, BUDGETED, TenantSettings(budgets=Budgets(tokens_per_day=10**12)))
+    await bus.close()
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        deadline = time.monotonic() + 10
+        while (await client.get("/v1/usage")).json()["budgets"]["day"]["tokens_budget"] != 10**12:
+            if time.monotonic() > deadline:  # the executor follows the tenant settings by a KV watch
+                raise TimeoutError("the executor did not see the budget")
+            await asyncio.sleep(0.05)
+        fresh: list[str] = []
+
+        async def create(_: int) -> None:
+            r = await client.post("/v1/conversations", json={"pattern": "chatbot"})
+            r.raise_for_status()
+            fresh.append(r.json()["id"])
+
+        await measure(create, total=scale.turns_c1 + scale.warmup, concurrency=16, warmup=0)
+
+        async def turn(_: int) -> None:
+            r = await client.post(f"/v1/conversations/{fresh.pop()}/messages", json={"message": "hello"})
+            r.raise_for_status()
+
+        return await measure(turn, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+
+
+async def _spend_query(dsn: str, scale: Scale) -> Latency:
+    """The read a budgeted run makes before it starts (RunStore.spend), alone."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, server_settings={"search_path": "executor,public"})
+    assert pool is not None
+    store = RunStore(pool)
+
+    async def read(_: int) -> None:
+        await store.spend(BUDGETED)
+
+    try:
+        return await measure(read, total=scale.turns_c1, concurrency=1, warmup=scale.warmup)
+    finally:
+        await pool.close()
 
 
 async def _one_stream(client: httpx.AsyncClient, conv: str) -> tuple[float, int, float]:
@@ -234,6 +281,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     insert = await _insert(infra.postgres.uri(), scale)
     with report.phase("platform"):
         platform = await _platform(infra, logs, scale)
+    spend = await _spend_query(infra.postgres.uri(), scale)
     commits = float(platform["commits_per_turn"])  # type: ignore[arg-type]
     writes = max(1, round(commits))
     c1, c32, cpu = platform["c1"], platform["c32"], platform["cpu"]
@@ -245,6 +293,22 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
         ("single-row INSERT", *insert.cells(), f"{insert.per_s:.0f}", ""),
     ]
     report.table("chat turn, non-streamed (ms)", ("path", *LATENCY, "turns/s", "platform / floor"), rows)
+    budgeted = platform["c1_budget"]
+    assert isinstance(budgeted, Latency)
+    report.table(
+        "tenant budgets: a turn of a tenant with a budget (its spend read before the run) next to one without (ms)",
+        ("path", *LATENCY, "turns/s", "with / without"),
+        [
+            ("platform c=1, no budget", *c1.cells(), f"{c1.per_s:.0f}", ""),
+            (
+                "platform c=1, a daily token budget",
+                *budgeted.cells(),
+                f"{budgeted.per_s:.0f}",
+                f"p50 x{budgeted.p50_ms / c1.p50_ms:.2f} ({budgeted.p50_ms - c1.p50_ms:+.2f} ms)",
+            ),
+            ("the spend read alone (RunStore.spend)", *spend.cells(), f"{spend.per_s:.0f}", ""),
+        ],
+    )
     stream = platform["stream"]
     assert isinstance(stream, tuple)
     ttft, tokens_per_s = stream
