@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
+import msgspec
 
-from bus import audit, keys, nats_users
+from bus import audit, keys, nats_users, subjects, tenants
 from bus.cli_nats import make_credentials, serve_nats, tenant_user_text
 from bus.client import Bus
 from bus.config import BusConfig
@@ -26,7 +27,9 @@ from bus.logging import configure_logging
 from bus.model_status import model_report
 from bus.secrets import ensure_secret_key
 from bus.supervisor import ACTORS, CREDENTIALS, RunConfig, Running, Supervisor, say
+from bus.tenants import TenantDefaults
 from schemas.audit import AuditAction, AuditEvent
+from schemas.tenants import TenantSettings
 
 __all__ = ["curl_examples", "duration", "main"]
 
@@ -65,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     rotate = key_commands.add_parser("rotate", help="a new key in place of one (same tenant, name, scopes); print it")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace", type=duration, default=0.0, help="keep the old key working this long (e.g. 1h)")
+    tenant_commands = commands.add_parser(
+        "tenants", help="a tenant's settings: rate limit, quotas, budgets, agents (bus/tenants.py)"
+    ).add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    show = tenant_commands.add_parser("show", help="print a tenant's settings and what is in effect with the defaults")
+    show.add_argument("tenant")
+    set_ = tenant_commands.add_parser(
+        "set", help="replace a tenant's settings with a JSON object; every replica sees it"
+    )
+    set_.add_argument("tenant")
+    set_.add_argument("settings", help='e.g. \'{"quotas": {"tasks": 50}, "budgets": {"usd_per_day": 5}}\'')
     credentials = commands.add_parser("credentials", help="make the NATS nkey seed of every process role")
     credentials.add_argument("--dir", type=Path, help="where (default: .agentbus/credentials)")
     serve = commands.add_parser("nats-server", help="run nats-server with agentbus's users (compose.yaml's nats)")
@@ -167,6 +180,33 @@ async def _keys(args: argparse.Namespace) -> str:
         raise SystemExit(f"unknown keys command {args.keys_command}")
     finally:
         await bus.close()
+
+
+async def _tenants(args: argparse.Namespace) -> str:
+    """What `agentbus tenants show|set` prints: the stored settings, then those in effect."""
+    subjects.token(args.tenant)
+    if args.tenants_command == "set":
+        try:
+            settings = msgspec.json.decode(args.settings, type=TenantSettings)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise SystemExit(f"not tenant settings: {e}") from None
+    nats_url = _running_url("NATS_URL", "nats.url")
+    if nats_url is None:
+        raise SystemExit("set NATS_URL, or start `agentbus run` (make run) in this directory first")
+    bus = await _connect(nats_url, "agentbus-tenants")
+    try:
+        if args.tenants_command == "set":
+            await tenants.write(bus, args.tenant, settings)
+        stored = await tenants.read(bus, args.tenant)
+    finally:
+        await bus.close()
+    effective = TenantDefaults.from_env().resolve(stored)
+    return "\n".join(
+        [
+            f"stored:    {msgspec.json.encode(stored).decode()}",
+            f"in effect: {msgspec.json.encode(effective).decode()}",
+        ]
+    )
 
 
 async def _audited(bus: Bus, stored: keys.StoredKey, action: AuditAction, *, target: str = "") -> None:
@@ -304,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(Supervisor(config, on_ready=_welcome).run())
         case "keys":
             print(asyncio.run(_keys(args)))
+            return 0
+        case "tenants":
+            print(asyncio.run(_tenants(args)))
             return 0
         case "credentials":
             print(make_credentials(args.dir or RunConfig.from_env().home / CREDENTIALS))

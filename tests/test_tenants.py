@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 from bus import tenants
 from bus.client import Bus
 from bus.config import BusConfig
@@ -41,3 +45,32 @@ async def test_a_cache_follows_changes_written_by_another_connection(bus_config:
         await cache.stop()
         await reader.close()
         await writer.close()
+
+
+async def test_the_tenants_command_sets_and_shows_settings(bus_config: BusConfig) -> None:
+    env = {
+        **os.environ,
+        "NATS_URL": ",".join(bus_config.servers),
+        "AGENTBUS_NATS_CREDENTIALS": str(bus_config.credentials_dir),
+    }
+
+    async def agentbus(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus.cli", "tenants", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        return proc.returncode or 0, out.decode()
+
+    code, out = await agentbus("set", "acme", '{"quotas": {"tasks": 7}, "budgets": {"usd_per_day": 1.5}}')
+    assert code == 0, out
+    assert '"tasks":7' in out and '"usd_per_day":1.5' in out
+    bus = await Bus.connect(bus_config)
+    try:
+        assert (await tenants.read(bus, "acme")).quotas.tasks == 7
+    finally:
+        await bus.close()
+    code, out = await agentbus("set", "acme", '{"quotas": {"tasks": "many"}}')
+    assert code != 0 and "not tenant settings" in out
+    code, out = await agentbus("show", "acme")
+    assert code == 0 and '"tasks":7' in out and "in effect" in out
