@@ -21,7 +21,6 @@ import httpx
 
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from tests.bench.harness import LATENCY, Infra, Latency, Report, Scale, free_port, processes, wait_http
 
 __all__ = ["run"]
@@ -86,7 +85,7 @@ async def run(infra: Infra, logs: Path, scale: Scale, report: Report) -> None:
     base = f"http://127.0.0.1:{port}"
     env = infra.env(AGENTBUS_PORT=str(port), AGENTBUS_ACTORS=",".join(ACTORS), AGENTBUS_RATE_LIMIT=str(rate))
     commands = {name: ["-m", f"actors.{name}"] for name in ACTORS} | {"gateway": ["-m", "gateway"]}
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,)))
+    bus = await Bus.connect(infra.bus_config())
     flooder = await keys.create_key(bus, tenant="bench-flood", name="bench")
     measured = await keys.create_key(bus, tenant="bench-other", name="bench")
     await bus.close()

@@ -15,7 +15,6 @@ import httpx
 
 from bus import keys
 from bus.client import Bus
-from bus.config import BusConfig
 from gateway.audit_trail import audit_response
 from tests.bench.harness import Infra, Report, Scale, free_port, processes, wait_http
 
@@ -25,7 +24,7 @@ POLL_S = 0.002
 async def _revocations(infra: Infra, logs: Path, count: int) -> list[float]:
     ports = [free_port(), free_port()]
     env = infra.env(AGENTBUS_ACTORS="")
-    bus = await Bus.connect(BusConfig(servers=(infra.nats.url,), name="bench-revocation"))
+    bus = await Bus.connect(infra.bus_config(name="bench-revocation"))
     try:
         admin = await keys.create_key(bus, tenant="bench-keys", name="admin")
         with (
