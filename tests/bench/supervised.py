@@ -56,6 +56,7 @@ def _env(nats_url: str, database_url: str, home: Path, port: int) -> dict[str, s
         "DATABASE_URL": database_url,
         "AGENTBUS_HOME": str(home),
         "AGENTBUS_PORT": str(port),
+        "AGENTBUS_RATE_LIMIT": "0",  # the platform's own cost, not the limiter's 100/min (that is `ratelimit`)
     }
 
 
