@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bus import breakers, keys, nats_users, streams, subjects, tenants
 from bus.credentials import Role
@@ -140,7 +140,6 @@ class Permissions:
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
     responses: bool = False  # may answer the requests it receives (nats-server `allow_responses`)
-    extra: dict[str, object] = field(default_factory=dict)
 
     def server_config(self) -> dict[str, object]:
         publish: dict[str, object] = {"allow": sorted(set(self.publish))}
