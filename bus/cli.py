@@ -307,6 +307,7 @@ async def _welcome(running: Running) -> None:
         "agentbus is running",
         f"  gateway   {running.gateway_url}{taken}",
         f"  API docs  {docs}",
+        f"  console   {running.gateway_url}/console/   (sign in with the API key below)",
         f"  NATS      {running.nats_url}",
         f"  API key   {key}   (tenant 'dev', saved in {cfg.home / 'dev-api-key'})",
         "",

@@ -24,6 +24,7 @@ from gateway.audit_trail import audit_response
 from gateway.auth import authorize
 from gateway.caller import provide_caller
 from gateway.config import GatewayConfig
+from gateway.console import console_router, render_report
 from gateway.conversations import ConversationController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
@@ -131,6 +132,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             list_tools,
             call_tool,
             health,
+            render_report,
+            console_router(),
         ],
         before_request=_before_request,
         guards=[authorize],

@@ -1,0 +1,98 @@
+"""The web console: static HTML, CSS and ES modules under `/console` (no build step: the committed files are
+the source), which call the public `/v1` API with the key the user signs in with; and one route of its own,
+a research report rendered from Markdown to safe HTML (raw HTML escaped, citations made links).
+
+See docs/console.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from litestar import Response, get
+from litestar.params import FromPath
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
+from markdown_it import MarkdownIt
+
+from bus import subjects
+from gateway.caller import Caller
+from gateway.errors import ApiError
+from gateway.state import ident
+from schemas.errors import ErrorCode
+from schemas.research import Citation, GetResearch, ResearchView
+
+__all__ = ["STATIC", "console_router", "render_report", "report_html"]
+
+STATIC = Path(__file__).parent / "static"
+# the console's pages load only their own files and talk only to this origin
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+# a citation as the research writer puts it: [doc:<id>], [run:<id>] or [<http(s) URL>], not already a link
+_CITATION = re.compile(r"\[((?:doc|run):[A-Za-z0-9_.:-]+|https?://[^\s\]]+)\](?![(\[])")
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+async def _secure(response: Response[Any]) -> Response[Any]:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def console_router() -> Router:
+    """`/console`: index.html for the directory, the files as they are, never in the OpenAPI document."""
+    return create_static_files_router(
+        path="/console",
+        directories=[STATIC],
+        html_mode=True,
+        name="console",
+        include_in_schema=False,
+        after_request=_secure,
+    )
+
+
+def _href(ref: str) -> str:
+    """Where a citation points in the console (a document or run page), or the cited web page."""
+    if ref.startswith("doc:"):
+        return f"#/documents/{ref.removeprefix('doc:')}"
+    if ref.startswith("run:"):
+        return f"#/runs/{ref.removeprefix('run:')}"
+    return ref
+
+
+def report_html(report: str, citations: list[Citation]) -> str:
+    """The Markdown report as HTML: raw HTML in it is escaped, links are only http(s) or console pages,
+    and each citation `[ref]` becomes a link (class `citation`, and `unverified` when the job never read it)."""
+    verified = {c.ref: c.verified for c in citations}
+
+    def link(match: re.Match[str]) -> str:
+        ref = match.group(1)
+        return f"[{ref}](<{_href(ref)}>)"
+
+    html: str = _markdown.render(_CITATION.sub(link, report))
+    # every link made from a citation carries its ref as text: mark it so the page can style and count them
+    for ref, ok in verified.items():
+        cls = "citation" if ok else "citation unverified"
+        target = _href(ref).replace("&", "&amp;").replace('"', "&quot;")
+        html = html.replace(f'<a href="{target}">', f'<a class="{cls}" href="{target}">')
+    return html.replace('<a href="http', '<a rel="noopener noreferrer" target="_blank" href="http')
+
+
+@get(
+    "/v1/console/research/{job_id:str}/report",
+    media_type="text/html; charset=utf-8",
+    tags=["research"],
+    summary="The job's report as HTML for the web console (raw HTML escaped; citations as links; 409 until it ends)",
+)
+async def render_report(caller: Caller, job_id: FromPath[str]) -> str:
+    query = GetResearch(job_id=ident(job_id))
+    job = (await caller.ask(subjects.ActorName.RESEARCH, "get_research", query, ResearchView)).job
+    if job.report is None:
+        raise ApiError(ErrorCode.CONFLICT, f"research job {job.id} is {job.status.value}: no report yet")
+    return report_html(job.report, job.citations)

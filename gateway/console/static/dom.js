@@ -1,0 +1,70 @@
+// Building DOM nodes. Every string from the API goes in as text (textContent), never as HTML.
+
+/** h("div", {class: "x", onclick: fn, dataset: {id: 1}}, "text", child, [more]) */
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") node.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name === "value") node.value = value;
+    else if (name === "checked") node.checked = Boolean(value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+export function append(node, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Replace the children of `node`. */
+export function fill(node, ...children) {
+  node.replaceChildren();
+  return append(node, children);
+}
+
+/** A link inside the console. */
+export function link(route, text, attrs = {}) {
+  return h("a", { href: `#/${route}`, ...attrs }, text);
+}
+
+export function when(value) {
+  if (!value) return "—";
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? String(value) : d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+export function usd(value) {
+  if (value === null || value === undefined) return "unpriced";
+  return `$${Number(value).toFixed(4)}`;
+}
+
+export function tokens(usage) {
+  if (!usage) return "—";
+  return `${usage.input_tokens ?? 0} in / ${usage.output_tokens ?? 0} out`;
+}
+
+/** A table: columns [[header, row => cell], ...]. */
+export function table(rows, columns, attrs = {}) {
+  return h(
+    "table",
+    attrs,
+    h("thead", {}, h("tr", {}, columns.map(([name]) => h("th", {}, name)))),
+    h("tbody", {}, rows.map((row) => h("tr", {}, columns.map(([, cell]) => h("td", {}, cell(row)))))),
+  );
+}
+
+export function status(value) {
+  return h("span", { class: `status status-${String(value).replace(/[^a-z_]/g, "")}` }, value);
+}
+
+/** JSON shown as text. */
+export function pre(value, attrs = {}) {
+  return h("pre", attrs, typeof value === "string" ? value : JSON.stringify(value, null, 2));
+}
