@@ -1,5 +1,69 @@
-import { fill, h } from "../dom.js";
+// Dead letters: per actor, with the reason, headers and payload; replay one (republished to its original
+// subject) or discard it.
 
-export async function render(view) {
-  fill(view, h("p", { class: "muted" }, "Coming soon."));
+import { api, get, post } from "../api.js";
+import { fill, h, link, pre, when } from "../dom.js";
+
+const enc = encodeURIComponent;
+
+export async function render(view, { args, signal }) {
+  const actor = args[0] || "";
+  const [page, state] = await Promise.all([
+    get(`/v1/dead-letters?limit=200${actor ? `&actor=${enc(actor)}` : ""}`, { signal }),
+    get("/v1/status", { signal }).catch(() => null),
+  ]);
+  const counts = state?.dead_letters || {};
+  const note = h("p", { id: "dlq-note", role: "status", class: "muted" });
+  const actors = h(
+    "p",
+    { id: "dlq-actors", class: "row" },
+    link("dlq", "all", { class: actor ? "" : "active" }),
+    Object.entries(counts).map(([name, n]) => link(`dlq/${enc(name)}`, `${name} (${n})`, { class: name === actor ? "active" : "" })),
+  );
+  const letters = page.dead_letters;
+  fill(
+    view,
+    h("h1", {}, actor ? `Dead letters of ${actor}` : "Dead letters"),
+    actors,
+    note,
+    letters.length
+      ? h("div", { id: "dead-letters" }, letters.map((d) => letter(d, note)))
+      : h("p", { class: "muted", id: "dead-letters" }, "No dead letters."),
+  );
+}
+
+function letter(d, note) {
+  const card = h(
+    "article",
+    { class: "card dead-letter", dataset: { id: d.id } },
+    h("h3", {}, `#${d.id} · ${d.actor} · `, h("code", {}, d.subject)),
+    h("p", {}, h("strong", {}, "Reason: "), d.reason),
+    h("p", { class: "muted" }, `${d.deliveries} deliveries · dead-lettered ${when(d.dead_lettered_at)}`),
+    h("details", {}, h("summary", {}, "Headers"), pre(d.headers)),
+    h("details", { open: true }, h("summary", {}, "Payload"), pre(d.payload !== null && d.payload !== undefined ? d.payload : d.payload_text ?? "")),
+  );
+  const error = h("p", { class: "error", role: "alert" });
+  const replay = h("button", { type: "button", class: "replay" }, "Replay");
+  const discard = h("button", { type: "button", class: "discard danger" }, "Discard");
+  replay.addEventListener("click", async () => {
+    try {
+      const done = await post(`/v1/dead-letters/${enc(d.id)}/replay`);
+      card.remove();
+      note.textContent = `Replayed #${done.id} to ${done.subject} (stream sequence ${done.replayed_as}).`;
+    } catch (e) {
+      error.textContent = `${e.code}: ${e.message}`;
+    }
+  });
+  discard.addEventListener("click", async () => {
+    if (!confirm(`Discard dead letter #${d.id}? It cannot be replayed afterwards.`)) return;
+    try {
+      await api("DELETE", `/v1/dead-letters/${enc(d.id)}`);
+      card.remove();
+      note.textContent = `Discarded #${d.id}.`;
+    } catch (e) {
+      error.textContent = `${e.code}: ${e.message}`;
+    }
+  });
+  card.append(h("div", { class: "row" }, replay, discard), error);
+  return card;
 }

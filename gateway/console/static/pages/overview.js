@@ -1,5 +1,85 @@
-import { fill, h } from "../dom.js";
+// Overview: the actors and their health, the consumers' backlog, the dead-letter depth, and runs, tokens
+// and cost per day and per agent as charts (GET /v1/usage?group_by=day|agent).
 
-export async function render(view) {
-  fill(view, h("p", { class: "muted" }, "Coming soon."));
+import { get } from "../api.js";
+import { bars } from "../chart.js";
+import { fill, h, link, status, table, usd } from "../dom.js";
+import { every } from "../poll.js";
+
+const enc = encodeURIComponent;
+
+export async function render(view, { signal }) {
+  const since = new Date(Date.now() - 13 * 86_400_000).toISOString().slice(0, 10); // the last 14 days
+  const [state, stats, byDay, byAgent] = await Promise.all([
+    get("/v1/status", { signal }).catch((e) => ({ error: e })),
+    get("/v1/stats", { signal }).catch(() => null),
+    get(`/v1/usage?group_by=day&from=${since}`, { signal }),
+    get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
+  ]);
+  const health = h("section", { id: "health" });
+  const showHealth = (s) => {
+    if (s.error) return fill(health, h("p", { class: "error" }, `Status unavailable: ${s.error.message}`));
+    const actors = Object.entries(s.actors || {});
+    const dlq = Object.entries(s.dead_letters || {});
+    fill(
+      health,
+      h("h2", {}, "Actors"),
+      table(actors, [
+        ["Actor", ([name]) => name],
+        ["Health", ([, a]) => status(a.ok ? "ok" : "failed")],
+        ["Replicas", ([, a]) => (a.replicas || []).map((r) => h("div", {}, `${r.instance} `, status(r.ok ? "ok" : "failed")))],
+      ], { id: "actors" }),
+      h("h2", {}, "Consumer backlog"),
+      table(s.consumers || [], [
+        ["Stream", (c) => c.stream],
+        ["Consumer", (c) => c.consumer],
+        ["Pending", (c) => c.pending],
+        ["Awaiting ack", (c) => c.ack_pending],
+        ["Redelivered", (c) => c.redelivered],
+      ], { id: "consumers" }),
+      h("h2", {}, "Dead letters"),
+      dlq.length
+        ? table(dlq, [["Actor", ([name]) => link(`dlq/${enc(name)}`, name)], ["Depth", ([, n]) => n]], { id: "dlq-depth" })
+        : h("p", { class: "muted", id: "dlq-depth" }, "None."),
+    );
+  };
+  const days = byDay.groups.map((g) => ({ key: g.key.slice(5), runs: g.runs, usage: g.usage }));
+  const agents = byAgent.groups.map((g) => ({ key: g.key, runs: g.runs, usage: g.usage }));
+  const chart = (points, title, value, format) =>
+    h("div", { class: "chart" }, bars(points.map((p) => ({ key: p.key, value: value(p) })), { title, format }));
+  const tokensOf = (p) => p.usage.input_tokens + p.usage.output_tokens;
+  const costOf = (p) => p.usage.cost_usd ?? p.usage.priced_cost_usd ?? 0;
+  fill(
+    view,
+    h("h1", {}, "Overview"),
+    stats
+      ? h(
+          "div",
+          { class: "kpis", id: "stats" },
+          kpi("Conversations", stats.conversations),
+          kpi("Tasks", `${stats.tasks.enabled} / ${stats.tasks.total}`, "enabled / all"),
+          kpi("Runs", stats.runs.total, `${stats.runs.last_24h} in 24 h`),
+          kpi("Tokens", stats.tokens.total, `${stats.tokens.input} in · ${stats.tokens.output} out`),
+          kpi("Cost", usd(stats.cost_usd)),
+        )
+      : null,
+    health,
+    h("h2", {}, "Usage, last 14 days"),
+    h(
+      "div",
+      { class: "grid", id: "charts" },
+      chart(days, "Runs per day", (p) => p.runs, String),
+      chart(days, "Tokens per day", tokensOf, String),
+      chart(days, "Cost per day (USD)", costOf, (v) => v.toFixed(4)),
+      chart(agents, "Runs per agent", (p) => p.runs, String),
+      chart(agents, "Tokens per agent", tokensOf, String),
+      chart(agents, "Cost per agent (USD)", costOf, (v) => v.toFixed(4)),
+    ),
+  );
+  showHealth(state);
+  every(5000, signal, async () => showHealth(await get("/v1/status", { signal }).catch((e) => ({ error: e }))));
+}
+
+function kpi(label, value, sub = "") {
+  return h("div", { class: "kpi" }, h("span", { class: "muted" }, label), h("strong", {}, String(value)), sub ? h("span", { class: "muted" }, sub) : null);
 }
