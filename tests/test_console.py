@@ -17,6 +17,8 @@ import pytest
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from bus import subjects
+from bus.headers import Trace
 from tests.conftest import Platform
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -145,6 +147,7 @@ async def console(browser: Browser) -> AsyncIterator[Callable[[Platform, str], A
     async def make(platform: Platform, name: str) -> Console:
         context = await browser.new_context(viewport={"width": 1280, "height": 900})
         page = await context.new_page()
+        page.set_default_timeout(15_000)
         page.on("pageerror", lambda e: errors.append(str(e)))
         made.append(Console(page, platform, name))
         return made[-1]
@@ -152,6 +155,7 @@ async def console(browser: Browser) -> AsyncIterator[Callable[[Platform, str], A
     yield make
     for c in made:
         c.save_loads()
+        await c.shot(f"last-{c.name}")  # where the test left the page (the state at a failure)
         await c.page.context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
@@ -209,3 +213,155 @@ async def test_sign_in_and_chat_streams_tokens(
     assert conversation_id not in (await page.locator("#conversations").text_content() or "")
     await c.open(f"chat/{conversation_id}", "chat")
     assert "not_found" in (await page.locator("main [role=alert]").first.text_content() or "")
+
+
+async def test_tasks_runs_overview_and_dead_letters(
+    start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
+) -> None:
+    platform = await start_platform(slow_words(), background=True)
+    c = await console(platform, "tasks")
+    await c.sign_in()
+    page = c.page
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+
+    # create each type of task through the form
+    await c.open("tasks", "tasks")
+    await page.select_option("#task-type", "scheduled")
+    await page.fill("#task-prompt", "a daily summary")
+    await page.fill("#task-interval", "86400")
+    await page.click("#new-task button[type=submit]")
+    await page.wait_for_selector("main[data-ready='tasks'] h1:has-text('-')")  # the new task's page
+    await c.open("tasks", "tasks")
+    await page.select_option("#task-type", "triggered")
+    await page.fill("#task-prompt", "react to the webhook")
+    await page.click("#new-task button[type=submit]")
+    await page.wait_for_selector("#task-created:has-text('Webhook secret (shown once)')")
+    await c.open("tasks", "tasks")
+    await page.select_option("#task-type", "delegation")
+    await page.fill("#task-prompt", "do it now")
+    await page.check("input[name=channel][value=in_app]")
+    await page.check("input[name=channel][value=webhook]")
+    await page.fill("#task-webhook", "http://127.0.0.1:9/nobody-listens")  # fails: the log shows it, retry
+    await page.click("#new-task button[type=submit]")
+    await page.wait_for_selector("#task-created:has-text('Notification signing secret (shown once)')")
+    await page.click("#task-created a")
+    await page.wait_for_selector("#task-runs table")  # its run appears
+    task_id = page.url.rsplit("/", 1)[-1]
+    await text_when(page.locator("#task-runs"), lambda t: "completed" in t, timeout=20)
+    await c.shot("task")
+
+    # run now adds a run; disable, enable
+    await page.click("#run-now")
+    await text_when(page.locator("#task-runs"), lambda t: t.count("completed") >= 2, timeout=20)
+    await page.click("#disable")
+    await page.wait_for_selector("main[data-ready='tasks'] #enable")
+    await page.click("#enable")
+    await page.wait_for_selector("main[data-ready='tasks'] #disable")
+
+    await c.open("tasks", "tasks")
+    listed = await page.locator("#tasks").text_content() or ""
+    assert all(kind in listed for kind in ("delegation", "scheduled", "triggered"))
+    await c.shot("tasks")
+
+    # a task run: output, usage, the delivery log; the failed webhook delivery is retried
+    async with platform.client() as http:
+        runs = (await http.get(f"/v1/tasks/{task_id}/runs")).json()["runs"]
+    first = runs[-1]["id"]
+    await c.open(f"task-runs/{first}", "task-runs")
+    assert "tok23" in (await page.locator("#task-run-output").text_content() or "")
+    deliveries = page.locator("#deliveries")
+    await text_when(deliveries, lambda t: "delivered" in t and "failed" in t, timeout=20)
+    await page.click("#deliveries button.retry")
+    await text_when(deliveries, lambda t: t.count("failed") >= 1 and t.count("ok") + t.count("failed") >= 5)
+    await c.shot("task-run")
+
+    # its executor run: tree, events, usage
+    await c.open(f"runs/{first}", "runs")
+    await text_when(page.locator("#run-events"), lambda t: "completed" in t)
+    assert "tok23" in (await page.locator("#run-output").text_content() or "")
+    await c.shot("run")
+    await c.open("runs", "runs")
+    assert first in (await page.locator("#runs").text_content() or "")
+    await c.shot("runs")
+
+    # the delete button removes the task
+    await c.open(f"tasks/{task_id}", "tasks")
+    await page.click("#delete")
+    await page.wait_for_selector("main[data-ready='tasks'] #new-task")
+    assert task_id not in (await page.locator("main").text_content() or "")
+
+    # a dead letter: a command the conversation actor cannot read, dead-lettered by it; replayed from the
+    # console it goes back to its subject, where the actor dead-letters it again (a new letter, same subject)
+    async with platform.client() as http:
+        conversation = (await http.post("/v1/conversations", json={})).json()["id"]
+    subject = subjects.conversation_command("t1", conversation)
+    await platform.bus.js.publish(subject, b"not json at all", headers=Trace(tenant="t1").headers())
+    await c.open("dlq", "dlq")
+    for _ in range(100):
+        if await page.locator(".dead-letter").count():
+            break
+        await asyncio.sleep(0.1)
+        await c.open("dlq", "dlq")
+    letter = page.locator(".dead-letter").first
+    letter_id = await letter.get_attribute("data-id")
+    assert subject in (await letter.text_content() or "") and "undecodable" in (await letter.text_content() or "")
+    await c.shot("dlq")
+    await letter.locator("button.replay").click()
+    await page.wait_for_selector("#dlq-note:has-text('Replayed')")
+    for _ in range(100):
+        await c.open("dlq/conversation", "dlq")
+        ids = [await d.get_attribute("data-id") for d in await page.locator(".dead-letter").all()]
+        if ids and letter_id not in ids:
+            break
+        await asyncio.sleep(0.1)
+    assert ids and letter_id not in ids  # the replayed one is gone; the actor dead-lettered the copy anew
+    await page.locator(".dead-letter button.discard").first.click()
+    await page.wait_for_selector("#dlq-note:has-text('Discarded')")
+    async with platform.client() as http:
+        assert (await http.get("/v1/dead-letters")).json()["dead_letters"] == []
+
+    # the overview: health, backlog, charts of runs, tokens and cost by day and by agent
+    await c.open("overview", "overview")
+    assert await page.locator("#charts svg").count() == 6
+    assert await page.locator("#charts svg rect.bar").count() >= 2
+    await c.shot("overview")
+
+
+async def test_research_job_progress_and_report(
+    start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
+) -> None:
+    from tests.test_research import Researchers, _ingest
+
+    model = Researchers()
+    model.delay_s = 0.3  # slow enough for the progress to arrive while the page watches
+    platform = await start_platform(model.model(), background=True)
+    async with platform.client() as http:
+        ids = await _ingest(http)
+    c = await console(platform, "research")
+    await c.sign_in()
+    page = c.page
+    await c.open("research", "research")
+    await page.fill("#research-question", "Which energy sources exist?")
+    await page.fill("#research-subtasks", "3")
+    await page.fill("#research-depth", "2")
+    await page.click("#new-research button[type=submit]")
+    await page.wait_for_selector("#research-events")
+    job_id = page.url.rsplit("/", 1)[-1]
+    events = page.locator("#research-events")
+    await text_when(events, lambda t: "subrun_started" in t)
+    await c.shot("research-progress")
+    await text_when(events, lambda t: "research_finished" in t, timeout=40)
+    await page.wait_for_selector("#report-body h1", timeout=15_000)
+    assert "completed" in (await page.locator("#research-phase").text_content() or "")
+    assert "sub-runs" in (await page.locator("#research-totals").text_content() or "")
+    links = page.locator("#report-body a.citation")
+    hrefs = [await a.get_attribute("href") or "" for a in await links.all()]
+    assert any(h.startswith("#/documents/") for h in hrefs) and any(h.startswith("#/runs/") for h in hrefs)
+    assert {h.removeprefix("#/documents/") for h in hrefs if h.startswith("#/documents/")} <= set(ids.values())
+    await c.shot("research")
+    await page.locator("#report-body a.citation[href^='#/documents/']").first.click()
+    await page.wait_for_selector("main[data-ready='documents'] #document-text")
+    assert "electricity" in (await page.locator("#document-text").text_content() or "")
+    await c.shot("document")
+    await c.open("research", "research")
+    assert job_id in (await page.locator("#jobs").inner_html())

@@ -143,7 +143,7 @@ function createForm(agents) {
       const made = await post("/v1/tasks", body);
       const secrets = [];
       if (made.webhook_secret) secrets.push(h("p", {}, "Webhook secret (shown once): ", h("code", {}, made.webhook_secret)));
-      if (made.notification_secret) secrets.push(h("p", {}, "Notification signing secret (shown once): ", h("code", {}, made.notification_secret)));
+      if (made.notification_secret && body.notification_config) secrets.push(h("p", {}, "Notification signing secret (shown once): ", h("code", {}, made.notification_secret)));
       if (secrets.length) {
         fill(note, h("p", {}, "Created ", link(`tasks/${enc(made.id)}`, made.id)), secrets);
       } else {
