@@ -11,7 +11,7 @@ const enc = encodeURIComponent;
 export async function render(view, { signal }) {
   const since = new Date(Date.now() - 13 * 86_400_000).toISOString().slice(0, 10); // the last 14 days
   const [state, stats, byDay, byAgent] = await Promise.all([
-    get("/v1/status", { signal }).catch((e) => ({ error: e })),
+    platformState(signal),
     get("/v1/stats", { signal }).catch(() => null),
     get(`/v1/usage?group_by=day&from=${since}`, { signal }),
     get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
@@ -30,7 +30,7 @@ export async function render(view, { signal }) {
         ["Replicas", ([, a]) => (a.replicas || []).map((r) => h("div", {}, `${r.instance} `, status(r.ok ? "ok" : "failed")))],
       ], { id: "actors" }),
       h("h2", {}, "Consumer backlog"),
-      table(s.consumers || [], [
+      s.consumers === null ? h("p", { class: "muted", id: "consumers" }, "Not reported by this gateway (no GET /v1/status).") : table(s.consumers || [], [
         ["Stream", (c) => c.stream],
         ["Consumer", (c) => c.consumer],
         ["Pending", (c) => c.pending],
@@ -77,9 +77,30 @@ export async function render(view, { signal }) {
     ),
   );
   showHealth(state);
-  every(5000, signal, async () => showHealth(await get("/v1/status", { signal }).catch((e) => ({ error: e }))));
+  every(5000, signal, async () => showHealth(await platformState(signal)));
 }
 
 function kpi(label, value, sub = "") {
   return h("div", { class: "kpi" }, h("span", { class: "muted" }, label), h("strong", {}, String(value)), sub ? h("span", { class: "muted" }, sub) : null);
+}
+
+/** GET /v1/status; where a gateway has none, the actors' health from /health and the dead letters counted. */
+async function platformState(signal) {
+  try {
+    return await get("/v1/status", { signal });
+  } catch (e) {
+    if (e.status !== 404) return { error: e };
+  }
+  try {
+    const response = await fetch("/health", { signal, headers: { Accept: "application/json" } });
+    const health = await response.json(); // 503 still says which part is down
+    const letters = (await get("/v1/dead-letters?limit=200", { signal }).catch(() => ({ dead_letters: [] }))).dead_letters;
+    const dead = {};
+    for (const d of letters) dead[d.actor] = (dead[d.actor] || 0) + 1;
+    const actors = {};
+    for (const [name, a] of Object.entries(health.actors || {})) actors[name] = { ok: Boolean(a.ok), replicas: a.instance ? [{ instance: a.instance, ok: a.ok }] : [] };
+    return { actors, consumers: null, dead_letters: dead };
+  } catch (e) {
+    return { error: e };
+  }
 }
