@@ -18,8 +18,11 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from bus import subjects
-from bus.headers import Trace
+from bus.codec import encode
+from bus.headers import Trace, new_id
+from schemas.conversation import PostMessage
 from tests.conftest import Platform
+from tests.test_dead_letters import _dead_letter
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -290,40 +293,47 @@ async def test_tasks_runs_overview_and_dead_letters(
     await page.wait_for_selector("main[data-ready='tasks'] #new-task")
     assert task_id not in (await page.locator("main").text_content() or "")
 
-    # a dead letter: a command the conversation actor cannot read, dead-lettered by it; replayed from the
-    # console it goes back to its subject, where the actor dead-letters it again (a new letter, same subject)
+    # dead letters: a command the conversation actor cannot read (dead-lettered by it), and a turn it gave up
+    # on (published to the DLQ as the actor does when the database is away, as tests/test_dead_letters.py does)
     async with platform.client() as http:
         conversation = (await http.post("/v1/conversations", json={})).json()["id"]
     subject = subjects.conversation_command("t1", conversation)
     await platform.bus.js.publish(subject, b"not json at all", headers=Trace(tenant="t1").headers())
-    await c.open("dlq", "dlq")
-    for _ in range(100):
-        if await page.locator(".dead-letter").count():
-            break
-        await asyncio.sleep(0.1)
-        await c.open("dlq", "dlq")
-    letter = page.locator(".dead-letter").first
-    letter_id = await letter.get_attribute("data-id")
-    assert subject in (await letter.text_content() or "") and "undecodable" in (await letter.text_content() or "")
-    await c.shot("dlq")
-    await letter.locator("button.replay").click()
-    await page.wait_for_selector("#dlq-note:has-text('Replayed')")
+    turn = PostMessage(conversation_id=conversation, message_id=new_id(), run_id=new_id(), content="are you there?")
+    await _dead_letter(platform, subject, encode(turn))
     for _ in range(100):
         await c.open("dlq/conversation", "dlq")
-        ids = [await d.get_attribute("data-id") for d in await page.locator(".dead-letter").all()]
-        if ids and letter_id not in ids:
+        if await page.locator(".dead-letter").count() == 2:
             break
         await asyncio.sleep(0.1)
-    assert ids and letter_id not in ids  # the replayed one is gone; the actor dead-lettered the copy anew
-    await page.locator(".dead-letter button.discard").first.click()
+    await c.shot("dlq")
+    junk = page.locator(".dead-letter", has_text="undecodable")
+    lost = page.locator(".dead-letter", has_text="are you there?")
+    assert subject in (await lost.text_content() or "") and "the database was away" in (await lost.text_content() or "")
+    await lost.locator("button.replay").click()
+    await page.wait_for_selector("#dlq-note:has-text('Replayed')")
+    await junk.locator("button.discard").click()
     await page.wait_for_selector("#dlq-note:has-text('Discarded')")
-    async with platform.client() as http:
-        assert (await http.get("/v1/dead-letters")).json()["dead_letters"] == []
+    await c.open("dlq", "dlq")
+    assert await page.locator(".dead-letter").count() == 0
+    # the replayed turn was taken and answered
+    await c.open(f"chat/{conversation}", "chat")
+    for _ in range(100):
+        contents = await page.locator("#messages .message .content").all_text_contents()
+        if len(contents) == 2:
+            break
+        await asyncio.sleep(0.2)
+        await c.open(f"chat/{conversation}", "chat")
+    assert contents == ["are you there?", "".join(WORDS)]
 
     # the overview: health, backlog, charts of runs, tokens and cost by day and by agent
     await c.open("overview", "overview")
     assert await page.locator("#charts svg").count() == 6
     assert await page.locator("#charts svg rect.bar").count() >= 2
+    async with platform.client() as http:  # an event arrives on the live feed as it happens
+        scheduled = (await http.get("/v1/tasks", params={"task_type": "scheduled"})).json()["tasks"][0]["id"]
+        assert (await http.post(f"/v1/tasks/{scheduled}/execute")).status_code == 202
+    await text_when(page.locator("#live-events"), lambda t: "scheduler." in t and "executor.finished" in t)
     await c.shot("overview")
 
 

@@ -63,9 +63,10 @@ export const post = (path, body, opts) => api("POST", path, body ?? {}, opts);
 
 /**
  * Read a server-sent event stream: onEvent({id, event, data}) for each message (data parsed as JSON when it
- * is). Resolves when the stream ends; rejects with ApiError when the answer is not a stream.
+ * is); onOpen() once the stream is open. Resolves when it ends; rejects with ApiError when the answer is not a
+ * stream.
  */
-export async function stream(method, path, { body, signal, onEvent, lastEventId } = {}) {
+export async function stream(method, path, { body, signal, onEvent, onOpen, lastEventId } = {}) {
   const init = { method, headers: headers({ Accept: "text/event-stream" }), signal };
   if (lastEventId) init.headers["Last-Event-ID"] = String(lastEventId);
   if (body !== undefined) {
@@ -74,6 +75,7 @@ export async function stream(method, path, { body, signal, onEvent, lastEventId 
   }
   const response = await fetch(path, init);
   if (!response.ok) throw await failure(response);
+  onOpen?.();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {

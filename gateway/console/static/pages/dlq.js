@@ -12,7 +12,13 @@ export async function render(view, { args, signal }) {
     get(`/v1/dead-letters?limit=200${actor ? `&actor=${enc(actor)}` : ""}`, { signal }),
     get("/v1/status", { signal }).catch(() => null),
   ]);
-  const counts = state?.dead_letters || {};
+  let counts = state?.dead_letters;
+  if (!counts) {
+    // no GET /v1/status here: count them from the list (the newest 200)
+    const all = actor ? (await get("/v1/dead-letters?limit=200", { signal })).dead_letters : page.dead_letters;
+    counts = {};
+    for (const d of all) counts[d.actor] = (counts[d.actor] || 0) + 1;
+  }
   const note = h("p", { id: "dlq-note", role: "status", class: "muted" });
   const actors = h(
     "p",

@@ -3,8 +3,8 @@
 
 import { get } from "../api.js";
 import { bars } from "../chart.js";
-import { fill, h, link, status, table, usd } from "../dom.js";
-import { every } from "../poll.js";
+import { fill, h, link, status, table, usd, when } from "../dom.js";
+import { every, live } from "../poll.js";
 
 const enc = encodeURIComponent;
 
@@ -43,12 +43,10 @@ export async function render(view, { signal }) {
         : h("p", { class: "muted", id: "dlq-depth" }, "None."),
     );
   };
-  const days = byDay.groups.map((g) => ({ key: g.key.slice(5), runs: g.runs, usage: g.usage }));
-  const agents = byAgent.groups.map((g) => ({ key: g.key, runs: g.runs, usage: g.usage }));
-  const chart = (points, title, value, format) =>
-    h("div", { class: "chart" }, bars(points.map((p) => ({ key: p.key, value: value(p) })), { title, format }));
-  const tokensOf = (p) => p.usage.input_tokens + p.usage.output_tokens;
-  const costOf = (p) => p.usage.cost_usd ?? p.usage.priced_cost_usd ?? 0;
+  const feed = h("ol", { id: "live-events", class: "events", reversed: true });
+  const charts = h("div", { class: "grid", id: "charts" });
+  const showCharts = (day, agent) => fill(charts, usageCharts(day, agent));
+  showCharts(byDay, byAgent);
   fill(
     view,
     h("h1", {}, "Overview"),
@@ -65,19 +63,32 @@ export async function render(view, { signal }) {
       : null,
     health,
     h("h2", {}, "Usage, last 14 days"),
-    h(
-      "div",
-      { class: "grid", id: "charts" },
-      chart(days, "Runs per day", (p) => p.runs, String),
-      chart(days, "Tokens per day", tokensOf, String),
-      chart(days, "Cost per day (USD)", costOf, (v) => v.toFixed(4)),
-      chart(agents, "Runs per agent", (p) => p.runs, String),
-      chart(agents, "Tokens per agent", tokensOf, String),
-      chart(agents, "Cost per agent (USD)", costOf, (v) => v.toFixed(4)),
-    ),
+    charts,
+    h("h2", {}, "Live events"),
+    h("p", { class: "muted" }, "The tenant's task, run, research and delivery events as they happen (GET /v1/events)."),
+    feed,
   );
   showHealth(state);
   every(5000, signal, async () => showHealth(await platformState(signal)));
+  const reload = async () => {
+    const [day, agent] = await Promise.all([
+      get(`/v1/usage?group_by=day&from=${since}`, { signal }),
+      get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
+    ]);
+    showCharts(day, agent);
+  };
+  live("", signal, reload, {
+    fallbackMs: 10_000,
+    onEvent({ data }) {
+      if (!data || !data.type) return;
+      feed.prepend(h("li", {}, h("span", { class: "muted" }, `${when(data.published_at)} `), status(data.type), ` ${data.entity_id || ""} `, h("code", {}, data.subject)));
+      while (feed.children.length > 30) feed.lastChild.remove();
+    },
+  });
+}
+
+function unpriced(rollup) {
+  return rollup.groups.some((g) => g.usage.cost_usd === null && g.usage.requests > 0);
 }
 
 function kpi(label, value, sub = "") {
@@ -103,4 +114,21 @@ async function platformState(signal) {
   } catch (e) {
     return { error: e };
   }
+}
+
+function usageCharts(day, agent) {
+  const days = day.groups.map((g) => ({ key: g.key.slice(5), runs: g.runs, usage: g.usage }));
+  const agents = agent.groups.map((g) => ({ key: g.key, runs: g.runs, usage: g.usage }));
+  const chart = (points, title, value, format) =>
+    h("div", { class: "chart" }, bars(points.map((p) => ({ key: p.key, value: value(p) })), { title, format }));
+  const tokensOf = (p) => p.usage.input_tokens + p.usage.output_tokens;
+  const costOf = (p) => p.usage.cost_usd ?? p.usage.priced_cost_usd ?? 0;
+  return [
+    chart(days, "Runs per day", (p) => p.runs, String),
+    chart(days, "Tokens per day", tokensOf, String),
+    chart(days, `Cost per day (USD${unpriced(day) ? ", priced part" : ""})`, costOf, (v) => v.toFixed(4)),
+    chart(agents, "Runs per agent", (p) => p.runs, String),
+    chart(agents, "Tokens per agent", tokensOf, String),
+    chart(agents, `Cost per agent (USD${unpriced(agent) ? ", priced part" : ""})`, costOf, (v) => v.toFixed(4)),
+  ];
 }

@@ -3,7 +3,7 @@
 
 import { api, get, post } from "../api.js";
 import { fill, h, link, pre, status, table, tokens, usd, when } from "../dom.js";
-import { every } from "../poll.js";
+import { live } from "../poll.js";
 
 const enc = encodeURIComponent;
 
@@ -223,7 +223,7 @@ async function task(view, id, signal) {
     runs,
   );
   await refreshRuns();
-  every(1500, signal, refreshRuns);
+  live("scheduler.*", signal, refreshRuns);
 }
 
 async function taskRun(view, id, signal) {
@@ -266,8 +266,7 @@ async function taskRun(view, id, signal) {
   fill(view, h("p", {}, link("tasks", "← Tasks")), h("h1", {}, `Task run ${id}`), h("p", {}, link(`runs/${enc(id)}`, "Its run: tree, events, usage")), error, body);
   const r = await show();
   view.querySelector("h1").after(h("p", {}, "Task ", link(`tasks/${enc(r.task_id)}`, r.task_id)));
-  const settled = (x) => ["completed", "failed", "cancelled", "skipped"].includes(x.status) && (x.deliveries || []).every((d) => d.status !== "pending");
-  if (!settled(r)) every(2000, signal, async () => !settled(await show()));
+  live("scheduler.*,notifier.*", signal, show);
 }
 
 function retryButton(runId, deliveryId, error, after) {
