@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -20,7 +21,9 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from bus import subjects
 from bus.codec import encode
 from bus.headers import Trace, new_id
+from gateway.console import report_html
 from schemas.conversation import PostMessage
+from schemas.research import Citation
 from tests.conftest import Platform
 from tests.test_dead_letters import _dead_letter
 
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("AGENTBUS_ARTIFACTS") or ROOT / ".agentbus" / "artifacts" / "console")
 WORDS = [f"tok{i} " for i in range(24)]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install chromium)")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install it)")
 
 if CHROMIUM.exists():
     from playwright.async_api import Browser, Page, async_playwright
@@ -163,10 +166,19 @@ async def console(browser: Browser) -> AsyncIterator[Callable[[Platform, str], A
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+@needs_chromium
 async def test_sign_in_and_chat_streams_tokens(
     start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
 ) -> None:
     platform = await start_platform(slow_words())
+    async with httpx.AsyncClient(base_url=platform.url) as anonymous:  # the files need no key; the API does
+        index = await anonymous.get("/console/")
+        module = await anonymous.get("/console/app.js")
+        refused = await anonymous.get("/v1/agents")
+    assert index.status_code == 200 and "/console/app.js" in index.text
+    assert "script-src 'self'" in index.headers["content-security-policy"]
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert refused.status_code == 401
     c = await console(platform, "chat")
     await c.sign_in()
     page = c.page
@@ -218,6 +230,7 @@ async def test_sign_in_and_chat_streams_tokens(
     assert "not_found" in (await page.locator("main [role=alert]").first.text_content() or "")
 
 
+@needs_chromium
 async def test_tasks_runs_overview_and_dead_letters(
     start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
 ) -> None:
@@ -337,6 +350,7 @@ async def test_tasks_runs_overview_and_dead_letters(
     await c.shot("overview")
 
 
+@needs_chromium
 async def test_research_job_progress_and_report(
     start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
 ) -> None:
@@ -375,3 +389,25 @@ async def test_research_job_progress_and_report(
     await c.shot("document")
     await c.open("research", "research")
     assert job_id in (await page.locator("#jobs").inner_html())
+
+
+def test_a_report_is_rendered_without_its_html_and_with_its_citations_as_links() -> None:
+    report = (
+        "# Findings\n\n<script>alert(1)</script> <img src=x onerror=alert(1)>\n\n"
+        "- solar [doc:d1], wind [run:job-q1-1], a page [https://example.com/a?b=1&c=2]\n"
+        "- [click](javascript:alert(1)) and `[doc:in-code]`\n"
+    )
+    cited = [
+        Citation(ref="doc:d1", kind="document", title="Solar", verified=True),
+        Citation(ref="https://example.com/a?b=1&c=2", kind="url", title="A page", verified=False),
+    ]
+    html = report_html(report, cited)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html
+    assert "javascript:" not in html.split("[click]")[0] and 'href="javascript' not in html
+    assert '<a href="#/documents/d1" class="citation">doc:d1</a>' in html
+    assert '<a href="#/runs/job-q1-1" class="citation unverified">run:job-q1-1</a>' in html  # cited, never run
+    assert (
+        '<a href="https://example.com/a?b=1&amp;c=2" class="citation unverified" rel="noopener noreferrer" '
+        'target="_blank">' in html
+    )
+    assert "<code>[doc:in-code]</code>" in html  # code stays code

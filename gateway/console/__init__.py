@@ -15,6 +15,7 @@ from litestar.params import FromPath
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from bus import subjects
 from gateway.caller import Caller
@@ -35,8 +36,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-# a citation as the research writer puts it: [doc:<id>], [run:<id>] or [<http(s) URL>], not already a link
-_CITATION = re.compile(r"\[((?:doc|run):[A-Za-z0-9_.:-]+|https?://[^\s\]]+)\](?![(\[])")
+# a citation as the research writer puts it: [doc:<id>], [run:<id>] or [<http(s) URL>]
+_CITATION = re.compile(r"\[((?:doc|run):[A-Za-z0-9_.:-]+|https?://[^\s\]]+)\]")
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 
 
@@ -63,25 +64,54 @@ def _href(ref: str) -> str:
         return f"#/documents/{ref.removeprefix('doc:')}"
     if ref.startswith("run:"):
         return f"#/runs/{ref.removeprefix('run:')}"
-    return ref
+    return str(_markdown.normalizeLink(ref))
+
+
+def _text(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _citations(children: list[Token], verified: dict[str, bool]) -> list[Token]:
+    """The inline tokens with each `[ref]` in plain text (not in code, not inside a link) made a link."""
+    out: list[Token] = []
+    in_link = 0
+    for token in children:
+        in_link += {"link_open": 1, "link_close": -1}.get(token.type, 0)
+        if token.type != "text" or in_link:
+            out.append(token)
+            continue
+        at = 0
+        for match in _CITATION.finditer(token.content):
+            ref = match.group(1)
+            if match.start() > at:
+                out.append(_text(token.content[at : match.start()]))
+            opening = Token("link_open", "a", 1)
+            opening.attrs = {"href": _href(ref), "class": "citation" if verified.get(ref) else "citation unverified"}
+            if not ref.startswith(("doc:", "run:")):
+                opening.attrs |= {"rel": "noopener noreferrer", "target": "_blank"}
+            out += [opening, _text(ref), Token("link_close", "a", -1)]
+            at = match.end()
+        out.append(_text(token.content[at:]) if at else token)
+    return out
 
 
 def report_html(report: str, citations: list[Citation]) -> str:
-    """The Markdown report as HTML: raw HTML in it is escaped, links are only http(s) or console pages,
-    and each citation `[ref]` becomes a link (class `citation`, and `unverified` when the job never read it)."""
+    """The Markdown report as HTML: raw HTML in it is escaped, links are only those markdown-it allows (no
+    `javascript:`), and each citation `[ref]` becomes a link of class `citation` (also `unverified` when the
+    job never read or ran what it names); links to other sites open apart, without a referrer."""
     verified = {c.ref: c.verified for c in citations}
-
-    def link(match: re.Match[str]) -> str:
-        ref = match.group(1)
-        return f"[{ref}](<{_href(ref)}>)"
-
-    html: str = _markdown.render(_CITATION.sub(link, report))
-    # every link made from a citation carries its ref as text: mark it so the page can style and count them
-    for ref, ok in verified.items():
-        cls = "citation" if ok else "citation unverified"
-        target = _href(ref).replace("&", "&amp;").replace('"', "&quot;")
-        html = html.replace(f'<a href="{target}">', f'<a class="{cls}" href="{target}">')
-    return html.replace('<a href="http', '<a rel="noopener noreferrer" target="_blank" href="http')
+    tokens = _markdown.parse(report)
+    for block in tokens:
+        if block.type == "inline" and block.children:
+            block.children = _citations(block.children, verified)
+        for token in block.children or []:
+            href = token.attrGet("href") if token.type == "link_open" else None
+            if isinstance(href, str) and href.startswith(("http://", "https://")):
+                token.attrs |= {"rel": "noopener noreferrer", "target": "_blank"}
+    html: str = _markdown.renderer.render(tokens, _markdown.options, {})
+    return html
 
 
 @get(
