@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic_ai.messages import ModelMessage
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from bus import subjects
 from bus.codec import encode
@@ -54,7 +54,12 @@ def _whole(messages: list[ModelMessage], info: AgentInfo) -> Any:
     return ModelResponse(parts=[TextPart("".join(WORDS))])
 
 
-async def _slow(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+async def _slow(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+    """A streamed reply asks for the time first (a tool call the chat shows), then streams the words."""
+    last = messages[-1]
+    if not (isinstance(last, ModelRequest) and any(isinstance(p, ToolReturnPart) for p in last.parts)):
+        yield {0: DeltaToolCall(name="current_time", json_args="{}", tool_call_id="clock")}
+        return
     for word in WORDS:
         await asyncio.sleep(0.08)  # about 2 s a reply: slow enough to see several tokens arrive
         yield word
@@ -71,7 +76,7 @@ class Console:
         self.page = page
         self.platform = platform
         self.name = name
-        self.loads: dict[str, float] = {}
+        self.loads: dict[str, list[float]] = {}  # page -> each load's milliseconds
         self.shots: list[Path] = []
 
     async def open(self, route: str, ready: str) -> None:
@@ -84,15 +89,16 @@ class Console:
         else:
             await self.page.goto(target)
         await self.page.wait_for_selector(f"main[data-ready='{ready}']", timeout=15_000)
-        self.loads[route.split("/")[0] if "/" not in route else f"{route.split('/')[0]}/<id>"] = round(
-            (time.perf_counter() - started) * 1000, 1
-        )
+        self.loaded(route.split("/")[0] if "/" not in route else f"{route.split('/')[0]}/<id>", started)
+
+    def loaded(self, page: str, started: float) -> None:
+        self.loads.setdefault(page, []).append(round((time.perf_counter() - started) * 1000, 1))
 
     async def sign_in(self) -> None:
         started = time.perf_counter()
         await self.page.goto(f"{self.platform.url}/console/")
         await self.page.wait_for_selector("main[data-ready='signin']")
-        self.loads["signin"] = round((time.perf_counter() - started) * 1000, 1)
+        self.loaded("signin", started)
         await self.shot("signin")
         await self.page.fill("#api-key", "ak_not-a-key")
         await self.page.click("#sign-in button[type=submit]")
@@ -190,6 +196,9 @@ async def test_sign_in_and_chat_streams_tokens(
 
     await page.fill("#message", "hello there")
     await page.click("#send")
+    tool = page.locator(".message.live .tool, .message.assistant .tool").first
+    await text_when(tool, lambda t: "current_time" in t)  # the tool call, shown as it happens, then its result
+    await page.wait_for_selector(".tool pre.tool-result")
     reply = page.locator("#reply")
     first = await text_when(reply, lambda t: "tok1 " in t)
     second = await text_when(reply, lambda t: len(t) > len(first) + 4)

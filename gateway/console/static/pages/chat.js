@@ -37,25 +37,29 @@ async function conversations(signal) {
 
 export async function render(view, { args, signal }) {
   const [agents, listed] = await Promise.all([get("/v1/agents", { signal }), conversations(signal)]);
-  const list = h(
-    "ul",
-    { id: "conversations", class: "list" },
-    listed.map((c) =>
-      h(
-        "li",
-        { class: c.conversation_id === args[0] ? "selected" : "" },
-        link(`chat/${encodeURIComponent(c.conversation_id)}`, c.title || c.conversation_id),
-        h("span", { class: "muted" }, ` ${c.agent} · ${when(c.updated_at)}`, c.messages !== undefined ? ` · ${c.messages} messages` : ""),
+  const list = h("ul", { id: "conversations", class: "list" });
+  const showList = (items) => {
+    fill(
+      list,
+      items.map((c) =>
+        h(
+          "li",
+          { class: c.conversation_id === args[0] ? "selected" : "" },
+          link(`chat/${encodeURIComponent(c.conversation_id)}`, c.title || c.conversation_id),
+          h("span", { class: "muted" }, ` ${c.agent} · ${when(c.updated_at)}`, c.messages !== undefined ? ` · ${c.messages} messages` : ""),
+        ),
       ),
-    ),
-  );
-  if (!listed.length) list.append(h("li", { class: "muted" }, "No conversations yet."));
+    );
+    if (!items.length) list.append(h("li", { class: "muted" }, "No conversations yet."));
+  };
+  showList(listed);
   const pane = h("section", { id: "conversation", class: "pane" });
   fill(
     view,
     h("div", { class: "split" }, h("aside", {}, h("h2", {}, "Conversations"), newConversation(agents), list), pane),
   );
-  if (args[0]) await conversation(pane, args[0], signal);
+  const refreshList = async () => showList(await conversations(signal));
+  if (args[0]) await conversation(pane, args[0], signal, refreshList);
   else fill(pane, h("p", { class: "muted" }, "Pick a conversation, or start one."));
 }
 
@@ -89,7 +93,7 @@ function newConversation(agents) {
   return form;
 }
 
-async function conversation(pane, id, signal) {
+async function conversation(pane, id, signal, refreshList) {
   const [conv, page] = await Promise.all([
     get(`/v1/conversations/${encodeURIComponent(id)}`, { signal }),
     get(`/v1/conversations/${encodeURIComponent(id)}/messages`, { signal }),
@@ -118,6 +122,7 @@ async function conversation(pane, id, signal) {
     } finally {
       send.disabled = false;
     }
+    refreshList().catch(() => {}); // its message count and time
   });
   const cont = h("button", { type: "button", id: "continue" }, "Continue in a new conversation");
   cont.addEventListener("click", async () => {
