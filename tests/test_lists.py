@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -35,16 +36,21 @@ async def _all_pages(client: httpx.AsyncClient, path: str, items: str, **params:
         assert len(pages) < 50, "the cursor does not advance"
 
 
+def _at(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
+
+
 def _flat(pages: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [item for page in pages for item in page]
 
 
 def _failing_on_boom() -> FunctionModel:
-    """Answers "ok", or fails its run when the prompt says "boom"."""
+    """Answers "ok", or fails its run when the prompt says "boom" (at length: "long boom")."""
 
     def reply(messages: list[ModelMessage]) -> str:
-        if "boom" in prompts_of(messages)[-1]:
-            raise RuntimeError("the model fell over")
+        prompt = prompts_of(messages)[-1]
+        if "boom" in prompt:
+            raise RuntimeError("the model fell over" + " and over" * 15_000 * ("long" in prompt))
         return "ok"
 
     def whole(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -88,7 +94,7 @@ async def test_conversations_are_listed_latest_activity_first_in_pages_and_only_
     assert len(set(ids)) == len(ids) and not set(ids) & theirs
     top = listed[0]
     assert top["title"] == "chat 0" and top["messages"] == 2 and top["agent"] == "assistant"
-    assert top["updated_at"] > top["created_at"] and top["pattern"] == "chatbot"
+    assert _at(top["updated_at"]) > _at(top["created_at"]) and top["pattern"] == "chatbot"
     assert listed[1]["title"] is None and listed[1]["messages"] == 0
     assert set(top) >= {"conversation_id", "agent", "title", "created_at", "updated_at", "messages"}
     assert [c["conversation_id"] for c in sidekicks["conversations"]] == [sidekick]
@@ -123,11 +129,18 @@ async def test_runs_are_listed_newest_first_with_their_total_usage_filtered_and_
         of_a_task = (await one.get("/v1/runs", params={"task_id": "no-such-task"})).json()
         under = (await one.get("/v1/runs", params={"parent_run_id": run_ids[0]})).json()
         their_list = (await two.get("/v1/runs")).json()
+        # runs whose error text is 135 KB each: a page stops short of 512 KiB
+        third = (await one.post("/v1/conversations", json={})).json()["id"]
+        long_ones = []
+        for _ in range(4):
+            response = await one.post(f"/v1/conversations/{third}/messages", json={"message": "long boom"})
+            long_ones.append(response.json()["error"]["details"]["run_id"])
+        failed_pages = await _all_pages(one, "/v1/runs", "runs", status="failed", limit=5)
 
     listed = _flat(pages)
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [r["id"] for r in listed] == list(reversed(run_ids))
-    assert [r["created_at"] for r in listed] == sorted((r["created_at"] for r in listed), reverse=True)
+    assert [_at(r["created_at"]) for r in listed] == sorted((_at(r["created_at"]) for r in listed), reverse=True)
     # each is the view GET /v1/runs/{id} answers
     assert next(r for r in listed if r["id"] == run_ids[0]) == single
     assert single["total_usage"]["requests"] == 1 and single["conversation_id"] == first
@@ -138,6 +151,8 @@ async def test_runs_are_listed_newest_first_with_their_total_usage_filtered_and_
     assert len(by_agent["runs"]) == 5 and nobody == {"runs": [], "next_after": None}
     assert foreign["runs"] == [] and of_a_task["runs"] == [] and under["runs"] == []
     assert [r["id"] for r in their_list["runs"]] == [their_run]
+    assert [[r["id"] for r in page] for page in failed_pages] == [long_ones[:0:-1], [long_ones[0], run_ids[3]]]
+    assert len(failed_pages[0][0]["error"]) > 135_000
 
 
 async def test_a_bad_list_query_is_a_422_and_reaches_no_actor(start_platform: Start) -> None:
@@ -170,7 +185,9 @@ async def test_a_bad_list_query_is_a_422_and_reaches_no_actor(start_platform: St
             await client.post("/v1/conversations", json={})
         page = (await client.get("/v1/conversations", params={"limit": 2})).json()
         rest = await client.get("/v1/conversations", params={"limit": 2, "after": page["next_after"]})
+        first = await client.get("/v1/conversations", params={"limit": 2, "after": ""})  # empty: the first page
     assert rest.status_code == 200 and len(rest.json()["conversations"]) == 1
+    assert first.json() == page
 
 
 class Researchers:
@@ -189,7 +206,7 @@ class Researchers:
             args = json.dumps({"sub_questions": [{"question": "What is it?", "why": "to know"}]})
             yield {0: DeltaToolCall(name=info.output_tools[0].name, json_args=args, tool_call_id="plan")}
         elif "You write a research report" in instructions:
-            yield "# Report\n\nIt is what it is."
+            yield "# Report\n\n" + ("It is long. " * 12_000 if "long" in prompt else "It is what it is.")
         else:
             yield "It is a thing."
 
@@ -228,8 +245,10 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
         running = (await one.get("/v1/research", params={"status": "planning"})).json()
         assert (await one.post(f"/v1/research/{held}/cancel")).status_code == 202
         cancelled = await _ended(one, held)
-        theirs = (await two.post("/v1/research", json={**spec, "question": "their question"})).json()["id"]
-        await _ended(two, theirs)
+        theirs = []
+        for question in ("their question", "a long one", "another long one"):  # reports of 144 KB
+            theirs.append((await two.post("/v1/research", json={**spec, "question": question})).json()["id"])
+            await _ended(two, theirs[-1])
         # a delegated task's run names the task
         task = (await one.post("/v1/tasks", json={"task_type": "delegation", "prompt": "do it"})).json()
 
@@ -243,11 +262,12 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
         single = (await one.get(f"/v1/research/{jobs[0]}")).json()
         completed = _flat(await _all_pages(one, "/v1/research", "jobs", status="completed", limit=2))
         only_cancelled = (await one.get("/v1/research", params={"status": "cancelled"})).json()
-        their_list = (await two.get("/v1/research")).json()
+        their_pages = await _all_pages(two, "/v1/research", "jobs", limit=3)
         sub_runs = _flat(await _all_pages(one, "/v1/runs", "runs", parent_run_id=jobs[1], limit=2))
         writers = (await one.get("/v1/runs", params={"agent": "research-writer"})).json()
         task_runs = (await one.get("/v1/runs", params={"task_id": task["id"]})).json()
         foreign_sub_runs = (await two.get("/v1/runs", params={"parent_run_id": jobs[1]})).json()
+        task_conversations = (await one.get("/v1/conversations", params={"pattern": "task"})).json()
 
     assert [len(p) for p in pages] == [2, 2]
     assert [j["id"] for j in _flat(pages)] == [held, *reversed(jobs)]
@@ -257,10 +277,15 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
     assert cancelled["status"] == "cancelled"
     assert [j["id"] for j in completed] == list(reversed(jobs))
     assert [j["id"] for j in only_cancelled["jobs"]] == [held]
-    assert [j["id"] for j in their_list["jobs"]] == [theirs]
+    # a page stops short once its jobs hold 512 KiB (each long job's report is in it twice: as the writer's output)
+    assert [[j["id"] for j in page] for page in their_pages] == [[theirs[2]], [theirs[1], theirs[0]]]
+    assert len(their_pages[0][0]["report"]) > 140_000
     assert {r["id"] for r in sub_runs} == {f"{jobs[1]}-plan", f"{jobs[1]}-q1-1", f"{jobs[1]}-report"}
     assert all(r["parent_run_id"] == jobs[1] for r in sub_runs)
     assert [r["id"] for r in writers["runs"]] == [f"{j}-report" for j in reversed(jobs)]
     (task_run,) = task_runs["runs"]
     assert task_run["task_id"] == task["id"] and task_run["total_usage"]["requests"] == 1
     assert foreign_sub_runs["runs"] == []
+    (task_conversation,) = task_conversations["conversations"]  # a task run's own conversation
+    assert task_conversation["conversation_id"] == task["last_runs"][0]["id"] == task_run["conversation_id"]
+    assert task_conversation["messages"] == 2
