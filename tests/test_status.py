@@ -37,7 +37,8 @@ async def test_status_shows_every_replica_the_backlogs_and_the_tenants_dead_lett
         await platform.bus.js.publish(subject, b"not a turn", headers=Trace(tenant="t1").headers())
 
         async def dead_letter_counted() -> bool:
-            return (await _status(client))["dead_letters"] == {"conversation": 1}
+            counts: dict[str, int] = (await _status(client))["dead_letters"]
+            return counts == {"conversation": 1}
 
         await wait_until(dead_letter_counted, timeout=20, what="t1's dead letter in the status")
         status = await _status(client)
