@@ -53,6 +53,7 @@ from schemas.conversation import (
 )
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunEnd, RunFailed, RunFinished, RunRequest, RunView
+from schemas.stats import ConversationCount, CountConversations
 
 __all__ = ["ConversationActor"]
 
@@ -116,6 +117,7 @@ class ConversationActor(Actor):
             Endpoint("context", SetContext, self._context),
             Endpoint("continue", ContinueConversation, self._continue),
             Endpoint("history", GetHistory, self._history),
+            Endpoint("count", CountConversations, self._count),
         )
 
     async def on_start(self) -> None:
@@ -361,6 +363,10 @@ class ConversationActor(Actor):
     async def _get(self, query: GetConversation, trace: Trace) -> Message:
         async with self.pool.acquire() as conn:
             return ConversationView(conversation=await self._found(conn, query.conversation_id, trace.tenant))
+
+    async def _count(self, _: CountConversations, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            return ConversationCount(total=await store.count(conn, trace.tenant))
 
     async def _messages(self, query: ListMessages, trace: Trace) -> Message:
         async with self.pool.acquire() as conn:
