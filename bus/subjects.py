@@ -53,11 +53,13 @@ __all__ = [
     "executor_plain_commands",
     "executor_subrun_command",
     "inbox_prefix",
+    "instance_health",
     "js_api",
     "js_consumer_api",
     "js_stream_api",
     "js_stream_reads",
     "kv_writes",
+    "micro_ping",
     "notifier_command",
     "notifier_commands",
     "notifier_event",
@@ -85,6 +87,7 @@ __all__ = [
     "service",
     "services",
     "tenant_commands",
+    "tenant_event_kinds",
     "tenant_events",
     "tenant_inbox_prefix",
     "tenant_run_outputs",
@@ -325,6 +328,17 @@ def service(actor: ActorName, verb: str) -> str:
     return _join(actor.value, "svc", token(verb))
 
 
+def instance_health(actor: ActorName, instance_id: str) -> str:
+    """One replica's own health endpoint (`instance_id`: its micro service id, as PING answers it), beside the
+    shared `health` that any one replica answers."""
+    return _join(actor.value, "svc", "health", token(instance_id))
+
+
+def micro_ping(service_name: str) -> str:
+    """What every replica of a NATS micro service answers (its id, name, version, metadata)."""
+    return f"$SRV.PING.{token(service_name)}"
+
+
 def services(actor: ActorName) -> str:
     """Every service endpoint of `actor` (a subscription pattern)."""
     return _join(actor.value, "svc", ">")
@@ -338,6 +352,13 @@ def tenant_commands(actor: ActorName, tenant: str) -> str:
 def tenant_events(tenant: str) -> str:
     """Every event of one tenant, whatever the actor (what a tenant's own NATS user may read)."""
     return _join("*", "evt", token(tenant), ">")
+
+
+def tenant_event_kinds(tenant: str, area: str, kind: str) -> str:
+    """One tenant's events of `area` (an actor, or `*`) and `kind` (or `*`), whatever the entity: a filter of
+    the tenant's event feed (`executor`, `finished`: every run's end)."""
+    parts = (token(area) if area != "*" else "*", "evt", token(tenant), "*", token(kind) if kind != "*" else "*")
+    return _join(*parts)
 
 
 def consumer_next(stream: str, durable: str) -> str:

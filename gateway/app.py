@@ -25,8 +25,10 @@ from gateway.auth import authorize
 from gateway.caller import provide_caller
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
+from gateway.dead_letters import DeadLetterController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
+from gateway.events import event_socket, read_events
 from gateway.health import health
 from gateway.keys import KeyController, create_ws_token
 from gateway.notifications import NotificationController
@@ -38,6 +40,8 @@ from gateway.revocation import CloseOnRevoke
 from gateway.runs import RunController
 from gateway.screening import screen_request
 from gateway.state import Gateway
+from gateway.stats import read_stats
+from gateway.status import read_status
 from gateway.tasks import TaskController, TaskRunController, webhook
 from gateway.tools import call_tool, list_tools
 from gateway.usage import read_usage
@@ -122,6 +126,9 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             DocumentController,
             ResearchController,
             NotificationController,
+            read_events,
+            event_socket,
+            DeadLetterController,
             KeyController,
             create_ws_token,
             read_audit,
@@ -130,6 +137,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             read_usage,
             list_tools,
             call_tool,
+            read_status,
+            read_stats,
             health,
         ],
         before_request=_before_request,
