@@ -185,7 +185,9 @@ async def test_a_bad_list_query_is_a_422_and_reaches_no_actor(start_platform: St
             await client.post("/v1/conversations", json={})
         page = (await client.get("/v1/conversations", params={"limit": 2})).json()
         rest = await client.get("/v1/conversations", params={"limit": 2, "after": page["next_after"]})
+        first = await client.get("/v1/conversations", params={"limit": 2, "after": ""})  # empty: the first page
     assert rest.status_code == 200 and len(rest.json()["conversations"]) == 1
+    assert first.json() == page
 
 
 class Researchers:
