@@ -351,6 +351,10 @@ async def test_tasks_runs_overview_and_dead_letters(
     # the overview: health, backlog, charts of runs, tokens and cost by day and by agent
     await c.open("overview", "overview")
     assert await page.locator("#charts svg").count() == 6
+    actors = await page.locator("#actors").text_content() or ""
+    assert all(name in actors for name in ("conversation", "executor", "scheduler", "notifier", "research"))
+    assert "conversation-cmd" in (await page.locator("#consumers").text_content() or "")  # its backlog
+    assert "Conversations" in (await page.locator("#stats").text_content() or "")
     assert await page.locator("#charts svg rect.bar").count() >= 2
     async with platform.client() as http:  # an event arrives on the live feed as it happens
         scheduled = (await http.get("/v1/tasks", params={"task_type": "scheduled"})).json()["tasks"][0]["id"]

@@ -3,7 +3,7 @@
 
 import { get } from "../api.js";
 import { bars } from "../chart.js";
-import { fill, h, link, status, table, usd, when } from "../dom.js";
+import { fill, h, link, pre, status, table, usd, when } from "../dom.js";
 import { every, live } from "../poll.js";
 
 const enc = encodeURIComponent;
@@ -37,6 +37,9 @@ export async function render(view, { signal }) {
         ["Awaiting ack", (c) => c.ack_pending],
         ["Redelivered", (c) => c.redelivered],
       ], { id: "consumers" }),
+      s.models && Object.keys(s.models).length
+        ? [h("h2", {}, "Models"), h("details", { id: "models" }, h("summary", {}, "The models' circuit breakers"), pre(s.models))]
+        : null,
       h("h2", {}, "Dead letters"),
       dlq.length
         ? table(dlq, [["Actor", ([name]) => link(`dlq/${enc(name)}`, name)], ["Depth", ([, n]) => n]], { id: "dlq-depth" })
@@ -56,8 +59,9 @@ export async function render(view, { signal }) {
           { class: "kpis", id: "stats" },
           kpi("Conversations", stats.conversations),
           kpi("Tasks", `${stats.tasks.enabled} / ${stats.tasks.total}`, "enabled / all"),
-          kpi("Runs", stats.runs.total, `${stats.runs.last_24h} in 24 h`),
-          kpi("Tokens", stats.tokens.total, `${stats.tokens.input} in · ${stats.tokens.output} out`),
+          kpi("Runs", stats.runs.total, `${stats.runs.last_24h} in 24 h · ${stats.rates.runs_per_hour_24h.toFixed(1)}/h`),
+          kpi("Runs by status", Object.entries(stats.runs.by_status).map(([k, n]) => `${k} ${n}`).join(" · ") || "—"),
+          kpi("Tokens", stats.tokens.total, `${stats.tokens.input} in · ${stats.tokens.output} out · ${Math.round(stats.rates.tokens_per_hour_24h)}/h`),
           kpi("Cost", usd(stats.cost_usd)),
         )
       : null,
