@@ -25,6 +25,7 @@ from gateway.console import report_html
 from schemas.conversation import PostMessage
 from schemas.research import Citation
 from tests.conftest import Platform
+from tests.models import prompts_of
 from tests.test_dead_letters import _dead_letter
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,6 +61,9 @@ async def _slow(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[
     if not (isinstance(last, ModelRequest) and any(isinstance(p, ToolReturnPart) for p in last.parts)):
         yield {0: DeltaToolCall(name="current_time", json_args="{}", tool_call_id="clock")}
         return
+    if "wait forever" in prompts_of(messages)[-1]:  # until cancelled
+        yield "waiting "
+        await asyncio.sleep(120)
     for word in WORDS:
         await asyncio.sleep(0.08)  # about 2 s a reply: slow enough to see several tokens arrive
         yield word
@@ -226,6 +230,17 @@ async def test_sign_in_and_chat_streams_tokens(
     await wait_until_true(lambda: "#/chat/" in page.url and not page.url.endswith(conversation_id), "continue")
     await page.wait_for_selector("main[data-ready='chat'] #send-box")
     assert conversation_id in (await page.locator("#conversation .heading").text_content() or "")
+
+    # a run is cancelled from its page while it streams
+    await page.fill("#message", "wait forever")
+    await page.click("#send")
+    await text_when(page.locator("#reply"), lambda t: "waiting" in t)
+    await page.locator(".message.live .meta a", has_text="run").click()
+    await page.wait_for_selector("main[data-ready='runs'] #cancel-run")
+    await text_when(page.locator("#run-events"), lambda t: "delta" in t)
+    await page.click("#cancel-run")
+    await text_when(page.locator("#run-events"), lambda t: "cancelled" in t)
+    await text_when(page.locator("#run-summary"), lambda t: "cancelled" in t)
 
     # another tenant's key sees none of it
     other = await platform.key_for("t2")

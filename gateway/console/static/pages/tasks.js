@@ -54,7 +54,14 @@ function createForm(agents) {
     ["delegation", "scheduled", "triggered"].map((t) => h("option", { value: t }, t)),
   );
   const prompt = h("textarea", { name: "prompt", id: "task-prompt", rows: 3, required: true });
-  const agent = h("select", { name: "agent", id: "task-agent" }, agents.agents.map((a) => h("option", { value: a }, a)));
+  const agent = h(
+    "select",
+    { name: "agent", id: "task-agent" },
+    h("optgroup", { label: "agents" }, agents.agents.map((a) => h("option", { value: a }, a))),
+    agents.pipelines.length
+      ? h("optgroup", { label: "pipelines" }, agents.pipelines.map((p) => h("option", { value: `pipeline:${p}` }, p)))
+      : null,
+  );
   const timing = h(
     "select",
     { id: "task-timing" },
@@ -93,7 +100,7 @@ function createForm(agents) {
     h("h2", {}, "New task"),
     field("type ", type),
     field("prompt ", prompt),
-    field("agent ", agent),
+    field("agent or pipeline ", agent),
     scheduled,
     triggered,
     h(
@@ -113,7 +120,9 @@ function createForm(agents) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.textContent = "";
-    const body = { task_type: type.value, prompt: prompt.value, agent: agent.value, thread: thread.checked };
+    const body = { task_type: type.value, prompt: prompt.value, thread: thread.checked };
+    if (agent.value.startsWith("pipeline:")) body.pipeline = agent.value.slice("pipeline:".length);
+    else body.agent = agent.value;
     if (type.value === "scheduled") {
       body.timezone = tz.value || "UTC";
       if (timing.value === "cron") body.schedule_expression = cron.value;
