@@ -417,6 +417,11 @@ async def test_research_job_progress_and_report(
     await c.shot("document")
     await c.open("research", "research")
     assert job_id in (await page.locator("#jobs").inner_html())
+    # the job as a run tree: its sub-runs under it, each linked
+    await c.open(f"runs/{job_id}", "runs")
+    tree = await page.locator("#run-tree").text_content() or ""
+    assert "research job" in tree and f"{job_id}-plan" in tree and f"{job_id}-report" in tree
+    await c.shot("run-tree")
 
 
 def test_a_report_is_rendered_without_its_html_and_with_its_citations_as_links() -> None:
