@@ -8,24 +8,15 @@ const enc = encodeURIComponent;
 
 export async function render(view, { args, signal }) {
   const actor = args[0] || "";
-  const [page, state] = await Promise.all([
-    get(`/v1/dead-letters?limit=200${actor ? `&actor=${enc(actor)}` : ""}`, { signal }),
-    get("/v1/status", { signal }).catch(() => null),
-  ]);
-  let counts = state?.dead_letters;
-  if (!counts) {
-    // no GET /v1/status here: count them from the list (the newest 200)
-    const all = actor ? (await get("/v1/dead-letters?limit=200", { signal })).dead_letters : page.dead_letters;
-    counts = {};
-    for (const d of all) counts[d.actor] = (counts[d.actor] || 0) + 1;
-  }
+  const page = await get(`/v1/dead-letters?limit=200${actor ? `&actor=${enc(actor)}` : ""}`, { signal });
   const note = h("p", { id: "dlq-note", role: "status", class: "muted" });
-  const actors = h(
-    "p",
-    { id: "dlq-actors", class: "row" },
-    link("dlq", "all", { class: actor ? "" : "active" }),
-    Object.entries(counts).map(([name, n]) => link(`dlq/${enc(name)}`, `${name} (${n})`, { class: name === actor ? "active" : "" })),
-  );
+  const actors = h("p", { id: "dlq-actors", class: "row" }, link("dlq", "all", { class: actor ? "" : "active" }));
+  // the counts per actor come from GET /v1/status (it asks every replica: slower), filled in when they arrive
+  counts(page, actor, signal).then((found) => {
+    for (const [name, n] of Object.entries(found)) {
+      actors.append(link(`dlq/${enc(name)}`, `${name} (${n})`, { class: name === actor ? "active" : "" }));
+    }
+  }, () => {});
   const letters = page.dead_letters;
   fill(
     view,
@@ -36,6 +27,16 @@ export async function render(view, { args, signal }) {
       ? h("div", { id: "dead-letters" }, letters.map((d) => letter(d, note)))
       : h("p", { class: "muted", id: "dead-letters" }, "No dead letters."),
   );
+}
+
+async function counts(page, actor, signal) {
+  const state = await get("/v1/status", { signal }).catch(() => null);
+  if (state?.dead_letters) return state.dead_letters;
+  // no GET /v1/status here: count them from the list (the newest 200)
+  const all = actor ? (await get("/v1/dead-letters?limit=200", { signal })).dead_letters : page.dead_letters;
+  const found = {};
+  for (const d of all) found[d.actor] = (found[d.actor] || 0) + 1;
+  return found;
 }
 
 function letter(d, note) {

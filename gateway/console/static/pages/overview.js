@@ -10,13 +10,13 @@ const enc = encodeURIComponent;
 
 export async function render(view, { signal }) {
   const since = new Date(Date.now() - 13 * 86_400_000).toISOString().slice(0, 10); // the last 14 days
-  const [state, stats, byDay, byAgent] = await Promise.all([
-    platformState(signal),
+  const state = platformState(signal); // it asks every replica (about half a second): shown when it answers
+  const [stats, byDay, byAgent] = await Promise.all([
     get("/v1/stats", { signal }).catch(() => null),
     get(`/v1/usage?group_by=day&from=${since}`, { signal }),
     get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
   ]);
-  const health = h("section", { id: "health" });
+  const health = h("section", { id: "health" }, h("h2", {}, "Actors"), h("p", { class: "muted" }, "Asking every replica…"));
   const showHealth = (s) => {
     if (s.error) return fill(health, h("p", { class: "error" }, `Status unavailable: ${s.error.message}`));
     const actors = Object.entries(s.actors || {});
@@ -72,7 +72,7 @@ export async function render(view, { signal }) {
     h("p", { class: "muted" }, "The tenant's task, run, research and delivery events as they happen (GET /v1/events)."),
     feed,
   );
-  showHealth(state);
+  state.then(showHealth);
   every(5000, signal, async () => showHealth(await platformState(signal)));
   const reload = async () => {
     const [day, agent] = await Promise.all([
