@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
@@ -44,9 +45,6 @@ ARTIFACTS = Path(os.environ.get("AGENTBUS_ARTIFACTS") or ROOT / ".agentbus" / "a
 WORDS = [f"tok{i} " for i in range(24)]
 
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install it)")
-
-if CHROMIUM.exists():
-    from playwright.async_api import Browser, Page, async_playwright
 
 
 def _whole(messages: list[ModelMessage], info: AgentInfo) -> Any:
