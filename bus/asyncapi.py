@@ -27,6 +27,7 @@ import itertools
 import json
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -137,35 +138,47 @@ def _patterns(samples: Sequence[str]) -> dict[str, list[str]]:
     """The wildcard builders of bus/subjects.py with a pattern that matches subjects of the channel."""
     out = {}
     for name, patterns in pattern_builders().items():
-        if matching := [p for p in patterns if any(subjects.pattern_matches(p, s) for s in samples)]:
-            out[name] = matching
+        if shown := [p.shown for p in patterns if any(subjects.pattern_matches(p.sample, s) for s in samples)]:
+            out[name] = shown
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    sample: str  # built with a sample token per string argument: what real subjects are matched against
+    shown: str  # with `{argument}` in place of each
+
+
 @functools.cache
-def pattern_builders() -> dict[str, tuple[str, ...]]:
-    """`bus/subjects.py`'s subscription and permission patterns under `ab.`, built with a sample token for
-    each string argument and every value of an enum one."""
+def pattern_builders() -> dict[str, tuple[_Pattern, ...]]:
+    """`bus/subjects.py`'s subscription and permission patterns under `ab.`, built for every value of each
+    enum argument."""
     out = {}
     for name in subjects.__all__:
         builder = getattr(subjects, name)
         if not inspect.isfunction(builder) or typing.get_type_hints(builder).get("return") is not str:
             continue
-        choices = [_sample_arguments(builder, p) for p in _parameters(builder)]
+        if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(builder).parameters.values()):
+            continue  # js_api(*tokens): not under ab.
+        hints = typing.get_type_hints(builder)
+        parameters = _parameters(builder)
+        enums = [p for p in parameters if isinstance(hints.get(p), type) and issubclass(hints[p], enum.Enum)]
+        built = []
         try:
-            built = tuple(dict.fromkeys(builder(*args) for args in itertools.product(*choices)))
-        except (subjects.InvalidToken, TypeError, AttributeError):
+            for values in itertools.product(*(list(hints[p]) for p in enums)):
+                chosen = dict(zip(enums, values, strict=True))
+                sample = builder(**{p: chosen.get(p, ADDRESS_SAMPLE) for p in parameters})
+                shown = builder(**{p: chosen.get(p, f"zz{p}zz") for p in parameters})
+                for p in parameters:
+                    shown = shown.replace(f"zz{p}zz", "{" + p + "}")
+                built.append(_Pattern(sample, shown))
+        except subjects.InvalidToken:  # takes a subject, not tokens
             continue
-        if all(s.startswith(f"{subjects.PREFIX}.") and ("*" in s or ">" in s) for s in built):
-            out[name] = built
+        if built and all(
+            p.sample.startswith(f"{subjects.PREFIX}.") and ("*" in p.sample or ">" in p.sample) for p in built
+        ):
+            out[name] = tuple(dict.fromkeys(built))
     return out
-
-
-def _sample_arguments(builder: Callable[..., str], name: str) -> list[Any]:
-    kind = typing.get_type_hints(builder).get(name)
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return list(kind)
-    return [ADDRESS_SAMPLE]
 
 
 # --- schemas -------------------------------------------------------------------------------------

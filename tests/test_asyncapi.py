@@ -9,6 +9,7 @@ and what a real chat turn puts on the bus is what the document says, down to pay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import enum
 import importlib
@@ -17,7 +18,7 @@ import itertools
 import json
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from bus.permissions import ACCESS, permissions
 from bus.streams import ALL_STREAMS
 from schemas._base import Message
 from schemas.health import HealthCheck
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 
 Start = Callable[..., Awaitable[Platform]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,13 +286,9 @@ def _validate(document: dict[str, Any], ref: str, instance: Any) -> None:
     jsonschema.Draft202012Validator(schema).validate(instance)
 
 
-async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, document: dict[str, Any]) -> None:
-    platform = await start_platform(TestModel(custom_output_text="hello there", call_tools=[]))
-    async with httpx.AsyncClient(base_url=platform.url) as anonymous:  # no API key, like /schema
-        response = await anonymous.get("/asyncapi.json")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
-    assert response.json() == json.loads(asyncapi.render())
-
+@contextlib.asynccontextmanager
+async def _watching(platform: Platform) -> AsyncIterator[list[Msg]]:
+    """Every message published under `ab.` meanwhile (requests too; replies go to inboxes)."""
     seen: list[Msg] = []
 
     async def keep(msg: Msg) -> None:
@@ -299,20 +296,19 @@ async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, docume
 
     subscription = await platform.bus.nc.subscribe("ab.>", cb=keep)
     try:
-        async with platform.client() as client:
-            conversation = (await client.post("/v1/conversations", json={})).json()["id"]
-            for stream in (False, True):
-                answer = await client.post(
-                    f"/v1/conversations/{conversation}/messages", json={"message": "Hi", "stream": stream}
-                )
-                assert answer.status_code == 200, answer.text
+        yield seen
         await asyncio.sleep(0.5)  # the last events reach this subscriber too
     finally:
         await subscription.unsubscribe()
 
+
+def _channels_of(document: dict[str, Any], seen: list[Msg]) -> set[str]:
+    """The channels `seen` went on; each message on a channel of the document that carries its type,
+    its payload and headers valid against the document's schemas."""
     channels = {name: (_channel_pattern(c), c) for name, c in document["channels"].items() if c["address"]}
     messages = document["components"]["messages"]
     used = set()
+    assert seen
     for msg in seen:
         matched = [name for name, (pattern, _) in channels.items() if pattern.match(msg.subject)]
         assert matched, f"{msg.subject} is on no channel of the document"
@@ -323,5 +319,47 @@ async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, docume
         _validate(document, messages[names[0]]["payload"]["$ref"], body)
         _validate(document, messages[names[0]]["headers"]["$ref"], dict(msg.headers or {}))
         used |= set(matched)
+    return used
+
+
+async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, document: dict[str, Any]) -> None:
+    platform = await start_platform(TestModel(custom_output_text="hello there", call_tools=[]))
+    async with httpx.AsyncClient(base_url=platform.url) as anonymous:  # no API key, like /schema
+        response = await anonymous.get("/asyncapi.json")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    assert response.json() == json.loads(asyncapi.render())
+
+    async with _watching(platform) as seen, platform.client() as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        for stream in (False, True):
+            answer = await client.post(
+                f"/v1/conversations/{conversation}/messages", json={"message": "Hi", "stream": stream}
+            )
+            assert answer.status_code == 200, answer.text
+    used = _channels_of(document, seen)
     assert {"conversation.command", "executor.command", "run.output", "executor.finished"} <= used
     assert {"conversation.turn", "conversation.svc.create"} <= used
+
+
+async def test_true_to_a_delegated_task_and_its_notification(start_platform: Start, document: dict[str, Any]) -> None:
+    actors = ("conversation", "executor", "scheduler", "trigger", "notifier")  # what /health asks
+    done = TestModel(custom_output_text="done", call_tools=[])
+    platform = await start_platform(done, background=True, research=False, actors=actors)
+    async with _watching(platform) as seen, platform.client() as client:
+        body = {"task_type": "delegation", "prompt": "do it", "notification_config": {"channels": ["in_app"]}}
+        response = await client.post("/v1/tasks", json=body)
+        assert response.status_code == 202, response.text
+
+        async def notified() -> bool:
+            return bool((await client.get("/v1/notifications")).json()["notifications"])
+
+        await wait_until(notified, timeout=30, what="the task's in-app notification")
+        assert (await client.get("/health")).status_code == 200
+
+        async def delivered() -> bool:
+            return any(m.subject.endswith(".delivered") for m in seen)
+
+        await wait_until(delivered, timeout=30, what="the delivery's end")
+    used = _channels_of(document, seen)
+    assert {"scheduler.svc.create", "scheduler.changed", "scheduler.run_finished", "executor.finished"} <= used
+    assert {"notifier.command", "notifier.in_app", "notifier.delivery_finished", "notifier.svc.health"} <= used
