@@ -288,38 +288,59 @@ def _validate(document: dict[str, Any], ref: str, instance: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def _watching(platform: Platform) -> AsyncIterator[list[Msg]]:
-    """Every message published under `ab.` meanwhile (requests too; replies go to inboxes)."""
+    """Every message published under `ab.` meanwhile (service requests too), and the replies to those
+    requests (on the requesters' inboxes), in the order the server sent them."""
     seen: list[Msg] = []
 
     async def keep(msg: Msg) -> None:
         seen.append(msg)
 
-    subscription = await platform.bus.nc.subscribe("ab.>", cb=keep)
+    subscriptions = [await platform.bus.nc.subscribe(p, cb=keep) for p in ("ab.>", "_INBOX.>")]
     try:
         yield seen
         await asyncio.sleep(0.5)  # the last events reach this subscriber too
     finally:
-        await subscription.unsubscribe()
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
 
 
 def _channels_of(document: dict[str, Any], seen: list[Msg]) -> set[str]:
-    """The channels `seen` went on; each message on a channel of the document that carries its type,
-    its payload and headers valid against the document's schemas."""
+    """The channels `seen` went on. Each message must be on a channel of the document that carries its
+    type, with payload and headers valid against the document's schemas; each reply to a service request
+    one of the replies the endpoint's operation names."""
     channels = {name: (_channel_pattern(c), c) for name, c in document["channels"].items() if c["address"]}
     messages = document["components"]["messages"]
-    used = set()
-    assert seen
+    replies = {
+        op["channel"]["$ref"].rsplit("/", 1)[1]: {r["$ref"].rsplit("/", 1)[1] for r in op["reply"]["messages"]}
+        for op in document["operations"].values()
+        if op["action"] == "receive" and "reply" in op
+    }
+    asked: dict[str, str] = {}  # a request's reply subject -> its service channel
+    used, answered = set(), set()
     for msg in seen:
+        if msg.subject.startswith("_INBOX."):
+            continue
+        body = json.loads(msg.data)
         matched = [name for name, (pattern, _) in channels.items() if pattern.match(msg.subject)]
         assert matched, f"{msg.subject} is on no channel of the document"
-        body = json.loads(msg.data)
         carried = {ref["$ref"].rsplit("/", 1)[1] for name in matched for ref in channels[name][1]["messages"].values()}
         names = [n for n in carried if messages[n]["name"] == body["type"]]
         assert names, f"{body['type']} on {msg.subject}: the document says {sorted(carried)}"
         _validate(document, messages[names[0]]["payload"]["$ref"], body)
         _validate(document, messages[names[0]]["headers"]["$ref"], dict(msg.headers or {}))
         used |= set(matched)
-    return used
+        if msg.reply and matched[0] in replies:
+            asked[msg.reply] = matched[0]
+    for msg in seen:  # the replies (their own subscription: not ordered with the requests)
+        if (service := asked.get(msg.subject)) is None:
+            continue  # not an answer to a service request watched here (a JetStream API answer, ...)
+        body = json.loads(msg.data)
+        names = [n for n in replies[service] if messages[n]["name"] == body.get("type")]
+        assert names, f"{body.get('type')} answering {service}: the document says {sorted(replies[service])}"
+        _validate(document, messages[names[0]]["payload"]["$ref"], body)
+        answered.add(service)
+    assert used and answered
+    return used | {f"{service} answered" for service in answered}
 
 
 async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, document: dict[str, Any]) -> None:
@@ -338,7 +359,7 @@ async def test_served_and_true_to_a_real_chat_turn(start_platform: Start, docume
             assert answer.status_code == 200, answer.text
     used = _channels_of(document, seen)
     assert {"conversation.command", "executor.command", "run.output", "executor.finished"} <= used
-    assert {"conversation.turn", "conversation.svc.create"} <= used
+    assert {"conversation.turn", "conversation.svc.create", "conversation.svc.create answered"} <= used
 
 
 async def test_true_to_a_delegated_task_and_its_notification(start_platform: Start, document: dict[str, Any]) -> None:
@@ -363,3 +384,4 @@ async def test_true_to_a_delegated_task_and_its_notification(start_platform: Sta
     used = _channels_of(document, seen)
     assert {"scheduler.svc.create", "scheduler.changed", "scheduler.run_finished", "executor.finished"} <= used
     assert {"notifier.command", "notifier.in_app", "notifier.delivery_finished", "notifier.svc.health"} <= used
+    assert {"scheduler.svc.create answered", "notifier.svc.health answered"} <= used
