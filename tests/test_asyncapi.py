@@ -41,7 +41,7 @@ from actors.scheduler.actor import SchedulerActor
 from actors.scheduler.config import SchedulerConfig
 from actors.trigger.actor import TriggerActor
 from actors.trigger.config import TriggerActorConfig
-from bus import asyncapi, catalog, subjects
+from bus import asyncapi, catalog, cli, subjects
 from bus.actor import Actor, Consumer, Endpoint
 from bus.catalog import Reading, members
 from bus.config import BusConfig
@@ -102,8 +102,10 @@ def _resolve(document: dict[str, Any], ref: str) -> Any:
 # --- the document ------------------------------------------------------------------------------
 
 
-def test_the_checked_in_document_is_current() -> None:
+def test_the_checked_in_document_is_current(capsys: pytest.CaptureFixture[str]) -> None:
     assert CHECKED_IN.read_text() == asyncapi.render(), "docs/asyncapi.json is stale: run `make asyncapi`"
+    assert cli.main(["asyncapi"]) == 0
+    assert capsys.readouterr().out == asyncapi.render()
 
 
 def test_it_is_a_valid_asyncapi_3_document(document: dict[str, Any]) -> None:
