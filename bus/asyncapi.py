@@ -264,13 +264,19 @@ def _summary(kind: type) -> str:
     return " ".join((doc or "").split())
 
 
-def _messages(types_: Sequence[type[Message]], replies: set[type[Message]]) -> dict[str, Any]:
+def _messages(types_: Sequence[type[Message]], replies: set[type[Message]], channels: dict[str, Any]) -> dict[str, Any]:
+    carried_on: dict[str, list[str]] = {}
+    for name, channel in channels.items():
+        if name != INBOX:
+            for carried in channel["messages"]:
+                carried_on.setdefault(carried, []).append(name)
+    for endpoint in catalog.SERVICES:
+        carried_on.setdefault(endpoint.reply.__name__, []).append(f"{endpoint.actor.value}.svc.{endpoint.verb} (reply)")
     out: dict[str, Any] = {}
     for kind in types_:
         tag = kind.__struct_config__.tag
         message: dict[str, Any] = {"name": str(tag), "title": kind.__name__, "contentType": JSON}
-        if summary := _summary(kind):
-            message["summary"] = summary
+        message["summary"] = _summary(kind) or "On " + ", ".join(carried_on[kind.__name__]) + "."
         if kind not in replies:  # a reply is the micro service's response: it carries no headers
             message["headers"] = {"$ref": SCHEMAS + "BusHeaders"}
         message["payload"] = {"$ref": SCHEMAS + kind.__name__}
@@ -458,7 +464,7 @@ def document() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "schemas": {**_headers_schema(), **_schemas(types_)},
-            "messages": _messages(types_, replies),
+            "messages": _messages(types_, replies, channels),
         },
     }
 

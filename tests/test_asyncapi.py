@@ -298,6 +298,7 @@ async def _watching(platform: Platform) -> AsyncIterator[list[Msg]]:
         seen.append(msg)
 
     subscriptions = [await platform.bus.nc.subscribe(p, cb=keep) for p in ("ab.>", "_INBOX.>")]
+    await platform.bus.nc.flush()  # the server has the subscriptions before anything is published
     try:
         yield seen
         await asyncio.sleep(0.5)  # the last events reach this subscriber too
