@@ -239,6 +239,8 @@ def _schemas(types_: Sequence[type[Message]]) -> dict[str, Any]:
 
 def _headers_schema() -> dict[str, Any]:
     def header(h: Header) -> dict[str, Any]:
+        if h not in catalog.HEADERS:
+            raise KeyError(f"header {h.value} has no description: add it to HEADERS in bus/catalog.py")
         set_on, meaning = catalog.HEADERS[h]
         return {"type": "string", "description": f"{meaning} (set on: {set_on})"}
 
@@ -305,6 +307,8 @@ def _channel_parameters(channel: Channel) -> dict[str, Any]:
     for name in _parameters(channel.builder):
         if name in channel.fixed:
             continue
+        if name not in catalog.PARAMETERS:
+            raise KeyError(f"subject parameter {name!r} has no description: add it to PARAMETERS in bus/catalog.py")
         parameter: dict[str, Any] = {"description": catalog.PARAMETERS[name]}
         if name in channel.values:
             parameter["enum"] = list(channel.values[name])
@@ -335,7 +339,7 @@ def _catalog_channel(channel: Channel) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if parameters := _channel_parameters(channel):
         body["parameters"] = parameters
-    body["x-agentbus-kind"] = channel.kind
+    body["x-agentbus-kind"] = channel.kind.value
     body["x-agentbus-builder"] = channel.builder.__name__
     body["x-agentbus-patterns"] = _patterns(samples)
     if (stream := _stream(samples)) is not None:
@@ -362,7 +366,7 @@ def _catalog_channel(channel: Channel) -> tuple[dict[str, Any], dict[str, Any]]:
             "summary": f"{reader.role.value} receives {channel.name}" + (f": {reader.why}" if reader.why else ""),
             "messages": messages,
             "x-agentbus-actor": reader.role.value,
-            "x-agentbus-reading": reader.reading,
+            "x-agentbus-reading": reader.reading.value,
         }
         if reader.durable is not None:
             receive["x-agentbus-durable"] = reader.durable

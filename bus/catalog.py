@@ -10,6 +10,7 @@ of `schemas/`.
 
 from __future__ import annotations
 
+import enum
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ A = ActorName
 R = Role
 
 
-class Kind:
+class Kind(enum.StrEnum):
     """What a channel is, in the layout of docs/bus.md."""
 
     COMMAND = "command"  # JetStream work queue, one durable consumer per actor
@@ -134,7 +135,7 @@ class Kind:
     DEAD_LETTER = "dead_letter"
 
 
-class Reading:
+class Reading(enum.StrEnum):
     """How a reader gets a channel's messages."""
 
     DURABLE = "durable"  # a durable pull consumer shared by the actor's replicas (`Consumer` in routes())
@@ -146,7 +147,7 @@ class Reading:
 @dataclass(frozen=True, slots=True)
 class Reader:
     role: Role
-    reading: str  # a Reading
+    reading: Reading
     durable: str | None = None  # the durable consumer, for Reading.DURABLE
     why: str = ""
 
@@ -157,7 +158,7 @@ class Channel:
 
     name: str  # the AsyncAPI channel id
     builder: Callable[..., str]
-    kind: str
+    kind: Kind
     messages: tuple[type[Message], ...]
     summary: str
     readers: tuple[Reader, ...] = ()
