@@ -40,7 +40,7 @@ from bus.permissions import permissions, tenant_permissions
 from bus.streams import ALL_STREAMS
 from schemas._base import Message
 
-__all__ = ["ADDRESS_SAMPLE", "document", "message_types", "render", "sample_subjects"]
+__all__ = ["address", "document", "message_types", "pattern_builders", "render", "sample_subjects"]
 
 VERSION = "0.1.0"
 SCHEMAS = "#/components/schemas/"
@@ -66,10 +66,6 @@ class _Placeholder:
         self.value = f"zz{name}zz"
 
 
-def _call(builder: Callable[..., str], args: dict[str, Any]) -> str:
-    return builder(**args)
-
-
 def address(channel: Channel) -> str:
     """The channel's address: the builder's subject with `{name}` for each argument not fixed."""
     hints = typing.get_type_hints(channel.builder)
@@ -81,7 +77,7 @@ def address(channel: Channel) -> str:
             args[name] = _Placeholder(name)
         else:
             args[name] = f"zz{name}zz"
-    subject = _call(channel.builder, args)
+    subject = channel.builder(**args)
     for name in _parameters(channel.builder):
         subject = subject.replace(f"zz{name}zz", "{" + name + "}")
     return subject
@@ -101,7 +97,7 @@ def _samples(channel: Channel) -> list[tuple[str, dict[str, str]]]:
             if isinstance(kind, type) and issubclass(kind, enum.Enum):
                 args[name] = kind(value)
         chosen = {n: v for n, v in zip(free, combo, strict=True) if n in channel.values}
-        out.append((_call(channel.builder, {**channel.fixed, **args}), chosen))
+        out.append((channel.builder(**{**channel.fixed, **args}), chosen))
     return out
 
 
