@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     actor = commands.add_parser("actor", help="run one actor process (python -m actors.NAME)")
     actor.add_argument("name", choices=ACTORS)
     commands.add_parser("gateway", help="run the HTTP gateway process (python -m gateway)")
+    commands.add_parser("asyncapi", help="print the bus's AsyncAPI 3 document (what docs/asyncapi.json holds)")
     models = commands.add_parser("models", help="each agent's models and their circuit breakers")
     models.add_argument("action", nargs="?", choices=["check"], help="check: send each model one tiny request")
     return parser
@@ -360,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exec_module("gateway", Role.GATEWAY.value)
         case "models":
             print(asyncio.run(_models(args.action == "check")))
+            return 0
+        case "asyncapi":
+            from bus.asyncapi import render  # builds every schema: only for this command
+
+            print(render(), end="")
             return 0
     return 2
 

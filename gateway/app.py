@@ -19,6 +19,7 @@ from bus.credentials import Role
 from bus.streams import IDEMPOTENCY_BUCKET
 from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
+from gateway.asyncapi import asyncapi_document
 from gateway.audit import read_audit
 from gateway.audit_trail import audit_response
 from gateway.auth import authorize
@@ -140,6 +141,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             read_status,
             read_stats,
             health,
+            asyncapi_document,
         ],
         before_request=_before_request,
         guards=[authorize],
