@@ -56,7 +56,8 @@ JSON = "application/json"
 
 
 def _parameters(builder: Callable[..., str]) -> list[str]:
-    return list(inspect.signature(builder).parameters)
+    """The builder's arguments that a subject names; one with a default (a wildcard) is left at it."""
+    return [n for n, p in inspect.signature(builder).parameters.items() if p.default is inspect.Parameter.empty]
 
 
 class _Placeholder:
@@ -371,8 +372,7 @@ def _catalog_channel(channel: Channel) -> tuple[dict[str, Any], dict[str, Any]]:
     return body, operations
 
 
-def _clients(endpoint: Endpoint) -> list[str]:
-    subject = subjects.service(endpoint.actor, endpoint.verb)
+def _clients(subject: str) -> list[str]:
     return [
         role.value
         for role in Role
@@ -381,19 +381,28 @@ def _clients(endpoint: Endpoint) -> list[str]:
 
 
 def _service(endpoint: Endpoint) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    name = f"{endpoint.actor.value}.svc.{endpoint.verb}"
+    name = f"{endpoint.actor.value}.svc.{endpoint.verb}" + (".instance" if endpoint.per_instance else "")
     ref = "#/channels/" + name
     request = endpoint.request.__name__
     summary = f"{endpoint.actor.value} answers {endpoint.verb}" + (f": {endpoint.summary}" if endpoint.summary else "")
+    if endpoint.per_instance:
+        subject = subjects.instance_health(endpoint.actor, ADDRESS_SAMPLE)
+        shown = subjects.instance_health(endpoint.actor, "zzinstance_idzz").replace("zzinstance_idzz", "{instance_id}")
+        builder = subjects.instance_health.__name__
+    else:
+        subject = shown = subjects.service(endpoint.actor, endpoint.verb)
+        builder = subjects.service.__name__
     body = {
-        "address": subjects.service(endpoint.actor, endpoint.verb),
+        "address": shown,
         "title": name,
         "summary": summary,
         "messages": _message_map([request]),
         "x-agentbus-kind": "service",
-        "x-agentbus-builder": subjects.service.__name__,
-        "x-agentbus-patterns": _patterns([subjects.service(endpoint.actor, endpoint.verb)]),
+        "x-agentbus-builder": builder,
+        "x-agentbus-patterns": _patterns([subject]),
     }
+    if endpoint.per_instance:
+        body["parameters"] = {"instance_id": {"description": catalog.PARAMETERS["instance_id"]}}
     replies = [endpoint.reply.__name__, catalog.ERROR_REPLY.__name__]
     reply = {"channel": {"$ref": "#/channels/" + INBOX}, "messages": _refs(f"#/channels/{INBOX}/messages/", replies)}
     messages = [{"$ref": f"{ref}/messages/{request}"}]
@@ -409,7 +418,9 @@ def _service(endpoint: Endpoint) -> tuple[str, dict[str, Any], dict[str, Any]]:
             "bindings": {"nats": {"queue": "q", "bindingVersion": "0.1.0"}},  # nats.micro's queue group
         }
     }
-    for client in _clients(endpoint):
+    if endpoint.per_instance:
+        del operations[f"{endpoint.actor.value}.receive.{name}"]["bindings"]  # every replica its own subject
+    for client in _clients(subject):
         operations[f"{client}.send.{name}"] = {
             "action": "send",
             "channel": {"$ref": ref},

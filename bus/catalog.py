@@ -26,11 +26,13 @@ from schemas.conversation import (
     ContinueConversation,
     ConversationCommand,
     ConversationEvent,
+    ConversationList,
     ConversationView,
     CreateConversation,
     GetConversation,
     GetHistory,
     HistoryPage,
+    ListConversations,
     ListMessages,
     MessageList,
     SetContext,
@@ -59,9 +61,11 @@ from schemas.research import (
     GetResearch,
     IngestDocument,
     ListDocuments,
+    ListResearch,
     PhaseChanged,
     ResearchCommand,
     ResearchFinished,
+    ResearchList,
     ResearchView,
     SearchDocuments,
     StartResearch,
@@ -73,11 +77,14 @@ from schemas.runs import (
     ExecutorCommand,
     GetRun,
     GetRunTree,
+    ListRuns,
     RunFinished,
+    RunList,
     RunOutput,
     RunTree,
     RunView,
 )
+from schemas.stats import ConversationCount, CountConversations, CountRuns, CountTasks, RunCount, TaskCount
 from schemas.tasks import (
     CreateTask,
     DeleteTask,
@@ -175,11 +182,15 @@ class Endpoint:
     request: type[Message]
     reply: type[Message]
     summary: str = ""
+    # each replica's own `ab.<actor>.svc.<verb>.<instance_id>` (not the queue group any one replica answers)
+    per_instance: bool = False
 
 
 # the actors with durable consumers: each dead-letters on its own ab.dlq.<actor>
 CONSUMING_ACTORS = (A.CONVERSATION, A.EXECUTOR, A.SCHEDULER, A.TRIGGER, A.RESEARCH, A.NOTIFIER)
 _TRIGGERS = Reader(R.TRIGGER, Reading.TRIGGER, why="a triggered task may follow any event subject")
+_FEED = "GET /v1/events (through AB_EVENTS, which sources the event streams)"
+_FEED_READER = Reader(R.GATEWAY, Reading.REPLAY, why=_FEED)
 
 
 def members(union: object) -> tuple[type[Message], ...]:
@@ -260,6 +271,7 @@ CHANNELS: tuple[Channel, ...] = (
             Reader(R.SCHEDULER, Reading.DURABLE, "scheduler-runs", "ends a task run"),
             Reader(R.EXECUTOR, Reading.REPLAY, why="a pipeline step's or hand-off's end"),
             Reader(R.RESEARCH, Reading.REPLAY, why="a research sub-run's end"),
+            _FEED_READER,
             _TRIGGERS,
         ),
     ),
@@ -269,7 +281,11 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (TaskChanged,),
         "A task was created, changed, enabled, disabled or deleted.",
-        (Reader(R.TRIGGER, Reading.DURABLE, "trigger-tasks", "stops or restarts the task's triggers"), _TRIGGERS),
+        (
+            Reader(R.TRIGGER, Reading.DURABLE, "trigger-tasks", "stops or restarts the task's triggers"),
+            _FEED_READER,
+            _TRIGGERS,
+        ),
         fixed={"kind": "changed"},
     ),
     Channel(
@@ -278,7 +294,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (TaskRunFinished,),
         "A task run ended (the kind is its status).",
-        (_TRIGGERS,),
+        (_FEED_READER, _TRIGGERS),
         values={"kind": (TaskRunStatus.COMPLETED.value, TaskRunStatus.FAILED.value)},
     ),
     Channel(
@@ -287,7 +303,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (PhaseChanged,),
         "A research job moved to its next phase.",
-        (Reader(R.GATEWAY, Reading.REPLAY, why="the job's SSE stream"), _TRIGGERS),
+        (Reader(R.GATEWAY, Reading.REPLAY, why=f"the job's SSE stream; {_FEED}"), _TRIGGERS),
         fixed={"kind": "phase"},
     ),
     Channel(
@@ -296,7 +312,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (SubrunStarted,),
         "A research job started a sub-run.",
-        (Reader(R.GATEWAY, Reading.REPLAY, why="the job's SSE stream"), _TRIGGERS),
+        (Reader(R.GATEWAY, Reading.REPLAY, why=f"the job's SSE stream; {_FEED}"), _TRIGGERS),
         fixed={"kind": "subrun_started"},
     ),
     Channel(
@@ -305,7 +321,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (SubrunFinished,),
         "A research sub-run ended.",
-        (Reader(R.GATEWAY, Reading.REPLAY, why="the job's SSE stream"), _TRIGGERS),
+        (Reader(R.GATEWAY, Reading.REPLAY, why=f"the job's SSE stream; {_FEED}"), _TRIGGERS),
         fixed={"kind": "subrun_finished"},
     ),
     Channel(
@@ -314,7 +330,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (ResearchFinished,),
         "A research job ended, with its report or its error.",
-        (Reader(R.GATEWAY, Reading.REPLAY, why="the job's SSE stream"), _TRIGGERS),
+        (Reader(R.GATEWAY, Reading.REPLAY, why=f"the job's SSE stream; {_FEED}"), _TRIGGERS),
         fixed={"kind": "finished"},
     ),
     Channel(
@@ -323,7 +339,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (DeliveryFinished,),
         "A delivery was sent, or given up on (the kind is its status).",
-        (_TRIGGERS,),
+        (_FEED_READER, _TRIGGERS),
         values={"kind": (DeliveryStatus.DELIVERED.value, DeliveryStatus.FAILED.value)},
     ),
     Channel(
@@ -332,7 +348,7 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (InAppNotification,),
         "An in-app notification (what `/v1/notifications` lists and streams).",
-        (Reader(R.GATEWAY, Reading.REPLAY, why="GET /v1/notifications and its stream"), _TRIGGERS),
+        (Reader(R.GATEWAY, Reading.REPLAY, why=f"GET /v1/notifications and its stream; {_FEED}"), _TRIGGERS),
         fixed={"kind": "in_app"},
     ),
     # --- run output, control, audit, dead letters ---------------------------------------------
@@ -378,7 +394,10 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.DEAD_LETTER,
         (),  # the original message, whatever it was: see bus/asyncapi.py's DeadLetter
         "Messages an actor gave up on, with their original body and headers and the reason in Ab-Dead-* headers.",
-        (Reader(R.ADMIN, Reading.REPLAY, why="the nats CLI: inspect, replay, discard (docs/bus.md)"),),
+        (
+            Reader(R.GATEWAY, Reading.REPLAY, why="GET /v1/dead-letters: list, read, replay, discard (docs/events.md)"),
+            Reader(R.ADMIN, Reading.REPLAY, why="the nats CLI: inspect, replay, discard (docs/bus.md)"),
+        ),
         values={"actor": tuple(a.value for a in CONSUMING_ACTORS)},
     ),
 )
@@ -386,10 +405,16 @@ CHANNELS: tuple[Channel, ...] = (
 _HEALTH = tuple(
     Endpoint(actor, "health", HealthCheck, HealthReport, "the actor's dependencies") for actor in CONSUMING_ACTORS
 )
+_INSTANCE_HEALTH = tuple(
+    Endpoint(actor, "health", HealthCheck, HealthReport, "one replica's dependencies (GET /v1/status)", True)
+    for actor in CONSUMING_ACTORS
+)
 
 SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.CONVERSATION, "create", CreateConversation, ConversationView),
     Endpoint(A.CONVERSATION, "get", GetConversation, ConversationView),
+    Endpoint(A.CONVERSATION, "list", ListConversations, ConversationList),
+    Endpoint(A.CONVERSATION, "count", CountConversations, ConversationCount),
     Endpoint(A.CONVERSATION, "messages", ListMessages, MessageList),
     Endpoint(A.CONVERSATION, "context", SetContext, ConversationView),
     Endpoint(A.CONVERSATION, "continue", ContinueConversation, ConversationView),
@@ -397,6 +422,8 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.EXECUTOR, "get_run", GetRun, RunView),
     Endpoint(A.EXECUTOR, "cancel", CancelRun, RunView),
     Endpoint(A.EXECUTOR, "tree", GetRunTree, RunTree),
+    Endpoint(A.EXECUTOR, "list_runs", ListRuns, RunList),
+    Endpoint(A.EXECUTOR, "run_counts", CountRuns, RunCount),
     Endpoint(A.EXECUTOR, "agents", ListAgents, AgentCatalog),
     Endpoint(A.EXECUTOR, "usage", GetUsage, UsageReport),
     Endpoint(A.EXECUTOR, "models", ListModels, ModelList),
@@ -410,6 +437,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.SCHEDULER, "set_enabled", SetTaskEnabled, TaskView),
     Endpoint(A.SCHEDULER, "list_runs", ListTaskRuns, TaskRunList),
     Endpoint(A.SCHEDULER, "get_run", GetTaskRun, TaskRunView),
+    Endpoint(A.SCHEDULER, "count", CountTasks, TaskCount),
     Endpoint(A.TRIGGER, "register", RegisterTrigger, TriggerRegistered),
     Endpoint(A.TRIGGER, "unregister", UnregisterTrigger, TriggerRegistered),
     Endpoint(A.TRIGGER, "ingest", IngestWebhook, WebhookAccepted, "a signed webhook, checked and fired"),
@@ -417,6 +445,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.NOTIFIER, "retry", RetryDelivery, DeliveryView),
     Endpoint(A.RESEARCH, "start", StartResearch, ResearchView, "records the job and queues it"),
     Endpoint(A.RESEARCH, "get_research", GetResearch, ResearchView),
+    Endpoint(A.RESEARCH, "list_research", ListResearch, ResearchList),
     Endpoint(A.RESEARCH, "cancel_research", CancelResearch, ResearchView),
     Endpoint(A.RESEARCH, "ingest", IngestDocument, DocumentView),
     Endpoint(A.RESEARCH, "get_document", GetDocument, DocumentView),
@@ -424,6 +453,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.RESEARCH, "search", SearchDocuments, DocumentHits, "the search_documents tool"),
     Endpoint(A.RESEARCH, "fetch", FetchPage, FetchedPage, "the fetch_url tool"),
     *_HEALTH,
+    *_INSTANCE_HEALTH,
 )
 
 # every endpoint may answer this instead of its reply (`Bus.request` raises it as BusError)
@@ -460,4 +490,5 @@ PARAMETERS: Mapping[str, str] = {
     "origin": "who started the run (`RunOrigin`)",
     "action": "what was done (`AuditAction`)",
     "actor": "the actor that gave up on the message",
+    "instance_id": "one replica: its NATS micro service id, as `$SRV.PING` answers it",
 }
