@@ -1,0 +1,198 @@
+"""`agentbus chat`: a terminal chat with an agent; replies stream token by token and survive a dropped connection.
+
+A turn is `POST /v1/conversations/{id}/messages` with `stream: true` and an `Idempotency-Key` (docs/protocol.md,
+"A turn"): its server-sent events carry the run's output, `id:` being the stream sequence. When the connection
+drops, the turn's stream is opened again at `GET /v1/runs/{run_id}/events` with `Last-Event-ID`, so every token
+is shown once; dropped before the first event (no run id yet), the same POST is sent again, and the gateway
+answers the same turn's stream from the start (the already-shown events are skipped by id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bus.cli_http import Api, ApiFailure
+
+__all__ = ["add_parser", "chat"]
+
+TERMINAL = {"completed", "failed", "cancelled"}
+HELP = "/new  a new conversation · /list  conversations · /switch ID · /quit (or Ctrl-D)"
+SHOWN_RESULT = 200  # characters of a tool's result shown
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("chat", help="chat with an agent in the terminal (replies stream as they come)")
+    parser.add_argument("--conversation", metavar="ID", help="continue this conversation (default: a new one)")
+    parser.add_argument("--agent", help="the agent of a new conversation (default: the gateway's)")
+
+
+@dataclass
+class Session:
+    api: Api
+    console: Console
+    agent: str | None
+    conversation: str = ""
+    mine: list[str] = field(default_factory=list)  # made in this session, for a gateway without GET /v1/conversations
+
+    async def open(self, conversation_id: str) -> None:
+        found = await self.api.get(f"/v1/conversations/{conversation_id}")
+        self.conversation = str(found["id"])
+        self.console.print(f"[dim]conversation[/] {self.conversation} [dim]agent[/] {found.get('agent', '?')}")
+
+    async def new(self) -> None:
+        body = {"agent": self.agent} if self.agent else {}
+        made = await self.api.call("POST", "/v1/conversations", body=body)
+        self.conversation = str(made["id"])
+        self.mine.append(self.conversation)
+        self.console.print(f"[dim]new conversation[/] {self.conversation} [dim]agent[/] {made.get('agent', '?')}")
+
+    async def list(self) -> None:
+        try:
+            page = await self.api.get("/v1/conversations", limit=20)
+            rows = [
+                (str(c["conversation_id"]), str(c.get("agent", "")), str(c.get("title") or ""), str(c["messages"]))
+                for c in page["conversations"]
+            ]
+        except ApiFailure as e:
+            if e.status not in (404, 405):
+                raise
+            rows = [(c, "", "", "") for c in reversed(self.mine)]  # a gateway that lists none: this session's
+        table = Table("", "conversation", "agent", "title", "messages", box=None, header_style="dim")
+        for row in rows:
+            table.add_row("*" if row[0] == self.conversation else "", *row)
+        self.console.print(table)
+
+    async def turn(self, message: str) -> None:
+        view = TurnView(self.console)
+        run_id: list[str] = []
+
+        def resume() -> str | None:
+            return f"/v1/runs/{run_id[0]}/events" if run_id else None
+
+        def retrying(error: Exception) -> None:
+            view.note(f"connection lost ({type(error).__name__}); resuming")
+
+        events = self.api.events(
+            f"/v1/conversations/{self.conversation}/messages",
+            method="POST",
+            body={"message": message, "stream": True},
+            headers={"Idempotency-Key": f"chat-{uuid.uuid4()}"},
+            resume=resume,
+            is_end=lambda e: e.event in TERMINAL,
+            on_retry=retrying,
+        )
+        async for event in events:
+            data = json.loads(event.data) if event.data else {}
+            if not run_id and data.get("run_id"):
+                run_id.append(str(data["run_id"]))
+            view.show(event.event, data)
+        view.end()
+
+
+class TurnView:
+    """One reply as it streams: tokens as they come, a line for each tool call and its result."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.mid_line = False
+        self.speaking = False
+
+    def _line(self) -> None:
+        if self.mid_line:
+            self.console.print()
+            self.mid_line = False
+
+    def note(self, text: str) -> None:
+        self._line()
+        self.console.print(f"[dim]({escape(text)})[/]")
+        self.speaking = False
+
+    def show(self, kind: str, data: dict[str, Any]) -> None:
+        match kind:
+            case "delta":
+                if not self.speaking:
+                    self._line()
+                    self.console.print("[bold green]agent>[/] ", end="")
+                    self.speaking = True
+                self.console.print(str(data.get("text", "")), end="", markup=False, highlight=False, soft_wrap=True)
+                self.mid_line = True
+            case "tool_call":
+                self._line()
+                self.console.print(f"  [cyan]⚙ {escape(str(data.get('tool_name')))}[/]", end="")
+                self.console.print(f"({data.get('args', '')})", markup=False, highlight=False, soft_wrap=True)
+                self.speaking = False
+            case "tool_result":
+                content = str(data.get("content", ""))
+                shown = content if len(content) <= SHOWN_RESULT else content[:SHOWN_RESULT] + "…"
+                self.console.print(f"  [dim]↳ {escape(str(data.get('tool_name')))}:[/] ", end="")
+                self.console.print(shown, markup=False, highlight=False, soft_wrap=True, style="dim")
+            case "accepted" if data.get("position"):
+                self.note(f"queued behind {data['position']} turn(s)")
+            case "started" if int(data.get("attempt", 1)) > 1:
+                self.note(f"the run restarted (attempt {data['attempt']}); its reply starts again")
+            case "completed":
+                self._line()
+                usage = data.get("usage") or {}
+                self.console.print(
+                    f"[dim]{data.get('model', '')} · {usage.get('input_tokens', 0)} in / "
+                    f"{usage.get('output_tokens', 0)} out tokens[/]"
+                )
+            case "failed":
+                self._line()
+                error = data.get("error") or {}
+                message = escape(str(error.get("message")))
+                self.console.print(f"[red]error: {error.get('code')}: {message}[/]", highlight=False)
+            case "cancelled":
+                self.note(f"cancelled: {data.get('reason', '')}")
+            case _:
+                pass
+
+    def end(self) -> None:
+        self._line()
+
+
+async def chat(api: Api, console: Console, args: argparse.Namespace, read_line: Callable[[], str] | None = None) -> int:
+    """The prompt loop; Ctrl-D or /quit ends it."""
+    ask = read_line or (lambda: console.input("[bold]you>[/] "))
+    session = Session(api, console, args.agent)
+    if args.conversation:
+        await session.open(args.conversation)
+    else:
+        await session.new()
+    console.print(f"[dim]{HELP}[/]")
+    while True:
+        try:
+            line = ask().strip()
+        except EOFError:
+            console.print()
+            return 0
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        try:
+            match command:
+                case "/quit" | "/exit":
+                    return 0
+                case "/new":
+                    await session.new()
+                case "/list":
+                    await session.list()
+                case "/switch" if rest.strip():
+                    await session.open(rest.strip())
+                case "/help" | "/switch":
+                    console.print(f"[dim]{HELP}[/]")
+                case _ if command.startswith("/") and len(command) > 1 and " " not in command:
+                    console.print(f"[dim]unknown command {escape(command)}; {HELP}[/]", highlight=False)
+                case _:
+                    await session.turn(line)
+        except ApiFailure as e:  # a turn refused (409 busy, 429 ...) or an unknown id: say so, keep the prompt
+            console.print(f"[red]error: {e.code}: {escape(e.message)}[/]", highlight=False)

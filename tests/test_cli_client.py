@@ -1,0 +1,201 @@
+"""`agentbus chat | status | tasks | runs | research | dlq` against a real gateway (`start_platform`).
+
+Each command runs as a user runs it — `bus.cli.main(argv)` with AGENTBUS_URL / AGENTBUS_KEY set, in a thread
+of its own (it has its own event loop, the platform runs in the test's) — and its stdout is read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic_ai.messages import ModelMessage, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from bus import cli
+from tests.conftest import Platform, wait_until
+from tests.models import Gate
+
+pytestmark = pytest.mark.timeout(120)
+
+Start = Callable[..., Awaitable[Platform]]
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+class Agentbus:
+    """Runs `agentbus ARGV` in a thread against one gateway; `output` is what it has printed so far."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+        self.out, self.err = "", ""
+
+    def target(self, url: str, key: str, home: Path) -> None:
+        self.monkeypatch.setenv("AGENTBUS_URL", url)
+        self.monkeypatch.setenv("AGENTBUS_KEY", key)
+        self.monkeypatch.setenv("AGENTBUS_HOME", str(home))
+        self.monkeypatch.setenv("COLUMNS", "200")
+
+    def output(self) -> str:
+        got = self.capsys.readouterr()
+        self.out, self.err = self.out + got.out, self.err + got.err
+        return self.out
+
+    def start(self, *argv: str, stdin: str = "") -> asyncio.Task[int]:
+        self.output()
+        self.out, self.err = "", ""
+        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        return asyncio.create_task(asyncio.to_thread(cli.main, list(argv)))
+
+    async def __call__(self, *argv: str, stdin: str = "") -> Ran:
+        code = await asyncio.wait_for(self.start(*argv, stdin=stdin), 60)
+        self.output()
+        return Ran(code, self.out, self.err)
+
+
+@pytest.fixture
+def agentbus(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Agentbus:
+    return Agentbus(capsys, monkeypatch)
+
+
+def told_the_time(messages: list[ModelMessage]) -> bool:
+    return any(isinstance(p, ToolReturnPart) for m in messages for p in getattr(m, "parts", []))
+
+
+def clock_model() -> FunctionModel:
+    """Streams a few words, calls `current_time`, then streams a few more."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        if not told_the_time(messages):
+            for word in ("Let ", "me ", "look."):
+                yield word
+            yield {0: DeltaToolCall(name="current_time", json_args='{"timezone": "UTC"}', tool_call_id="t1")}
+        else:
+            for word in ("It ", "is ", "late ", "now."):
+                yield word
+
+    return FunctionModel(stream_function=stream, model_name="clock")
+
+
+async def test_chat_streams_the_reply_and_shows_the_tool_call(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    platform = await start_platform(clock_model())
+    agentbus.target(platform.url, platform.key, tmp_path)
+    ran = await agentbus("chat", stdin="what time is it?\n")
+    assert ran.code == 0, ran.err
+    out = ran.out
+    assert "Let me look." in out and "It is late now." in out
+    assert out.index("Let me look.") < out.index("⚙ current_time") < out.index("It is late now.")
+    assert 'current_time({"timezone":"UTC"})' in out and "↳ current_time: 20" in out  # its ISO time
+    assert platform.key not in out + ran.err
+    async with platform.client() as client:  # the turn was stored in the conversation the chat made
+        conversation_id = out.split("new conversation", 1)[1].split()[0]
+        messages = (await client.get(f"/v1/conversations/{conversation_id}/messages")).json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == "It is late now."
+
+
+async def test_chat_commands_new_switch_and_an_unknown_conversation(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    platform = await start_platform()
+    agentbus.target(platform.url, platform.key, tmp_path)
+    async with platform.client() as client:
+        existing = (await client.post("/v1/conversations", json={})).json()["id"]
+    ran = await agentbus("chat", stdin=f"/new\n/switch {existing}\n/switch nope\n/list\n/bogus\n/quit\nnot sent\n")
+    assert ran.code == 0, ran.err
+    assert len(re.findall(r"^(?:you> )?new conversation \S+ agent", ran.out, re.M)) == 2
+    assert re.search(rf"^(?:you> )?conversation {existing} agent", ran.out, re.M)
+    assert "error: not_found" in ran.out  # /switch to an unknown id: said, and the prompt goes on
+    assert "unknown command /bogus" in ran.out
+    unknown = await agentbus("chat", "--conversation", "0193d1a2-0000-7000-8000-000000000000")
+    assert unknown.code == 1 and "error: not_found" in unknown.err
+
+
+class Proxy:
+    """A TCP proxy in front of the gateway whose `cut()` drops every open connection, as a network would."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_chat_resumes_a_dropped_stream_without_repeating_a_token(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    gate = Gate(["one ", "two "], ["three ", "four"])
+    platform = await start_platform(gate.model())
+    proxy = Proxy(int(platform.url.rsplit(":", 1)[1]))
+    agentbus.target(await proxy.start(), platform.key, tmp_path)
+    try:
+        chatting = agentbus.start("chat", stdin="count\n")
+        await wait_until(
+            lambda: _true(gate.reached.is_set() and "one two" in agentbus.output()), what="the first words"
+        )
+        proxy.cut()  # mid-reply: the model waits at the gate
+        await wait_until(lambda: _true("resuming" in agentbus.output()), what="the chat to notice")
+        gate.opened.set()
+        assert await asyncio.wait_for(chatting, 60) == 0
+    finally:
+        await proxy.stop()
+    out = agentbus.output()
+    assert "one two " in out and out.count("one") == 1 and out.count("two") == 1
+    assert out.count("three") == 1 and out.count("four") == 1 and out.index("two") < out.index("three four")
+    assert proxy.connections >= 2  # the turn's stream was opened again
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_chat_without_a_key_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AGENTBUS_KEY", raising=False)
+    monkeypatch.setenv("AGENTBUS_HOME", str(tmp_path))
+    assert cli.main(["chat"]) == 2
+    assert "AGENTBUS_KEY" in capsys.readouterr().err
