@@ -105,6 +105,7 @@ class TurnView:
         self.console = console
         self.mid_line = False
         self.speaking = False
+        self.said = False  # a token was shown (a run nobody streamed has none: its output comes at the end)
 
     def _line(self) -> None:
         if self.mid_line:
@@ -124,7 +125,7 @@ class TurnView:
                     self.console.print("[bold green]agent>[/] ", end="")
                     self.speaking = True
                 self.console.print(str(data.get("text", "")), end="", markup=False, highlight=False, soft_wrap=True)
-                self.mid_line = True
+                self.mid_line = self.said = True
             case "tool_call":
                 self._line()
                 self.console.print(f"  [cyan]⚙ {escape(str(data.get('tool_name')))}[/]", end="")
@@ -138,9 +139,13 @@ class TurnView:
             case "accepted" if data.get("position"):
                 self.note(f"queued behind {data['position']} turn(s)")
             case "started" if int(data.get("attempt", 1)) > 1:
+                self.said = False
                 self.note(f"the run restarted (attempt {data['attempt']}); its reply starts again")
             case "completed":
                 self._line()
+                if not self.said and data.get("output"):
+                    self.console.print("[bold green]agent>[/] ", end="")
+                    self.console.print(str(data["output"]), markup=False, highlight=False, soft_wrap=True)
                 usage = data.get("usage") or {}
                 self.console.print(
                     f"[dim]{data.get('model', '')} · {usage.get('input_tokens', 0)} in / "
