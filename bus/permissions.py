@@ -6,7 +6,9 @@ permissions follow the layout instead of a hand-kept list. A role may:
 - publish the commands, events and requests named in its `Access`, and its own dead letters;
 - read (consume, direct-get, ack) only the streams it names, and touch only the KV buckets it names;
 - create the platform's streams (so processes may start in any order) but never update, delete or
-  purge one, nor delete a stored message: that is the `admin` role's (`agentbus run`, the CLI);
+  purge one, nor delete a stored message: that is the `admin` role's (`agentbus run`, the CLI), with one
+  exception: the gateway deletes single dead letters from `AB_DLQ` (`$JS.API.STREAM.MSG.DELETE.AB_DLQ`,
+  its `deletes_from`), which is what replaying or discarding one through /v1/dead-letters does;
 - receive replies only on its own inbox prefix (`_INBOX.<role>.`), so no process reads another's.
 
 A tenant's own NATS user (`agentbus keys create --nats`) may publish only that tenant's command
@@ -53,6 +55,7 @@ class Access:
     buckets: tuple[str, ...] = ()  # KV buckets it reads and writes
     reads_buckets: tuple[str, ...] = ()  # KV buckets it only reads
     serves: bool = True  # it answers its own service endpoints (ab.<role>.svc.>)
+    deletes_from: tuple[StreamSpec, ...] = ()  # streams whose stored messages it may delete one at a time
 
 
 ACCESS: dict[Role, Access] = {
@@ -126,10 +129,11 @@ ACCESS: dict[Role, Access] = {
         ),
         listens=(subjects.conversation_turns_all(),),
         asks=tuple(ActorName),
-        reads=(CONVERSATION_CMD, *EVENT_STREAMS, RUN_OUT, streams.AUDIT),
+        reads=(CONVERSATION_CMD, *EVENT_STREAMS, streams.EVENTS, RUN_OUT, streams.AUDIT, streams.DLQ),
         buckets=(keys.BUCKET, streams.IDEMPOTENCY_BUCKET, streams.WS_TOKENS_BUCKET, streams.RATE_LIMITS_BUCKET),
         reads_buckets=(breakers.BUCKET, tenants.BUCKET),
         serves=False,
+        deletes_from=(streams.DLQ,),  # a dead letter replayed or discarded (gateway/dead_letters.py)
     ),
 }
 
@@ -151,11 +155,13 @@ class Permissions:
         return out
 
 
-# never granted to a process role: what would lose stored data
+# never granted to a process role: what would lose stored data (but the single-message deletes a role's
+# `deletes_from` names: nats-server lets a deny win over any allow, so that role's deny leaves them out)
+MESSAGE_DELETE = subjects.js_api("STREAM", "MSG", "DELETE", "*")
 DESTRUCTIVE = (
     subjects.js_stream_api("DELETE", "*"),
     subjects.js_stream_api("PURGE", "*"),
-    subjects.js_api("STREAM", "MSG", "DELETE", "*"),
+    MESSAGE_DELETE,
     subjects.js_stream_api("UPDATE", "*"),
 )
 
@@ -191,11 +197,13 @@ def permissions(role: Role) -> Permissions:
         *_stream_reads(access.reads),
         *(s for b in buckets for s in subjects.js_stream_reads(_bucket_stream(b))),
         *(subjects.kv_writes(b) for b in access.buckets),
+        *(subjects.js_stream_api("MSG.DELETE", spec.name) for spec in access.deletes_from),
     ]
     subscribe = [f"{subjects.inbox_prefix(role.value)}.>", *access.listens]
     if access.serves:
         subscribe += [subjects.services(own), subjects.MICRO_DISCOVERY]
-    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe), deny_publish=DESTRUCTIVE, responses=True)
+    deny = tuple(d for d in DESTRUCTIVE if not (access.deletes_from and d == MESSAGE_DELETE))
+    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe), deny_publish=deny, responses=True)
 
 
 def tenant_permissions(tenant: str) -> Permissions:

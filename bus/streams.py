@@ -13,6 +13,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -24,6 +25,7 @@ __all__ = [
     "CONVERSATION_CMD",
     "CONVERSATION_EVT",
     "DLQ",
+    "EVENTS",
     "EXECUTOR_CMD",
     "EXECUTOR_EVT",
     "IDEMPOTENCY_BUCKET",
@@ -55,6 +57,10 @@ class StreamSpec:
     subjects: tuple[str, ...]
     work_queue: bool = False  # messages leave the stream once acked (commands)
     max_age_s: float | None = None  # None: keep until acked (work queues) or forever
+    # streams whose messages this one copies, in the order it stores them (their subjects kept); such a
+    # stream has no subjects of its own and no duplicate window (the sources deduplicated already, and
+    # two sources may use one Nats-Msg-Id: nats-server would hold back the second for the window)
+    sources: tuple[str, ...] = ()
 
     def config(self, bus: BusConfig) -> StreamConfig:
         max_age = self.max_age_s
@@ -64,11 +70,12 @@ class StreamSpec:
             max_age = bus.event_max_age_s
         return StreamConfig(
             name=self.name,
-            subjects=list(self.subjects),
+            subjects=list(self.subjects) or None,
+            sources=[StreamSource(name=name) for name in self.sources] or None,
             retention=RetentionPolicy.WORK_QUEUE if self.work_queue else RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=bus.stream_replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=0 if self.sources else DUPLICATE_WINDOW_S,
             max_age=max_age,
             allow_direct=True,
         )
@@ -109,6 +116,10 @@ RESEARCH_EVT = StreamSpec("AB_RESEARCH_EVT", (subjects.research_events(),))
 RUN_OUT = StreamSpec("AB_RUN_OUT", (subjects.run_outputs(),))
 DLQ = StreamSpec("AB_DLQ", (subjects.dead_letters(),), max_age_s=14 * 24 * 3600.0)
 AUDIT = StreamSpec("AB_AUDIT", (subjects.audit_all(),), max_age_s=400 * 24 * 3600.0)  # a year and a bit
+# every tenant-visible event in one order (GET /v1/events): one stream sequence is the feed's cursor
+EVENTS = StreamSpec(
+    "AB_EVENTS", (), sources=(EXECUTOR_EVT.name, SCHEDULER_EVT.name, RESEARCH_EVT.name, NOTIFIER_EVT.name)
+)
 
 ALL_STREAMS = (
     CONVERSATION_CMD,
@@ -124,6 +135,7 @@ ALL_STREAMS = (
     RUN_OUT,
     DLQ,
     AUDIT,
+    EVENTS,  # after its sources
 )
 
 

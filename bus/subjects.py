@@ -85,6 +85,7 @@ __all__ = [
     "service",
     "services",
     "tenant_commands",
+    "tenant_event_kinds",
     "tenant_events",
     "tenant_inbox_prefix",
     "tenant_run_outputs",
@@ -338,6 +339,13 @@ def tenant_commands(actor: ActorName, tenant: str) -> str:
 def tenant_events(tenant: str) -> str:
     """Every event of one tenant, whatever the actor (what a tenant's own NATS user may read)."""
     return _join("*", "evt", token(tenant), ">")
+
+
+def tenant_event_kinds(tenant: str, area: str, kind: str) -> str:
+    """One tenant's events of `area` (an actor, or `*`) and `kind` (or `*`), whatever the entity: a filter of
+    the tenant's event feed (`executor`, `finished`: every run's end)."""
+    parts = (token(area) if area != "*" else "*", "evt", token(tenant), "*", token(kind) if kind != "*" else "*")
+    return _join(*parts)
 
 
 def consumer_next(stream: str, durable: str) -> str:

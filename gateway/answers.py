@@ -7,13 +7,14 @@ from datetime import datetime
 
 import msgspec
 
-from schemas.conversation import StoredMessage
+from schemas.conversation import ConversationSummary, StoredMessage
 from schemas.notifier import DeliveryRecord
 from schemas.research import DocumentHit, ResearchJob
 from schemas.runs import PipelineOutput, RunNodeKind, RunRecord, Usage
 from schemas.tasks import Task, TaskRun
 
 __all__ = [
+    "ConversationPage",
     "DeliveryPage",
     "DocumentEntry",
     "DocumentPage",
@@ -22,8 +23,10 @@ __all__ = [
     "IngestedDocument",
     "MessagePage",
     "PipelineAnswer",
+    "ResearchPage",
     "ResearchStarted",
     "RunAnswer",
+    "RunPage",
     "RunTreeNode",
     "TaskAnswer",
     "TaskPage",
@@ -76,6 +79,11 @@ class WebhookTaken(msgspec.Struct, frozen=True, kw_only=True):
     firing_id: str
 
 
+class ConversationPage(msgspec.Struct, frozen=True, kw_only=True):
+    conversations: list[ConversationSummary]
+    next_after: str | None  # more after this page: pass it as `after`
+
+
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[StoredMessage]
 
@@ -123,6 +131,16 @@ class RunAnswer(RunRecord, frozen=True, kw_only=True):
     under it spent (pipeline steps, subagent hand-offs)."""
 
     total_usage: Usage
+
+
+class RunPage(msgspec.Struct, frozen=True, kw_only=True):
+    runs: list[RunAnswer]
+    next_after: str | None
+
+
+class ResearchPage(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[ResearchJob]
+    next_after: str | None
 
 
 class RunTreeNode(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,8 +25,10 @@ from gateway.auth import authorize
 from gateway.caller import provide_caller
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationController
+from gateway.dead_letters import DeadLetterController
 from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
+from gateway.events import event_socket, read_events
 from gateway.health import health
 from gateway.keys import KeyController, create_ws_token
 from gateway.notifications import NotificationController
@@ -122,6 +124,9 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             DocumentController,
             ResearchController,
             NotificationController,
+            read_events,
+            event_socket,
+            DeadLetterController,
             KeyController,
             create_ws_token,
             read_audit,

@@ -40,6 +40,7 @@ ACTIONS: dict[tuple[str, str], AuditAction] = {
     ("POST", "/v1/tools/{name}/call"): AuditAction.EXECUTED,
     ("POST", "/v1/task-runs/{task_run_id}/deliveries/{delivery_id}/retry"): AuditAction.EXECUTED,
     ("POST", "/v1/research/{job_id}/deliveries/{delivery_id}/retry"): AuditAction.EXECUTED,
+    ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): AuditAction.EXECUTED,
     ("POST", "/v1/runs/{run_id}/cancel"): AuditAction.CHANGED,
     ("POST", "/v1/research/{job_id}/cancel"): AuditAction.CHANGED,
     ("POST", "/v1/tasks/{task_id}/enable"): AuditAction.CHANGED,

@@ -1,4 +1,4 @@
-"""/v1/conversations: create, read, post a message (answered whole or streamed), context, continue."""
+"""/v1/conversations: create, list, read, post a message (answered whole or streamed), context, continue."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post, put
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from bus import subjects
 from bus.client import Envelope
 from bus.headers import Trace
-from gateway.answers import MessagePage
+from gateway.answers import ConversationPage, MessagePage
 from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
 from gateway.caller import Caller
+from gateway.cursors import After, Limit, cursor, keyset
 from gateway.errors import HTTP_STATUS, ApiError, error_json, retry_after
 from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, ident, stored_response
@@ -24,9 +25,11 @@ from gateway.views import full_json
 from schemas.conversation import (
     ContinueConversation,
     Conversation,
+    ConversationList,
     ConversationView,
     CreateConversation,
     GetConversation,
+    ListConversations,
     ListMessages,
     MessageList,
     Pattern,
@@ -153,6 +156,14 @@ class ConversationController(Controller):
         stored = Stored(status=201, body=full_json(view.conversation))
         await gw.remember(digest, stored)
         return stored_response(stored)
+
+    @get("/", summary="List the conversations, latest activity first (page with `after`)")
+    async def list_conversations(
+        self, caller: Caller, pattern: FromQuery[Pattern | None] = None, limit: Limit = 50, after: After = None
+    ) -> ConversationPage:
+        query = ListConversations(limit=limit, after=keyset(after), pattern=pattern)
+        listed = await caller.ask(CONVERSATION, "list", query, ConversationList)
+        return ConversationPage(conversations=listed.conversations, next_after=cursor(listed.next_after))
 
     @get("/{conversation_id:str}", summary="Read a conversation")
     async def read(self, caller: Caller, conversation_id: FromPath[str]) -> Conversation:

@@ -1,4 +1,4 @@
-"""/v1/research: start a research job, follow it (SSE), read its report, cancel it, and list or retry the
+"""/v1/research: start a research job, list them, follow one (SSE), read its report, cancel it, and list or retry the
 deliveries of its result (the notifier keeps them under the job's id as their `task_run_id`)."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
 from bus import subjects
 from bus.streams import RESEARCH_EVT
-from gateway.answers import DeliveryPage, ResearchStarted, shown_once
+from gateway.answers import DeliveryPage, ResearchPage, ResearchStarted, shown_once
 from gateway.caller import Caller
 from gateway.checks import check_notification_config
+from gateway.cursors import After, Limit, cursor, keyset
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import Stored, ident, stored_response
@@ -24,10 +25,13 @@ from schemas.notifier import DeliveryList, DeliveryRecord, DeliveryView, ListDel
 from schemas.research import (
     CancelResearch,
     GetResearch,
+    ListResearch,
     ResearchEvent,
     ResearchFinished,
     ResearchJob,
+    ResearchList,
     ResearchSpec,
+    ResearchStatus,
     ResearchView,
     StartResearch,
 )
@@ -71,6 +75,14 @@ class ResearchController(Controller):
         stored = Stored(status=202, body=full_json(started))
         await gw.remember(digest, stored)
         return stored_response(stored)
+
+    @get("/", summary="List the research jobs, newest first (filter by status; page with `after`)")
+    async def list_jobs(
+        self, caller: Caller, status: FromQuery[ResearchStatus | None] = None, limit: Limit = 50, after: After = None
+    ) -> ResearchPage:
+        query = ListResearch(limit=limit, after=keyset(after), status=status)
+        listed = await caller.ask(RESEARCH, "list_research", query, ResearchList)
+        return ResearchPage(jobs=listed.jobs, next_after=cursor(listed.next_after))
 
     @get("/{job_id:str}", summary="A research job: status, stopped_by, sub-runs, totals, report and citations")
     async def read(self, caller: Caller, job_id: FromPath[str]) -> ResearchJob:

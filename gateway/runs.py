@@ -1,29 +1,36 @@
-"""/v1/runs: a run's record, its tree, its output as resumable SSE, and cancelling it — relayed to the executor."""
+"""/v1/runs: the list, a run's record, its tree, its output as resumable SSE, and cancelling it (the executor's)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from bus import subjects
 from bus.runs import RunClient
-from gateway.answers import RunAnswer, RunTreeNode
+from gateway.answers import RunAnswer, RunPage, RunTreeNode
 from gateway.caller import Caller
+from gateway.cursors import After, Limit, cursor, keyset
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import ident
 from gateway.views import full, full_json
 from schemas.errors import ErrorCode
-from schemas.runs import GetRun, GetRunTree, RunNode, RunRecord, RunTree, RunView
+from schemas.runs import GetRun, GetRunTree, ListRuns, RunList, RunNode, RunRecord, RunStatus, RunTree, RunView
 
 __all__ = ["RunController"]
 
 EXECUTOR = subjects.ActorName.EXECUTOR
+AgentFilter = Annotated[str | None, QueryParameter(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
+IdFilter = Annotated[str | None, QueryParameter(min_length=1, max_length=200)]
+
+
+def _answer(view: RunView) -> RunAnswer:
+    return RunAnswer(**msgspec.structs.asdict(view.run), total_usage=view.total_usage or view.run.usage)
 
 
 async def _record(caller: Caller, run_id: str) -> RunRecord:
@@ -44,11 +51,33 @@ class RunController(Controller):
     path = "/v1/runs"
     tags = ["runs"]
 
+    @get("/", summary="List the runs, newest first (filter by status, agent, task, conversation, parent)")
+    async def list_runs(
+        self,
+        caller: Caller,
+        status: FromQuery[RunStatus | None] = None,
+        agent: AgentFilter = None,
+        task_id: IdFilter = None,
+        conversation_id: IdFilter = None,
+        parent_run_id: IdFilter = None,
+        limit: Limit = 50,
+        after: After = None,
+    ) -> RunPage:
+        query = ListRuns(
+            limit=limit,
+            after=keyset(after),
+            status=status,
+            agent=agent,
+            task_id=task_id,
+            conversation_id=conversation_id,
+            parent_run_id=parent_run_id,
+        )
+        listed = await caller.ask(EXECUTOR, "list_runs", query, RunList)
+        return RunPage(runs=[_answer(v) for v in listed.runs], next_after=cursor(listed.next_after))
+
     @get("/{run_id:str}", summary="A run: status, model, timings, usage and cost (its own, and with its sub-runs')")
     async def read(self, caller: Caller, run_id: FromPath[str]) -> RunAnswer:
-        view = await caller.ask(EXECUTOR, "get_run", GetRun(run_id=ident(run_id), with_total=True), RunView)
-        fields = msgspec.structs.asdict(view.run)
-        return RunAnswer(**fields, total_usage=view.total_usage or view.run.usage)
+        return _answer(await caller.ask(EXECUTOR, "get_run", GetRun(run_id=ident(run_id), with_total=True), RunView))
 
     @get(
         "/{run_id:str}/tree",

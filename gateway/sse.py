@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar.response import Stream
@@ -28,21 +28,26 @@ def sse_frame(envelope: Envelope[Any]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (envelope.seq, tag.encode(), data)
 
 
+Frame = Callable[[Envelope[Any]], bytes]
+
+
 async def _frames(
-    first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]], slot: StreamSlot | None
+    first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]], slot: StreamSlot | None, frame: Frame
 ) -> AsyncIterator[bytes]:
     """Frames of `first` then `rest`, with a comment line every 15 s of silence so proxies keep the stream."""
     try:
-        async for frame in _relayed(first, rest):
-            yield frame
+        async for chunk in _relayed(first, rest, frame):
+            yield chunk
     finally:
         if slot is not None:
             slot.release()
 
 
-async def _relayed(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]]) -> AsyncIterator[bytes]:
+async def _relayed(
+    first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]], frame: Frame
+) -> AsyncIterator[bytes]:
     for head in first:
-        yield sse_frame(head)
+        yield frame(head)
     queue: asyncio.Queue[Envelope[Any] | None] = asyncio.Queue()
 
     async def pump() -> None:
@@ -62,7 +67,7 @@ async def _relayed(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]
                 continue
             if item is None:
                 break
-            yield sse_frame(item)
+            yield frame(item)
         task.result()
     finally:
         task.cancel()
@@ -71,10 +76,15 @@ async def _relayed(first: list[Envelope[Any]], rest: AsyncIterator[Envelope[Any]
 
 
 def sse_response(
-    rest: AsyncIterator[Envelope[Any]], first: list[Envelope[Any]] | None = None, *, slot: StreamSlot | None = None
+    rest: AsyncIterator[Envelope[Any]],
+    first: list[Envelope[Any]] | None = None,
+    *,
+    slot: StreamSlot | None = None,
+    frame: Frame = sse_frame,
 ) -> Stream:
-    """The stream's response; `slot` (the tenant's `streams` quota) is released when it ends, or is dropped unsent."""
-    frames = _frames(first or [], rest, slot)
+    """The stream's response; `slot` (the tenant's `streams` quota) is released when it ends, or is dropped unsent.
+    `frame` writes one envelope as an SSE message (default: `id:` its sequence, `event:` its body's type tag)."""
+    frames = _frames(first or [], rest, slot, frame)
     if slot is not None:
         slot.release_with(frames)
     return Stream(

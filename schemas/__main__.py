@@ -21,6 +21,7 @@ from schemas._base import Message
 
 MODULES = (
     "errors",
+    "pages",
     "health",
     "agents",
     "conversation",

@@ -8,6 +8,7 @@ from datetime import datetime
 from schemas._base import Message, Record
 from schemas.errors import ErrorReply
 from schemas.fields import AgentName, Metadata
+from schemas.pages import Keyset
 from schemas.runs import HistoryRef
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "Conversation",
     "ConversationCommand",
     "ConversationEvent",
+    "ConversationList",
     "ConversationQuery",
     "ConversationReply",
+    "ConversationSummary",
     "ConversationView",
     "CreateConversation",
     "GetConversation",
@@ -24,6 +27,7 @@ __all__ = [
     "HistoryCursor",
     "HistoryPage",
     "HistoryPart",
+    "ListConversations",
     "ListMessages",
     "MessageList",
     "Pattern",
@@ -83,6 +87,18 @@ class Conversation(Record, frozen=True, kw_only=True):
     queued_runs: int = 0
 
 
+class ConversationSummary(Record, frozen=True, kw_only=True):
+    """A conversation as a list shows it: `updated_at` moves with every turn, `title` is its metadata's `title`."""
+
+    conversation_id: str
+    pattern: Pattern
+    agent: str
+    title: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    messages: int = 0
+
+
 class StoredMessage(Record, frozen=True, kw_only=True):
     id: str
     conversation_id: str
@@ -140,6 +156,14 @@ class ListMessages(Message, frozen=True, kw_only=True, tag="list_messages"):
     before: str | None = None  # a message id: page backwards from it
 
 
+class ListConversations(Message, frozen=True, kw_only=True, tag="list_conversations"):
+    """The tenant's conversations, latest activity (`updated_at`) first, after `after` when given."""
+
+    limit: int = 50
+    after: Keyset | None = None  # the previous page's `next_after`
+    pattern: Pattern | None = None
+
+
 class ContinueConversation(Message, frozen=True, kw_only=True, tag="continue_conversation"):
     """Start a new conversation whose history begins with this one's."""
 
@@ -161,11 +185,24 @@ class GetHistory(Message, frozen=True, kw_only=True, tag="get_history"):
     after: HistoryCursor = HistoryCursor()  # the previous page's `next`; a later `seq` skips parts already held
 
 
-ConversationQuery = CreateConversation | GetConversation | ListMessages | SetContext | ContinueConversation | GetHistory
+ConversationQuery = (
+    CreateConversation
+    | GetConversation
+    | ListConversations
+    | ListMessages
+    | SetContext
+    | ContinueConversation
+    | GetHistory
+)
 
 
 class ConversationView(Message, frozen=True, kw_only=True, tag="conversation"):
     conversation: Conversation
+
+
+class ConversationList(Message, frozen=True, kw_only=True, tag="conversation_list"):
+    conversations: list[ConversationSummary]
+    next_after: Keyset | None = None  # more after this page
 
 
 class MessageList(Message, frozen=True, kw_only=True, tag="message_list"):
@@ -187,7 +224,7 @@ class HistoryPage(Message, frozen=True, kw_only=True, tag="history_page"):
     next: HistoryCursor | None = None
 
 
-ConversationReply = ConversationView | MessageList | HistoryPage | ErrorReply
+ConversationReply = ConversationView | ConversationList | MessageList | HistoryPage | ErrorReply
 
 
 # --- events (JetStream, fan-out) --------------------------------------------------------------

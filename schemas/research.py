@@ -13,6 +13,7 @@ from schemas._base import Message, Record
 from schemas.errors import ErrorReply
 from schemas.fields import AgentName, DocumentType
 from schemas.notifier import NotificationConfig
+from schemas.pages import Keyset
 from schemas.runs import Usage
 
 __all__ = [
@@ -29,12 +30,14 @@ __all__ = [
     "GetResearch",
     "IngestDocument",
     "ListDocuments",
+    "ListResearch",
     "PhaseChanged",
     "ResearchBudget",
     "ResearchCommand",
     "ResearchEvent",
     "ResearchFinished",
     "ResearchJob",
+    "ResearchList",
     "ResearchQuery",
     "ResearchReply",
     "ResearchSpec",
@@ -260,6 +263,14 @@ class GetResearch(Message, frozen=True, kw_only=True, tag="get_research"):
     job_id: str
 
 
+class ListResearch(Message, frozen=True, kw_only=True, tag="list_research"):
+    """The tenant's research jobs, newest first (by `created_at`), after `after` when given."""
+
+    limit: int = 50
+    after: Keyset | None = None  # the previous page's `next_after`
+    status: ResearchStatus | None = None
+
+
 ResearchQuery = (
     IngestDocument
     | GetDocument
@@ -268,6 +279,7 @@ ResearchQuery = (
     | FetchPage
     | StartResearch
     | GetResearch
+    | ListResearch
     | CancelResearch
 )
 
@@ -277,7 +289,14 @@ class ResearchView(Message, frozen=True, kw_only=True, tag="research"):
     notification_secret: str | None = None  # only in the answer to `start`: signs the job's webhooks
 
 
-ResearchReply = DocumentView | DocumentList | DocumentHits | FetchedPage | ResearchView | ErrorReply
+class ResearchList(Message, frozen=True, kw_only=True, tag="research_list"):
+    """A page of jobs (fewer than asked when they are large: the reply stays well under 1 MB)."""
+
+    jobs: list[ResearchJob]
+    next_after: Keyset | None = None  # more after this page
+
+
+ResearchReply = DocumentView | DocumentList | DocumentHits | FetchedPage | ResearchView | ResearchList | ErrorReply
 
 
 # --- events: ab.research.evt.<tenant>.<job_id>.<kind> -------------------------------------------

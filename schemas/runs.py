@@ -9,6 +9,7 @@ import msgspec
 
 from schemas._base import Message, Record
 from schemas.errors import ErrorCode, ErrorReply
+from schemas.pages import Keyset
 
 __all__ = [
     "CancelRun",
@@ -19,6 +20,7 @@ __all__ = [
     "GetRun",
     "GetRunTree",
     "HistoryRef",
+    "ListRuns",
     "PipelineMode",
     "PipelineOutput",
     "PipelineStep",
@@ -28,6 +30,7 @@ __all__ = [
     "RunEnd",
     "RunFailed",
     "RunFinished",
+    "RunList",
     "RunNode",
     "RunNodeKind",
     "RunOutput",
@@ -283,12 +286,32 @@ class GetRunTree(Message, frozen=True, kw_only=True, tag="get_run_tree"):
     run_id: str
 
 
-ExecutorQuery = GetRun | CancelRun | GetRunTree
+class ListRuns(Message, frozen=True, kw_only=True, tag="list_runs"):
+    """The tenant's recorded runs, newest first (by `created_at`), after `after` when given; each filter that is
+    set must match. A turn still queued behind another has no record yet, so is not listed."""
+
+    limit: int = 50
+    after: Keyset | None = None  # the previous page's `next_after`
+    status: RunStatus | None = None
+    agent: str | None = None
+    task_id: str | None = None
+    conversation_id: str | None = None
+    parent_run_id: str | None = None  # a run's sub-runs (or a research job's)
+
+
+ExecutorQuery = GetRun | CancelRun | GetRunTree | ListRuns
 
 
 class RunView(Message, frozen=True, kw_only=True, tag="run"):
     run: RunRecord
     total_usage: Usage | None = None  # asked for with GetRun.with_total: the run's usage with its sub-runs'
+
+
+class RunList(Message, frozen=True, kw_only=True, tag="run_list"):
+    """A page of runs, each with `total_usage` (its own and every run's under it)."""
+
+    runs: list[RunView]
+    next_after: Keyset | None = None  # more after this page
 
 
 class RunNodeKind(enum.StrEnum):
@@ -313,4 +336,4 @@ class RunTree(Message, frozen=True, kw_only=True, tag="run_tree"):
     root: RunNode | None = None
 
 
-ExecutorReply = RunView | RunTree | ErrorReply
+ExecutorReply = RunView | RunList | RunTree | ErrorReply

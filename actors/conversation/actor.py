@@ -36,10 +36,12 @@ from schemas.conversation import (
     ContinueConversation,
     Conversation,
     ConversationCommand,
+    ConversationList,
     ConversationView,
     CreateConversation,
     GetConversation,
     GetHistory,
+    ListConversations,
     ListMessages,
     MessageList,
     Policy,
@@ -52,12 +54,14 @@ from schemas.conversation import (
     TurnStatus,
 )
 from schemas.errors import ErrorCode, ErrorReply
+from schemas.pages import Keyset
 from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunEnd, RunFailed, RunFinished, RunRequest, RunView
 
 __all__ = ["ConversationActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 ORDER_RETRY_S = 0.02
+LIST_MAX = 200  # conversations in one page of the list
 
 
 @dataclass
@@ -112,6 +116,7 @@ class ConversationActor(Actor):
             ),
             Endpoint("create", CreateConversation, self._create),
             Endpoint("get", GetConversation, self._get),
+            Endpoint("list", ListConversations, self._list),
             Endpoint("messages", ListMessages, self._messages),
             Endpoint("context", SetContext, self._context),
             Endpoint("continue", ContinueConversation, self._continue),
@@ -361,6 +366,19 @@ class ConversationActor(Actor):
     async def _get(self, query: GetConversation, trace: Trace) -> Message:
         async with self.pool.acquire() as conn:
             return ConversationView(conversation=await self._found(conn, query.conversation_id, trace.tenant))
+
+    async def _list(self, query: ListConversations, trace: Trace) -> Message:
+        limit = max(1, min(query.limit, LIST_MAX))
+        async with self.pool.acquire() as conn:
+            # one more than asked: whether a next page exists, without a count
+            found = await store.list_conversations(
+                conn, trace.tenant, limit=limit + 1, after=query.after, pattern=query.pattern
+            )
+        page = found[:limit]
+        more = len(found) > limit
+        last = page[-1] if page else None
+        next_after = Keyset(at=last.updated_at, id=last.conversation_id) if more and last else None
+        return ConversationList(conversations=page, next_after=next_after)
 
     async def _messages(self, query: ListMessages, trace: Trace) -> Message:
         async with self.pool.acquire() as conn:

@@ -17,11 +17,13 @@ from bus.headers import new_id
 from schemas.conversation import (
     ContinueConversation,
     Conversation,
+    ConversationSummary,
     CreateConversation,
     Pattern,
     StoredMessage,
     TurnStatus,
 )
+from schemas.pages import Keyset
 from schemas.runs import HistoryRef, RunRequest
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "history",
     "insert_rejected",
     "insert_turn",
+    "list_conversations",
     "list_messages",
     "lock",
     "next_request",
@@ -42,6 +45,7 @@ __all__ = [
     "reply_of",
     "run_request",
     "set_context",
+    "touch",
 ]
 
 CONVERSATION = """
@@ -55,6 +59,36 @@ CONVERSATION = """
 async def get(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
     row = await conn.fetchrow(CONVERSATION, conversation_id, tenant)
     return as_struct(row, Conversation) if row is not None else None
+
+
+async def list_conversations(
+    conn: Conn, tenant: str, *, limit: int, after: Keyset | None, pattern: Pattern | None
+) -> list[ConversationSummary]:
+    """The tenant's conversations by latest activity, newest first: the `limit` after `after` (keyset on
+    (updated_at, id), index conversations_listed), each with how many messages it shows."""
+    args: list[object] = [tenant, limit]
+    where = ["c.tenant = $1"]
+    if pattern is not None:
+        args.append(pattern.value)
+        where.append(f"c.pattern = ${len(args)}")
+    if after is not None:
+        args += [after.at, after.id]
+        where.append(f"(c.updated_at, c.id) < (${len(args) - 1}, ${len(args)})")
+    rows = await conn.fetch(
+        f"""
+        SELECT c.id AS conversation_id, c.pattern, c.agent, c.metadata->>'title' AS title, c.created_at, c.updated_at,
+            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
+        FROM conversations c WHERE {" AND ".join(where)}
+        ORDER BY c.updated_at DESC, c.id DESC LIMIT $2
+        """,
+        *args,
+    )
+    return as_structs(rows, ConversationSummary)
+
+
+async def touch(conn: Conn, conversation_id: str) -> None:
+    """Something happened in the conversation (a turn started or ended): it moves to the top of the list."""
+    await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conversation_id)
 
 
 async def lock(conn: Conn, conversation_id: str, tenant: str) -> Conversation | None:
@@ -168,6 +202,7 @@ async def insert_turn(
         """,
         message_id, conversation_id, 2 * seq, prompt, run_id, metadata,
     )  # fmt: skip
+    await touch(conn, conversation_id)
 
 
 async def insert_rejected(conn: Conn, conversation_id: str, *, run_id: str, seq: int, prompt: str) -> None:
@@ -241,6 +276,7 @@ async def finish_turn(
         "UPDATE turns SET status = $2, new_messages = $3, finished_at = now() WHERE run_id = $1",
         turn.run_id, status.value, new_messages.decode() if new_messages is not None else None,
     )  # fmt: skip
+    await touch(conn, turn.conversation_id)
     if reply is not None:
         await conn.execute(
             """

@@ -47,7 +47,7 @@ from actors.executor.summary_store import SummaryStore
 from actors.executor.tool_service import tool_endpoints
 from actors.executor.tools import ToolRegistry
 from actors.executor.tree import nest
-from actors.executor.usage import total_usage, usage_endpoint
+from actors.executor.usage import total_usage, total_usages, usage_endpoint
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
 from bus.config import BusConfig
@@ -58,17 +58,20 @@ from bus.streams import EXECUTOR_CMD, RUN_OUT, ConsumerSpec
 from bus.tenants import TenantSettingsCache
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
+from schemas.pages import Keyset
 from schemas.research import DocumentHits, FetchedPage, FetchPage, SearchDocuments
 from schemas.runs import (
     CancelRun,
     ExecutorCommand,
     GetRun,
     GetRunTree,
+    ListRuns,
     RunCancelled,
     RunCompleted,
     RunEnd,
     RunFailed,
     RunFinished,
+    RunList,
     RunRecord,
     RunRequest,
     RunStarted,
@@ -82,6 +85,7 @@ __all__ = ["ExecutorActor"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CANCELLED = "cancelled by request"
+LIST_MAX = 200  # runs in one page of the list
 
 
 @dataclass(slots=True)
@@ -166,6 +170,7 @@ class ExecutorActor(Actor):
             Endpoint("get_run", GetRun, self._get_run),
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
+            Endpoint("list_runs", ListRuns, self._list_runs),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines, internal=RESEARCH_AGENTS.keys()),
             usage_endpoint(lambda: UsageStore(self.store.pool), lambda: self.admission),
             models_endpoint(lambda: self.runners, lambda: self.breakers),
@@ -512,6 +517,17 @@ class ExecutorActor(Actor):
             )
         total = await total_usage(UsageStore(self.store.pool), trace.tenant, query.run_id) if query.with_total else None
         return RunView(run=record, total_usage=total)
+
+    async def _list_runs(self, query: ListRuns, trace: Trace) -> Message:
+        """A page of the tenant's runs, each with its total usage (one query for the page's)."""
+        limit = max(1, min(query.limit, LIST_MAX))
+        found = await self.store.page(trace.tenant, query, limit=limit + 1)  # one more: is there a next page
+        page = found[:limit]
+        totals = await total_usages(UsageStore(self.store.pool), trace.tenant, [r.id for r in page])
+        last = page[-1] if page else None
+        next_after = Keyset(at=last.created_at, id=last.id) if len(found) > limit and last else None
+        views = [RunView(run=r, total_usage=totals.get(r.id, r.usage)) for r in page]
+        return RunList(runs=views, next_after=next_after)
 
     async def _has_output(self, tenant: str, run_id: str) -> bool:
         subject = subjects.run_output(tenant, run_id)

@@ -10,7 +10,17 @@ import msgspec
 
 from actors._postgres import Conn, as_struct, as_structs
 from bus.codec import decode_union, encode
-from schemas.runs import STATUS_OF_END, RunCancelled, RunCompleted, RunEnd, RunFailed, RunRecord, RunRequest, Usage
+from schemas.runs import (
+    STATUS_OF_END,
+    ListRuns,
+    RunCancelled,
+    RunCompleted,
+    RunEnd,
+    RunFailed,
+    RunRecord,
+    RunRequest,
+    Usage,
+)
 from schemas.usage import UsageGrouping
 
 __all__ = ["Begun", "RunStore", "RunsFull", "Spend", "UsageStore", "UsageSums"]
@@ -205,6 +215,28 @@ class RunStore:
         )  # fmt: skip
         return as_structs(rows, RunRecord)
 
+    async def page(self, tenant: str, query: ListRuns, *, limit: int) -> list[RunRecord]:
+        """The tenant's runs matching the query's filters, newest first: the `limit` after `query.after`
+        (keyset on (created_at, id), index runs_listed; a filter by task, conversation or parent has its own)."""
+        args: list[object] = [tenant, limit]
+        where = ["tenant = $1"]
+        filters = {
+            "status": query.status.value if query.status is not None else None,
+            "agent": query.agent,
+            "task_id": query.task_id,
+            "conversation_id": query.conversation_id,
+            "parent_run_id": query.parent_run_id,
+        }
+        for column, value in filters.items():  # the column names are these fixed ones, never a caller's text
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if query.after is not None:
+            args += [query.after.at, query.after.id]
+            where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT $2"
+        return as_structs(await self.pool.fetch(sql, *args), RunRecord)
+
     async def get(self, run_id: str, tenant: str) -> RunRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
         return as_struct(row, RunRecord) if row is not None else None
@@ -322,3 +354,16 @@ class UsageStore:
             picked = f"WITH picked AS (SELECT * FROM runs WHERE tenant = $1 AND {CREATED_IN})"
         rows = await self.pool.fetch(picked + USAGE_SUMS.format(key=USAGE_KEY[group_by]), *args)
         return as_structs(rows, UsageSums)
+
+    async def sums_under(self, tenant: str, run_ids: list[str]) -> dict[str, UsageSums]:
+        """For each run named, the sums of its usage and every run's under it (a page of a run list, in one query)."""
+        picked = """
+            WITH RECURSIVE scoped(root, id) AS (
+                SELECT id, id FROM runs WHERE tenant = $1 AND id = ANY($2::text[])
+                UNION
+                SELECT s.root, r.id FROM runs r JOIN scoped s ON r.parent_run_id = s.id WHERE r.tenant = $1
+            ), picked AS (
+                SELECT runs.*, scoped.root FROM runs JOIN scoped USING (id) WHERE runs.tenant = $1
+            )"""
+        rows = await self.pool.fetch(picked + USAGE_SUMS.format(key="root"), tenant, run_ids)
+        return {s.key: s for s in as_structs(rows, UsageSums) if s.key is not None}

@@ -17,7 +17,7 @@ from schemas.errors import ErrorCode
 from schemas.runs import Usage
 from schemas.usage import GetUsage, UsageGroup, UsageReport, UsageRollup, UsageTotal
 
-__all__ = ["rollup", "total_usage", "usage_endpoint"]
+__all__ = ["rollup", "total_usage", "total_usages", "usage_endpoint"]
 
 
 def _usage(sums: UsageSums) -> Usage:
@@ -65,6 +65,11 @@ async def total_usage(store: UsageStore, tenant: str, run_id: str) -> Usage:
     """The usage of the run and every run under it."""
     rows = await store.sums(tenant, since=None, until=None, group_by=None, run_id=run_id)
     return next((_usage(r) for r in rows if r.key is None), Usage())
+
+
+async def total_usages(store: UsageStore, tenant: str, run_ids: list[str]) -> dict[str, Usage]:
+    """For each run named, the usage of the run and every run under it."""
+    return {run_id: _usage(sums) for run_id, sums in (await store.sums_under(tenant, run_ids)).items()}
 
 
 def usage_endpoint(store: Callable[[], UsageStore], admission: Callable[[], Admission]) -> Endpoint[GetUsage]:

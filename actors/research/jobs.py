@@ -29,11 +29,15 @@ from bus.headers import Trace
 from bus.runs import CancelSignals
 from schemas._base import Message
 from schemas.errors import ErrorCode
+from schemas.pages import Keyset
 from schemas.research import (
     CancelResearch,
     Citation,
     GetResearch,
+    ListResearch,
     ResearchFinished,
+    ResearchJob,
+    ResearchList,
     ResearchStatus,
     ResearchView,
     StartResearch,
@@ -44,6 +48,8 @@ from schemas.tenants import Quotas
 __all__ = ["Jobs"]
 
 log = structlog.get_logger("research")
+LIST_MAX = 200  # jobs in one page of the list
+LIST_PAGE_BYTES = 512 * 1024  # of encoded jobs a page carries at most (the first always): under 1 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,23 @@ class Jobs:
         if row is None:
             raise BusError(ErrorCode.NOT_FOUND, f"no research job {query.job_id}")
         return ResearchView(job=row.view(await self.store.subruns(row.id)))
+
+    async def list_jobs(self, query: ListResearch, trace: Trace) -> Message:
+        """A page of the tenant's jobs, each as `get` shows it; fewer than asked once they hold LIST_PAGE_BYTES."""
+        limit = max(1, min(query.limit, LIST_MAX))
+        rows = await self.store.page(trace.tenant, limit=limit + 1, after=query.after, status=query.status)
+        subruns = await self.store.subruns_of([r.id for r in rows[:limit]])
+        jobs: list[ResearchJob] = []
+        size = 0
+        for row in rows[:limit]:
+            job = row.view(subruns[row.id])
+            size += len(msgspec.json.encode(job))
+            if jobs and size > LIST_PAGE_BYTES:
+                break
+            jobs.append(job)
+        more = len(jobs) < len(rows)
+        next_after = Keyset(at=jobs[-1].created_at, id=jobs[-1].id) if more and jobs else None
+        return ResearchList(jobs=jobs, next_after=next_after)
 
     async def cancel(self, cmd: CancelResearch, trace: Trace) -> Message:
         row = await self.request_cancel(cmd, trace)

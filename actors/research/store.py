@@ -10,6 +10,7 @@ import asyncpg
 from actors._postgres import as_struct, as_structs
 from bus.quotas import quota_exceeded
 from bus.secrets import SecretBox, SecretError
+from schemas.pages import Keyset
 from schemas.research import (
     Citation,
     ResearchJob,
@@ -141,6 +142,31 @@ class JobStore:
     async def get(self, job_id: str, tenant: str) -> JobRow | None:
         row = await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND tenant = $2", job_id, tenant)
         return as_struct(row, JobRow) if row is not None else None
+
+    async def page(
+        self, tenant: str, *, limit: int, after: Keyset | None, status: ResearchStatus | None
+    ) -> list[JobRow]:
+        """The tenant's jobs, newest first: `limit` after `after` (keyset on (created_at, id), index jobs_listed)."""
+        args: list[object] = [tenant, limit]
+        where = ["tenant = $1"]
+        if status is not None:
+            args.append(status.value)
+            where.append(f"status = ${len(args)}")
+        if after is not None:
+            args += [after.at, after.id]
+            where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT $2"
+        return as_structs(await self.pool.fetch(sql, *args), JobRow)
+
+    async def subruns_of(self, job_ids: list[str]) -> dict[str, list[Subrun]]:
+        """The sub-runs of each job named, in order (one query for a page of jobs)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM subruns WHERE job_id = ANY($1::text[]) ORDER BY job_id, seq", job_ids
+        )
+        found: dict[str, list[Subrun]] = {job_id: [] for job_id in job_ids}
+        for row in rows:
+            found[row["job_id"]].append(as_struct(row, Subrun))
+        return found
 
     async def subruns(self, job_id: str) -> list[Subrun]:
         rows = await self.pool.fetch("SELECT * FROM subruns WHERE job_id = $1 ORDER BY seq", job_id)
