@@ -9,19 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from httpx_sse import aconnect_sse
 from pydantic_ai.messages import ModelMessage, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from bus import cli
+from bus import cli, subjects
+from bus.headers import Trace
 from tests.conftest import Platform, wait_until
 from tests.models import Gate
+from tests.test_research import Researchers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -199,3 +204,125 @@ def test_chat_without_a_key_is_a_usage_error(
     monkeypatch.setenv("AGENTBUS_HOME", str(tmp_path))
     assert cli.main(["chat"]) == 2
     assert "AGENTBUS_KEY" in capsys.readouterr().err
+
+
+def printed_json(out: str) -> Any:
+    """The JSON a `--json` command printed (the in-process platform's log lines share stdout)."""
+    start = 0 if out.startswith(("{", "[")) else min(i + 1 for i in (out.find("\n{"), out.find("\n[")) if i >= 0)
+    return json.JSONDecoder().raw_decode(out[start:])[0]
+
+
+async def test_status_tables_and_json(start_platform: Start, agentbus: Agentbus, tmp_path: Path) -> None:
+    platform = await start_platform()
+    agentbus.target(platform.url, platform.key, tmp_path)
+    ran = await agentbus("status")
+    assert ran.code == 0, ran.err
+    assert re.search(r"conversation\W+ok", ran.out) and re.search(r"executor\W+ok", ran.out)
+    assert "model breakers" in ran.out
+    raw = await agentbus("status", "--json")
+    assert raw.code == 0 and set(printed_json(raw.out)["actors"]) == {"conversation", "executor"}
+
+
+async def test_tasks_list_show_and_follow_a_delegation(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    platform = await start_platform(background=True)
+    agentbus.target(platform.url, platform.key, tmp_path)
+    async with platform.client() as client:
+        made = await client.post("/v1/tasks", json={"task_type": "delegation", "prompt": "summarise the week"})
+        task_id = made.json()["id"]
+    followed = await agentbus("tasks", "follow", task_id)  # a delegation runs once: following ends with it
+    assert followed.code == 0, followed.err
+    assert re.search(r"^task run \S+ completed \(fired by \w+\): ", followed.out, re.M)
+    listed = await agentbus("tasks", "list")
+    assert listed.code == 0 and task_id in listed.out and "summarise the week" in listed.out
+    shown = await agentbus("tasks", "show", task_id)
+    assert shown.code == 0 and "summarise the week" in shown.out and "completed" in shown.out
+    raw = await agentbus("tasks", "list", "--json")
+    assert [t["id"] for t in printed_json(raw.out)["tasks"]] == [task_id]
+    missing = await agentbus("tasks", "show", "0193d1a2-0000-7000-8000-000000000000")
+    assert missing.code == 1 and "error: not_found" in missing.err
+
+
+async def test_runs_follow_streams_a_running_turn_then_show_and_list(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    gate = Gate(["slow ", "and "], ["steady"])
+    platform = await start_platform(gate.model())
+    agentbus.target(platform.url, platform.key, tmp_path)
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        url = f"/v1/conversations/{conversation_id}/messages"
+        async with aconnect_sse(client, "POST", url, json={"message": "go", "stream": True}) as source:
+            async for sse in source.aiter_sse():
+                run_id = json.loads(sse.data)["run_id"]
+                break  # the turn goes on without this client
+    following = agentbus.start("runs", "follow", run_id)
+    await wait_until(lambda: _true(gate.reached.is_set() and "slow and" in agentbus.output()), what="the tokens")
+    gate.opened.set()
+    assert await asyncio.wait_for(following, 60) == 0
+    out = agentbus.output()
+    assert out.count("slow and steady") == 1
+    shown = await agentbus("runs", "show", run_id)
+    assert shown.code == 0 and "completed" in shown.out and run_id in shown.out
+    listed = await agentbus("runs", "list", "--conversation", conversation_id)
+    assert listed.code == 0 and run_id in listed.out
+    raw = await agentbus("runs", "show", run_id, "--json")
+    assert printed_json(raw.out)["status"] == "completed"
+
+
+async def test_research_follow_shows_progress_until_the_job_ends(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    platform = await start_platform(Researchers().model(), background=True)
+    agentbus.target(platform.url, platform.key, tmp_path)
+    async with platform.client() as client:
+        job_id = (await client.post("/v1/research", json={"question": "Which energy sources exist?"})).json()["id"]
+    followed = await agentbus("research", "follow", job_id)
+    assert followed.code == 0, followed.err
+    out = followed.out
+    assert "phase planning" in out and "phase researching" in out and "phase synthesizing" in out
+    assert f"✓ {job_id}-plan completed" in out and f"✓ {job_id}-report completed" in out
+    assert f"research {job_id} completed" in out
+    shown = await agentbus("research", "show", job_id)
+    assert shown.code == 0 and "Energy sources" in shown.out
+    listed = await agentbus("research", "list", "--json")
+    assert [j["id"] for j in printed_json(listed.out)["jobs"]] == [job_id]
+
+
+async def test_dlq_list_show_replay_and_discard(start_platform: Start, agentbus: Agentbus, tmp_path: Path) -> None:
+    platform = await start_platform()
+    agentbus.target(platform.url, platform.key, tmp_path)
+    subject = subjects.conversation_command("t1", "0193d1a2-0000-7000-8000-000000000001")
+    await platform.bus.js.publish(subject, b"not json at all", headers=Trace(tenant="t1").headers())
+    async with platform.client() as client:
+
+        async def letters() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = (await client.get("/v1/dead-letters")).json()["dead_letters"]
+            return found
+
+        await wait_until(lambda: _nonempty(letters()), what="the dead letter")
+        first = (await letters())[0]["id"]
+        listed = await agentbus("dlq", "list")
+        assert listed.code == 0 and str(first) in listed.out and "undecodable" in listed.out
+        shown = await agentbus("dlq", "show", str(first), "--json")
+        assert printed_json(shown.out)["subject"] == subject
+        replayed = await agentbus("dlq", "replay", str(first))
+        assert replayed.code == 0 and f"replayed {first} to {subject}" in replayed.out
+        await wait_until(lambda: _nonempty(letters()), what="the replayed command to be dead-lettered again")
+        again = (await letters())[0]["id"]
+        assert again != first
+        discarded = await agentbus("dlq", "discard", str(again))
+        assert discarded.code == 0 and await letters() == []
+    gone = await agentbus("dlq", "replay", str(first))
+    assert gone.code == 1 and "error: not_found" in gone.err
+
+
+async def _nonempty(found: Awaitable[list[dict[str, Any]]]) -> bool:
+    return bool(await found)
+
+
+def test_a_command_without_its_action_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["runs"])
+    assert exited.value.code == 2
