@@ -25,13 +25,15 @@ from bus.cli_http import Api, ApiFailure
 __all__ = ["add_parser", "chat"]
 
 TERMINAL = {"completed", "failed", "cancelled"}
-HELP = "/new  a new conversation · /list  conversations · /switch ID · /quit (or Ctrl-D)"
+HELP = "/new  a new conversation · /list  conversations · /switch N|ID · /quit (or Ctrl-D)"
 SHOWN_RESULT = 200  # characters of a tool's result shown
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("chat", help="chat with an agent in the terminal (replies stream as they come)")
-    parser.add_argument("--conversation", metavar="ID", help="continue this conversation (default: a new one)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--conversation", metavar="ID", help="continue this conversation (default: a new one)")
+    which.add_argument("--last", action="store_true", help="continue the conversation last written to")
     parser.add_argument("--agent", help="the agent of a new conversation (default: the gateway's)")
 
 
@@ -42,6 +44,7 @@ class Session:
     agent: str | None
     conversation: str = ""
     mine: list[str] = field(default_factory=list)  # made in this session, for a gateway without GET /v1/conversations
+    listed: list[str] = field(default_factory=list)  # the last /list, for /switch N
 
     async def open(self, conversation_id: str) -> None:
         found = await self.api.get(f"/v1/conversations/{conversation_id}")
@@ -55,20 +58,39 @@ class Session:
         self.mine.append(self.conversation)
         self.console.print(f"[dim]new conversation[/] {self.conversation} [dim]agent[/] {made.get('agent', '?')}")
 
-    async def list(self) -> None:
+    async def switch(self, which: str) -> None:
+        """To the Nth conversation of the last /list, or to the one with this id."""
+        if which.isdigit() and 1 <= int(which) <= len(self.listed):
+            which = self.listed[int(which) - 1]
+        await self.open(which)
+
+    async def latest(self) -> None:
+        rows = await self._rows(1)
+        if not rows:
+            self.console.print("[dim]no conversation yet[/]")
+            await self.new()
+        else:
+            await self.open(rows[0][0])
+
+    async def _rows(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """Newest first: id, agent, title, messages (this session's alone where the gateway lists none)."""
         try:
-            page = await self.api.get("/v1/conversations", limit=20)
-            rows = [
-                (str(c["conversation_id"]), str(c.get("agent", "")), str(c.get("title") or ""), str(c["messages"]))
-                for c in page["conversations"]
-            ]
+            page = await self.api.get("/v1/conversations", limit=limit)
         except ApiFailure as e:
             if e.status not in (404, 405):
                 raise
-            rows = [(c, "", "", "") for c in reversed(self.mine)]  # a gateway that lists none: this session's
-        table = Table("", "conversation", "agent", "title", "messages", box=None, header_style="dim")
-        for row in rows:
-            table.add_row("*" if row[0] == self.conversation else "", *row)
+            return [(c, "", "", "") for c in reversed(self.mine)][:limit]
+        return [
+            (str(c["conversation_id"]), str(c.get("agent", "")), str(c.get("title") or ""), str(c["messages"]))
+            for c in page["conversations"]
+        ]
+
+    async def list(self) -> None:
+        rows = await self._rows(20)
+        self.listed = [row[0] for row in rows]
+        table = Table("", "", "conversation", "agent", "title", "messages", box=None, header_style="dim")
+        for n, row in enumerate(rows, 1):
+            table.add_row("*" if row[0] == self.conversation else "", str(n), *(escape(cell) for cell in row))
         self.console.print(table)
 
     async def turn(self, message: str) -> None:
@@ -166,11 +188,14 @@ class TurnView:
 
 
 async def chat(api: Api, console: Console, args: argparse.Namespace, read_line: Callable[[], str] | None = None) -> int:
-    """The prompt loop; Ctrl-D or /quit ends it."""
+    """The prompt loop; Ctrl-D or /quit ends it. A conversation is picked with --conversation, --last or
+    /list then /switch N, else made new."""
     ask = read_line or (lambda: console.input("[bold]you>[/] "))
     session = Session(api, console, args.agent)
     if args.conversation:
         await session.open(args.conversation)
+    elif args.last:
+        await session.latest()
     else:
         await session.new()
     console.print(f"[dim]{HELP}[/]")
@@ -192,7 +217,7 @@ async def chat(api: Api, console: Console, args: argparse.Namespace, read_line: 
                 case "/list":
                     await session.list()
                 case "/switch" if rest.strip():
-                    await session.open(rest.strip())
+                    await session.switch(rest.strip())
                 case "/help" | "/switch":
                     console.print(f"[dim]{HELP}[/]")
                 case _ if command.startswith("/") and len(command) > 1 and " " not in command:

@@ -112,19 +112,24 @@ async def test_chat_streams_the_reply_and_shows_the_tool_call(
     assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == "It is late now."
 
 
-async def test_chat_commands_new_switch_and_an_unknown_conversation(
+async def test_chat_commands_new_list_switch_last_and_an_unknown_conversation(
     start_platform: Start, agentbus: Agentbus, tmp_path: Path
 ) -> None:
     platform = await start_platform()
     agentbus.target(platform.url, platform.key, tmp_path)
     async with platform.client() as client:
         existing = (await client.post("/v1/conversations", json={})).json()["id"]
-    ran = await agentbus("chat", stdin=f"/new\n/switch {existing}\n/switch nope\n/list\n/bogus\n/quit\nnot sent\n")
+    ran = await agentbus("chat", stdin="/new\n/list\n/switch 3\n/switch nope\n/bogus\n/quit\nnot sent\n")
     assert ran.code == 0, ran.err
-    assert len(re.findall(r"^(?:you> )?new conversation \S+ agent", ran.out, re.M)) == 2
-    assert re.search(rf"^(?:you> )?conversation {existing} agent", ran.out, re.M)
+    made = re.findall(r"^(?:you> )?new conversation (\S+) agent", ran.out, re.M)
+    assert len(made) == 2
+    listed = re.findall(r"^\W*(\d) +(\S+) +assistant", ran.out, re.M)  # newest first: the two new ones, then it
+    assert listed == [("1", made[1]), ("2", made[0]), ("3", existing)]
+    assert re.search(rf"^(?:you> )?conversation {existing} agent", ran.out, re.M)  # /switch 3
     assert "error: not_found" in ran.out  # /switch to an unknown id: said, and the prompt goes on
     assert "unknown command /bogus" in ran.out
+    last = await agentbus("chat", "--last")
+    assert last.code == 0 and re.search(rf"^conversation {made[1]} agent", last.out, re.M)
     unknown = await agentbus("chat", "--conversation", "0193d1a2-0000-7000-8000-000000000000")
     assert unknown.code == 1 and "error: not_found" in unknown.err
 
