@@ -10,7 +10,11 @@ import asyncio
 import contextlib
 import io
 import json
+import os
+import pty
 import re
+import select
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,8 +28,8 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from bus import cli, subjects
 from bus.headers import Trace
-from tests.conftest import Platform, wait_until
-from tests.models import Gate
+from tests.conftest import ROOT, Platform, wait_until
+from tests.models import Gate, replying
 from tests.test_research import Researchers
 
 pytestmark = pytest.mark.timeout(120)
@@ -331,3 +335,61 @@ def test_a_command_without_its_action_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["runs"])
     assert exited.value.code == 2
+
+
+class Terminal:
+    """`agentbus ARGV` as a subprocess on a pseudo-terminal: what a person at a terminal sees and types."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bus.cli", *argv], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT
+        )
+        os.close(slave)
+        self.seen = b""
+
+    async def read_until(self, text: str, timeout: float = 30.0) -> str:
+        async def arrived() -> bool:
+            ready, _, _ = select.select([self.master], [], [], 0)
+            if ready:
+                with contextlib.suppress(OSError):  # EIO once the child has exited
+                    self.seen += os.read(self.master, 65536)
+            return text in self.screen()
+
+        await wait_until(arrived, timeout=timeout, what=f"{text!r} on the terminal")
+        return self.screen()
+
+    def screen(self) -> str:
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.seen.decode(errors="replace")).replace("\r", "")
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+async def test_chat_in_a_real_terminal(start_platform: Start, tmp_path: Path) -> None:
+    platform = await start_platform(replying(lambda messages, info: "hello from the gateway"))
+    env = {
+        **os.environ,
+        "AGENTBUS_URL": platform.url,
+        "AGENTBUS_KEY": platform.key,
+        "AGENTBUS_HOME": str(tmp_path),
+        "TERM": "xterm-256color",
+    }
+    terminal = Terminal(["chat"], env)
+    try:
+        await terminal.read_until("you>")
+        terminal.type("hi there\n")
+        await terminal.read_until("out tokens")
+        terminal.type("\x04")  # Ctrl-D
+        await wait_until(lambda: _true(terminal.proc.poll() is not None), timeout=15, what="the chat to exit")
+        screen = terminal.screen()
+    finally:
+        terminal.close()
+    assert terminal.proc.returncode == 0
+    assert "agent> hello from the gateway" in screen and platform.key not in screen
