@@ -10,7 +10,10 @@ answers the same turn's stream from the start (the already-shown events are skip
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,11 +115,21 @@ class Session:
             is_end=lambda e: e.event in TERMINAL,
             on_retry=retrying,
         )
-        async for event in events:
-            data = json.loads(event.data) if event.data else {}
-            if not run_id and data.get("run_id"):
-                run_id.append(str(data["run_id"]))
-            view.show(event.event, data)
+        try:
+            async for event in events:
+                data = json.loads(event.data) if event.data else {}
+                if not run_id and data.get("run_id"):
+                    run_id.append(str(data["run_id"]))
+                view.show(event.event, data)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the main task): stop the reply, not the chat
+            task = asyncio.current_task()
+            if task is None or task.uncancel() > 0:
+                raise
+            await events.aclose()
+            if run_id:
+                await self.api.call("POST", f"/v1/runs/{run_id[0]}/cancel")
+            view.note("interrupted: the run is cancelled")
+            return
         view.end()
 
 
@@ -187,10 +200,22 @@ class TurnView:
         self._line()
 
 
+def _prompt(console: Console) -> str:
+    """A line from the user; Ctrl-C here raises KeyboardInterrupt at once (asyncio.run's own handler would
+    only cancel the main task, which waits at this blocking read until Enter)."""
+    if threading.current_thread() is not threading.main_thread():
+        return console.input("[bold]you>[/] ")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return console.input("[bold]you>[/] ")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 async def chat(api: Api, console: Console, args: argparse.Namespace, read_line: Callable[[], str] | None = None) -> int:
-    """The prompt loop; Ctrl-D or /quit ends it. A conversation is picked with --conversation, --last or
-    /list then /switch N, else made new."""
-    ask = read_line or (lambda: console.input("[bold]you>[/] "))
+    """The prompt loop; Ctrl-D, Ctrl-C or /quit ends it (Ctrl-C in a reply cancels its run). A conversation
+    is picked with --conversation, --last or /list then /switch N, else made new."""
+    ask = read_line or (lambda: _prompt(console))
     session = Session(api, console, args.agent)
     if args.conversation:
         await session.open(args.conversation)
@@ -202,7 +227,7 @@ async def chat(api: Api, console: Console, args: argparse.Namespace, read_line: 
     while True:
         try:
             line = ask().strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             console.print()
             return 0
         if not line:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ class Api:
         resume: Callable[[], str | None] | None = None,
         is_end: Callable[[ServerSentEvent], bool] = lambda _: False,
         on_retry: Callable[[Exception], None] | None = None,
-    ) -> AsyncIterator[ServerSentEvent]:
+    ) -> AsyncGenerator[ServerSentEvent, None]:
         """The stream's events; a dropped connection (or one that ends before `is_end`) is opened again with
         `Last-Event-ID` at `resume()` (a GET; None: the same request again), so no event comes twice.
 
@@ -128,8 +128,11 @@ class Api:
                 sent["Last-Event-ID"] = last_id
             try:
                 async with aconnect_sse(self.http, method, path, json=body, headers=sent) as source:
-                    if source.response.status_code >= 400:
-                        raise ApiFailure.of(source.response.status_code, await source.response.aread())
+                    status = source.response.status_code
+                    if status == 404 and last_id is not None:  # a run the executor has not recorded yet
+                        raise httpx.RemoteProtocolError("not found yet")
+                    if status >= 400:
+                        raise ApiFailure.of(status, await source.response.aread())
                     async for event in source.aiter_sse():
                         if event.event == "error":  # the gateway ended the stream, e.g. the key was revoked
                             raise ApiFailure.of(500, event.data.encode())

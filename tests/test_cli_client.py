@@ -14,6 +14,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -393,3 +394,28 @@ async def test_chat_in_a_real_terminal(start_platform: Start, tmp_path: Path) ->
         terminal.close()
     assert terminal.proc.returncode == 0
     assert "agent> hello from the gateway" in screen and platform.key not in screen
+
+
+async def test_ctrl_c_in_a_reply_cancels_its_run_and_the_chat_goes_on(start_platform: Start, tmp_path: Path) -> None:
+    gate = Gate(["slow "], ["never shown"])
+    platform = await start_platform(gate.model())
+    env = {**os.environ, "AGENTBUS_URL": platform.url, "AGENTBUS_KEY": platform.key, "AGENTBUS_HOME": str(tmp_path)}
+    terminal = Terminal(["chat"], env)
+    try:
+        conversation_id = (await terminal.read_until("you>")).split("new conversation", 1)[1].split()[0]
+        terminal.type("take your time\n")
+        await terminal.read_until("agent> slow")
+        terminal.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        await terminal.read_until("interrupted: the run is cancelled")
+        async with platform.client() as client:
+
+            async def cancelled() -> bool:
+                runs = (await client.get("/v1/runs", params={"conversation_id": conversation_id})).json()["runs"]
+                return [r["status"] for r in runs] == ["cancelled"]
+
+            await wait_until(cancelled, what="the run to be cancelled")
+        terminal.type("\x04")
+        await wait_until(lambda: _true(terminal.proc.poll() is not None), timeout=15, what="the chat to exit")
+    finally:
+        terminal.close()
+    assert terminal.proc.returncode == 0 and "never shown" not in terminal.screen()
