@@ -101,7 +101,7 @@ def letter_of(
         headers=dict(headers),
         payload=payload,
         payload_text=text,
-        dead_lettered_at=at,
+        dead_lettered_at=at.replace(microsecond=at.microsecond // 1000 * 1000),  # read alike however it was read
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -33,6 +34,10 @@ async def _all_pages(client: httpx.AsyncClient, path: str, items: str, **params:
         if after is None:
             return pages
         assert len(pages) < 50, "the cursor does not advance"
+
+
+def _at(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
 
 
 def _flat(pages: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -88,7 +93,7 @@ async def test_conversations_are_listed_latest_activity_first_in_pages_and_only_
     assert len(set(ids)) == len(ids) and not set(ids) & theirs
     top = listed[0]
     assert top["title"] == "chat 0" and top["messages"] == 2 and top["agent"] == "assistant"
-    assert top["updated_at"] > top["created_at"] and top["pattern"] == "chatbot"
+    assert _at(top["updated_at"]) > _at(top["created_at"]) and top["pattern"] == "chatbot"
     assert listed[1]["title"] is None and listed[1]["messages"] == 0
     assert set(top) >= {"conversation_id", "agent", "title", "created_at", "updated_at", "messages"}
     assert [c["conversation_id"] for c in sidekicks["conversations"]] == [sidekick]
@@ -127,7 +132,7 @@ async def test_runs_are_listed_newest_first_with_their_total_usage_filtered_and_
     listed = _flat(pages)
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [r["id"] for r in listed] == list(reversed(run_ids))
-    assert [r["created_at"] for r in listed] == sorted((r["created_at"] for r in listed), reverse=True)
+    assert [_at(r["created_at"]) for r in listed] == sorted((_at(r["created_at"]) for r in listed), reverse=True)
     # each is the view GET /v1/runs/{id} answers
     assert next(r for r in listed if r["id"] == run_ids[0]) == single
     assert single["total_usage"]["requests"] == 1 and single["conversation_id"] == first
@@ -189,7 +194,7 @@ class Researchers:
             args = json.dumps({"sub_questions": [{"question": "What is it?", "why": "to know"}]})
             yield {0: DeltaToolCall(name=info.output_tools[0].name, json_args=args, tool_call_id="plan")}
         elif "You write a research report" in instructions:
-            yield "# Report\n\nIt is what it is."
+            yield "# Report\n\n" + ("It is long. " * 12_000 if "long" in prompt else "It is what it is.")
         else:
             yield "It is a thing."
 
@@ -228,8 +233,10 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
         running = (await one.get("/v1/research", params={"status": "planning"})).json()
         assert (await one.post(f"/v1/research/{held}/cancel")).status_code == 202
         cancelled = await _ended(one, held)
-        theirs = (await two.post("/v1/research", json={**spec, "question": "their question"})).json()["id"]
-        await _ended(two, theirs)
+        theirs = []
+        for question in ("their question", "a long one", "another long one"):  # reports of 144 KB
+            theirs.append((await two.post("/v1/research", json={**spec, "question": question})).json()["id"])
+            await _ended(two, theirs[-1])
         # a delegated task's run names the task
         task = (await one.post("/v1/tasks", json={"task_type": "delegation", "prompt": "do it"})).json()
 
@@ -243,7 +250,7 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
         single = (await one.get(f"/v1/research/{jobs[0]}")).json()
         completed = _flat(await _all_pages(one, "/v1/research", "jobs", status="completed", limit=2))
         only_cancelled = (await one.get("/v1/research", params={"status": "cancelled"})).json()
-        their_list = (await two.get("/v1/research")).json()
+        their_pages = await _all_pages(two, "/v1/research", "jobs", limit=3)
         sub_runs = _flat(await _all_pages(one, "/v1/runs", "runs", parent_run_id=jobs[1], limit=2))
         writers = (await one.get("/v1/runs", params={"agent": "research-writer"})).json()
         task_runs = (await one.get("/v1/runs", params={"task_id": task["id"]})).json()
@@ -257,7 +264,9 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
     assert cancelled["status"] == "cancelled"
     assert [j["id"] for j in completed] == list(reversed(jobs))
     assert [j["id"] for j in only_cancelled["jobs"]] == [held]
-    assert [j["id"] for j in their_list["jobs"]] == [theirs]
+    # a page stops short once its jobs hold 512 KiB (each long job's report is in it twice: as the writer's output)
+    assert [[j["id"] for j in page] for page in their_pages] == [[theirs[2]], [theirs[1], theirs[0]]]
+    assert len(their_pages[0][0]["report"]) > 140_000
     assert {r["id"] for r in sub_runs} == {f"{jobs[1]}-plan", f"{jobs[1]}-q1-1", f"{jobs[1]}-report"}
     assert all(r["parent_run_id"] == jobs[1] for r in sub_runs)
     assert [r["id"] for r in writers["runs"]] == [f"{j}-report" for j in reversed(jobs)]

@@ -1,6 +1,6 @@
 """Tenant isolation at the HTTP edge, tried as an attacker would: tenant A's admin key on every operation of
 the gateway's own OpenAPI document that takes an id in its path, filled with ids of tenant B's resources
-(its conversation, run, task, task run, delivery, research job, document, key). Every call answers 404
+(its conversation, run, task, task run, delivery, research job, document, key, dead letter). Every call answers 404
 and nothing of B's changes. The operations come from the document, so an endpoint added tomorrow is
 tried the day it is added; one with a path parameter this test cannot fill fails the test until it can."""
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from bus import subjects
+from bus.headers import Trace
 from tests.conftest import Platform, wait_until
 from tests.models import replying
 
@@ -53,6 +55,15 @@ async def _tenant_b(platform: Platform, client: httpx.AsyncClient) -> dict[str, 
     assert document.status_code == 201, document.text
     key = await client.post("/v1/keys", json={"name": "B's other key"})
     assert key.status_code == 201, key.text
+    # a turn of B's that the conversation actor cannot decode: B's dead letter
+    subject = subjects.conversation_command("tenant-b", conversation_id)
+    await platform.bus.js.publish(subject, b"B's garbage", headers=Trace(tenant="tenant-b").headers())
+
+    async def dead_lettered() -> bool:
+        return bool((await client.get("/v1/dead-letters")).json()["dead_letters"])
+
+    await wait_until(dead_lettered, timeout=20, what="B's dead letter")
+    letter = (await client.get("/v1/dead-letters")).json()["dead_letters"][0]
     return {
         "conversation_id": conversation_id,
         "run_id": reply.json()["run_id"],
@@ -62,6 +73,7 @@ async def _tenant_b(platform: Platform, client: httpx.AsyncClient) -> dict[str, 
         "job_id": job.json()["id"],
         "document_id": document.json()["id"],
         "key_id": key.json()["id"],
+        "dead_letter_id": str(letter["id"]),
     }
 
 
@@ -116,4 +128,5 @@ def _readable(ids: dict[str, str]) -> dict[str, str]:
         "task": f"/v1/tasks/{ids['task_id']}",
         "document": f"/v1/documents/{ids['document_id']}",
         "keys": "/v1/keys",
+        "dead letters": "/v1/dead-letters",
     }
