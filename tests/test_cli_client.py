@@ -233,6 +233,13 @@ async def test_status_tables_and_json(start_platform: Start, agentbus: Agentbus,
     assert raw.code == 0 and set(printed_json(raw.out)["actors"]) == {"conversation", "executor"}
 
 
+async def test_status_exits_1_when_an_actor_is_down(start_platform: Start, agentbus: Agentbus, tmp_path: Path) -> None:
+    platform = await start_platform(actors=("conversation", "executor", "scheduler"))  # no scheduler runs
+    agentbus.target(platform.url, platform.key, tmp_path)
+    ran = await agentbus("status")
+    assert ran.code == 1 and re.search(r"scheduler\W+down", ran.out) and re.search(r"executor\W+ok", ran.out)
+
+
 async def test_tasks_list_show_and_follow_a_delegation(
     start_platform: Start, agentbus: Agentbus, tmp_path: Path
 ) -> None:
