@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bus.cli_http import Api, ApiFailure
+from bus.cli_http import Api, ApiFailure, segment
 
 __all__ = ["add_parser", "chat"]
 
@@ -50,7 +50,7 @@ class Session:
     listed: list[str] = field(default_factory=list)  # the last /list, for /switch N
 
     async def open(self, conversation_id: str) -> None:
-        found = await self.api.get(f"/v1/conversations/{conversation_id}")
+        found = await self.api.get(f"/v1/conversations/{segment(conversation_id)}")
         self.conversation = str(found["id"])
         self.console.print(f"[dim]conversation[/] {self.conversation} [dim]agent[/] {found.get('agent', '?')}")
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bus.cli_chat import TERMINAL, TurnView
-from bus.cli_http import Api
+from bus.cli_http import Api, segment
 
 __all__ = ["follow"]
 
@@ -26,6 +26,7 @@ ENDED_TASK_RUNS = {"completed", "failed", "cancelled", "skipped"}
 
 
 async def follow(api: Api, console: Console, noun: str, item_id: str) -> int:
+    item_id = segment(item_id)
     match noun:
         case "runs":
             return await _run(api, console, item_id)

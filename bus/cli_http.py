@@ -15,12 +15,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 from rich.console import Console
 
-__all__ = ["Api", "ApiFailure", "Target", "UsageFailure", "print_json", "run_command"]
+__all__ = ["Api", "ApiFailure", "Target", "UsageFailure", "print_json", "run_command", "segment"]
 
 RECONNECTS = 8  # attempts in a row without an event before a stream is given up
 READ_TIMEOUT_S = 60.0  # the gateway sends a keepalive comment every 15 s of silence
@@ -156,6 +157,11 @@ class Api:
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
             if resume is not None and (again := resume()) is not None:
                 path, method, body = again, "GET", None
+
+
+def segment(value: str) -> str:
+    """An id typed by the user as one path segment (`/switch ../keys` names no other route)."""
+    return quote(value, safe="")
 
 
 def _seen(event_id: str, last_id: str | None) -> bool:

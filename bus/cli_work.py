@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from bus import cli_follow
-from bus.cli_http import Api, print_json
+from bus.cli_http import Api, print_json, segment
 
 __all__ = ["NOUNS", "add_parsers", "work"]
 
@@ -191,7 +191,7 @@ def _tree(node: dict[str, Any], tree: Tree | None = None) -> Tree:
 
 
 async def _show(api: Api, console: Console, noun: Noun, args: argparse.Namespace) -> int:
-    item = await api.get(f"{noun.path}/{args.id}")
+    item = await api.get(f"{noun.path}/{segment(args.id)}")
     if args.json:
         print_json(item)
         return 0
@@ -210,7 +210,7 @@ async def _show(api: Api, console: Console, noun: Noun, args: argparse.Namespace
             console.print(runs)
         case "runs":
             _fields(console, item, set())
-            console.print(_tree(await api.get(f"/v1/runs/{args.id}/tree")))
+            console.print(_tree(await api.get(f"/v1/runs/{segment(args.id)}/tree")))
         case "research":
             _fields(console, item, {"subruns", "report", "citations"})
             subruns = Table("sub-run", "kind", "status", "tokens in/out", "question", header_style="bold")
@@ -238,13 +238,13 @@ async def work(api: Api, console: Console, args: argparse.Namespace) -> int:
         case "show":
             return await _show(api, console, noun, args)
         case "replay":
-            replayed = await api.call("POST", f"/v1/dead-letters/{args.id}/replay")
+            replayed = await api.call("POST", f"/v1/dead-letters/{segment(args.id)}/replay")
             subject = escape(str(replayed.get("subject")))
-            console.print(f"replayed {args.id} to {subject} as stream message {replayed.get('replayed_as')}")
+            console.print(f"replayed {escape(args.id)} to {subject} as stream message {replayed.get('replayed_as')}")
             return 0
         case "discard":
-            await api.call("DELETE", f"/v1/dead-letters/{args.id}")
-            console.print(f"discarded {args.id}")
+            await api.call("DELETE", f"/v1/dead-letters/{segment(args.id)}")
+            console.print(f"discarded {escape(args.id)}")
             return 0
         case "follow":
             return await cli_follow.follow(api, console, args.command, args.id)
