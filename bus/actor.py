@@ -176,6 +176,11 @@ class Actor:
             metadata={"instance": self.instance},
         )
         routes.append(Endpoint("health", HealthCheck, self._health))
+        health = self._endpoint_handler(Endpoint("health", HealthCheck, self._health))
+        # this replica's own, so an operator's status asks each replica found by PING (gateway/status.py)
+        await self._service.add_endpoint(
+            name="health_instance", subject=subjects.instance_health(self.name, self._service.id), handler=health
+        )
         for route in routes:
             match route:
                 case Endpoint():

@@ -126,6 +126,7 @@ ACCESS: dict[Role, Access] = {
             subjects.executor_cancels(),
             subjects.research_cancels(),
             subjects.audit_all(),
+            subjects.MICRO_DISCOVERY,  # GET /v1/status finds every replica (PING)
         ),
         listens=(subjects.conversation_turns_all(),),
         asks=tuple(ActorName),

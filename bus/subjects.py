@@ -53,11 +53,13 @@ __all__ = [
     "executor_plain_commands",
     "executor_subrun_command",
     "inbox_prefix",
+    "instance_health",
     "js_api",
     "js_consumer_api",
     "js_stream_api",
     "js_stream_reads",
     "kv_writes",
+    "micro_ping",
     "notifier_command",
     "notifier_commands",
     "notifier_event",
@@ -324,6 +326,17 @@ def audit_all() -> str:
 
 def service(actor: ActorName, verb: str) -> str:
     return _join(actor.value, "svc", token(verb))
+
+
+def instance_health(actor: ActorName, instance_id: str) -> str:
+    """One replica's own health endpoint (`instance_id`: its micro service id, as PING answers it), beside the
+    shared `health` that any one replica answers."""
+    return _join(actor.value, "svc", "health", token(instance_id))
+
+
+def micro_ping(service_name: str) -> str:
+    """What every replica of a NATS micro service answers (its id, name, version, metadata)."""
+    return f"$SRV.PING.{token(service_name)}"
 
 
 def services(actor: ActorName) -> str:

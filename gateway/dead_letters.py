@@ -48,11 +48,12 @@ from gateway.state import Gateway
 from schemas.errors import ErrorCode
 from schemas.events import DeadLetter, DeadLetterPage, Replayed
 
-__all__ = ["DeadLetterController", "letter_of"]
+__all__ = ["DeadLetterController", "letter_of", "tenant_counts"]
 
 T = TypeVar("T")
 WINDOW = 256  # letters read at once while walking back
 MAX_SCAN = 4096  # letters looked at per list request
+MAX_COUNTED = 10_000  # the newest letters a count looks at
 FETCH_TIMEOUT_S = 3.0
 DEAD_HEADERS = frozenset(
     {
@@ -112,9 +113,10 @@ async def _unavailable_on_failover(call: Awaitable[T]) -> T:
         raise BusError(ErrorCode.UNAVAILABLE, "JetStream did not answer: try again later") from e
 
 
-async def _window(gw: Gateway, filter_subject: str, lo: int, hi: int) -> list[Msg]:
-    """The letters on `filter_subject` with lo <= sequence < hi, oldest first."""
+async def _window(gw: Gateway, filter_subject: str, lo: int, hi: int, *, headers_only: bool = False) -> list[Msg]:
+    """The letters on `filter_subject` with lo <= sequence < hi, oldest first (`headers_only`: without bodies)."""
     config = ConsumerConfig(
+        headers_only=headers_only or None,
         filter_subject=filter_subject,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -175,6 +177,21 @@ async def _page(
     if len(found) > limit:
         return DeadLetterPage(dead_letters=found[:limit], next_after=found[limit - 1].id)
     return DeadLetterPage(dead_letters=found, next_after=hi if hi > first else None)
+
+
+async def tenant_counts(gw: Gateway, tenant: str) -> dict[str, int]:
+    """How many of the newest MAX_COUNTED dead letters are the tenant's, per actor."""
+    state = (await _unavailable_on_failover(gw.bus.js.stream_info(DLQ.name))).state
+    if not state.messages:
+        return {}
+    lo = max(state.first_seq, state.last_seq - MAX_COUNTED + 1, 1)
+    counts: dict[str, int] = {}
+    for msg in await _window(gw, subjects.dead_letters(), lo, state.last_seq + 1, headers_only=True):
+        headers = dict(msg.headers or {})
+        if letter_of(msg.metadata.sequence.stream, msg.subject, headers, b"", msg.metadata.timestamp, tenant):
+            actor = msg.subject.removeprefix(f"{subjects.PREFIX}.dlq.")
+            counts[actor] = counts.get(actor, 0) + 1
+    return counts
 
 
 async def _letter(gw: Gateway, tenant: str, seq: int) -> DeadLetter:
