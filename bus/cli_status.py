@@ -47,19 +47,22 @@ async def _report(api: Api) -> tuple[dict[str, Any], bool]:
     return report, False
 
 
-def _replicas(name: str, actor: dict[str, Any], full: bool) -> list[tuple[str, str, str, str]]:
-    if full:
-        replicas = actor.get("replicas") or []
-        if not replicas:
-            return [(name, _ok(actor.get("ok")), "[red]no replica answers[/]", "")]
-        return [(name, _ok(actor.get("ok")), escape(str(r.get("instance", ""))), _ok(r.get("ok"))) for r in replicas]
-    where = escape(str(actor.get("instance") or actor.get("error") or ""))
-    return [(name, _ok(actor.get("ok")), where, _checks(actor.get("checks")))]
+def _replicas(name: str, actor: dict[str, Any], full: bool) -> list[tuple[str, ...]]:
+    if not full:  # /health: the one replica that answered the shared health request
+        where = escape(str(actor.get("instance") or actor.get("error") or ""))
+        return [(name, _ok(actor.get("ok")), where, _ok(actor.get("ok")), _checks(actor.get("checks")))]
+    replicas = actor.get("replicas") or []
+    if not replicas:
+        return [(name, _ok(actor.get("ok")), "[red]no replica answers[/]", "", "")]
+    return [
+        (name, _ok(actor.get("ok")), escape(str(r.get("instance", ""))), _ok(r.get("ok")), _checks(r.get("checks")))
+        for r in replicas
+    ]
 
 
 def render(console: Console, report: dict[str, Any], full: bool) -> None:
     actors = Table(title="actors", title_justify="left", header_style="bold")
-    for column in ("actor", "health", "replica", "replica health" if full else "checks"):
+    for column in ("actor", "health", "replica", "replica health", "checks"):
         actors.add_column(column)
     for name, actor in sorted((report.get("actors") or {}).items()):
         for row in _replicas(name, actor, full):
@@ -80,8 +83,9 @@ def render(console: Console, report: dict[str, Any], full: bool) -> None:
         dead.add_column("actor")
         dead.add_column("letters", justify="right")
         for name, count in sorted((report.get("dead_letters") or {}).items()):
-            dead.add_row(escape(name), f"[red]{count}[/]" if count else "0")
-        console.print(dead)
+            if count:
+                dead.add_row(escape(name), f"[red]{count}[/]")
+        console.print(dead if dead.row_count else "[dim]dead letters: none[/]")
     else:
         console.print(f"[dim]nats {report.get('nats')} · jetstream {escape(str(report.get('jetstream')))}[/]")
         console.print("[dim](this gateway has no /v1/status: no backlogs or dead letters, one replica per actor)[/]")

@@ -228,7 +228,8 @@ async def test_status_tables_and_json(start_platform: Start, agentbus: Agentbus,
     ran = await agentbus("status")
     assert ran.code == 0, ran.err
     assert re.search(r"conversation\W+ok", ran.out) and re.search(r"executor\W+ok", ran.out)
-    assert "model breakers" in ran.out
+    assert "model breakers" in ran.out and re.search(r"AB_CONVERSATION_CMD\W+conversation-cmd\W+0", ran.out)
+    assert re.search(r"conversation\W+ok\W+\S+\W+ok\W+postgres: ok", ran.out)  # a replica and its checks
     raw = await agentbus("status", "--json")
     assert raw.code == 0 and set(printed_json(raw.out)["actors"]) == {"conversation", "executor"}
 
