@@ -321,6 +321,8 @@ async def test_dlq_list_show_replay_and_discard(start_platform: Start, agentbus:
 
         await wait_until(lambda: _nonempty(letters()), what="the dead letter")
         first = (await letters())[0]["id"]
+        status = await agentbus("status")  # the tenant's dead letters per actor
+        assert re.search(r"^\W*conversation\W+1\W*$", status.out, re.M), status.out
         listed = await agentbus("dlq", "list")
         assert listed.code == 0 and str(first) in listed.out and "undecodable" in listed.out
         shown = await agentbus("dlq", "show", str(first), "--json")
