@@ -15,7 +15,14 @@ def main() -> None:
     config = GatewayConfig.from_env()
     app = create_app(config, BusConfig.from_env())
     uvicorn.run(
-        app, host=config.host, port=config.port, loop="uvloop", http="httptools", log_level="warning", access_log=False
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=config.keep_alive_s,
     )
 
 

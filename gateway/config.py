@@ -29,6 +29,9 @@ class GatewayConfig:
     port: int = 8000
     reply_timeout_s: float = 120.0  # a non-streamed turn answers 504 after this
     max_body_bytes: int = 1 << 20
+    # how long an idle keep-alive connection stays open: longer than a client's or load balancer's pool
+    # keeps one (uvicorn's 5 s default races pooled clients: a request sent as the server closes is lost)
+    keep_alive_s: int = 75
     idempotency_ttl_s: float = 24 * 3600.0
     actors: tuple[str, ...] = DEFAULT_ACTORS  # what /health expects to answer
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); none by default
@@ -50,6 +53,7 @@ class GatewayConfig:
             port=int(os.environ.get("AGENTBUS_PORT", "8000")),
             reply_timeout_s=float(os.environ.get("AGENTBUS_REPLY_TIMEOUT", "120")),
             max_body_bytes=int(os.environ.get("AGENTBUS_MAX_BODY", str(1 << 20))),
+            keep_alive_s=int(os.environ.get("AGENTBUS_KEEP_ALIVE", "75")),
             actors=tuple(a for a in actors.split(",") if a) if actors else DEFAULT_ACTORS,
             cors_origins=cors_origins(os.environ),
             auth_off=auth in ("off", "false", "0", "no"),

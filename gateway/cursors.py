@@ -40,8 +40,8 @@ def cursor(at: Keyset | None) -> str | None:
 
 
 def keyset(after: str | None) -> Keyset | None:
-    """The keyset an `after` names; 422 `invalid` for one no page gave."""
-    if after is None:
+    """The keyset an `after` names (none when it is empty: the first page); 422 `invalid` for one no page gave."""
+    if not after:
         return None
     try:
         micros, id_ = _decode.decode(base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)))

@@ -45,11 +45,12 @@ def _flat(pages: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _failing_on_boom() -> FunctionModel:
-    """Answers "ok", or fails its run when the prompt says "boom"."""
+    """Answers "ok", or fails its run when the prompt says "boom" (at length: "long boom")."""
 
     def reply(messages: list[ModelMessage]) -> str:
-        if "boom" in prompts_of(messages)[-1]:
-            raise RuntimeError("the model fell over")
+        prompt = prompts_of(messages)[-1]
+        if "boom" in prompt:
+            raise RuntimeError("the model fell over" + " and over" * 15_000 * ("long" in prompt))
         return "ok"
 
     def whole(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -128,6 +129,13 @@ async def test_runs_are_listed_newest_first_with_their_total_usage_filtered_and_
         of_a_task = (await one.get("/v1/runs", params={"task_id": "no-such-task"})).json()
         under = (await one.get("/v1/runs", params={"parent_run_id": run_ids[0]})).json()
         their_list = (await two.get("/v1/runs")).json()
+        # runs whose error text is 135 KB each: a page stops short of 512 KiB
+        third = (await one.post("/v1/conversations", json={})).json()["id"]
+        long_ones = []
+        for _ in range(4):
+            response = await one.post(f"/v1/conversations/{third}/messages", json={"message": "long boom"})
+            long_ones.append(response.json()["error"]["details"]["run_id"])
+        failed_pages = await _all_pages(one, "/v1/runs", "runs", status="failed", limit=5)
 
     listed = _flat(pages)
     assert [len(p) for p in pages] == [2, 2, 1]
@@ -143,6 +151,8 @@ async def test_runs_are_listed_newest_first_with_their_total_usage_filtered_and_
     assert len(by_agent["runs"]) == 5 and nobody == {"runs": [], "next_after": None}
     assert foreign["runs"] == [] and of_a_task["runs"] == [] and under["runs"] == []
     assert [r["id"] for r in their_list["runs"]] == [their_run]
+    assert [[r["id"] for r in page] for page in failed_pages] == [long_ones[:0:-1], [long_ones[0], run_ids[3]]]
+    assert len(failed_pages[0][0]["error"]) > 135_000
 
 
 async def test_a_bad_list_query_is_a_422_and_reaches_no_actor(start_platform: Start) -> None:
@@ -175,7 +185,9 @@ async def test_a_bad_list_query_is_a_422_and_reaches_no_actor(start_platform: St
             await client.post("/v1/conversations", json={})
         page = (await client.get("/v1/conversations", params={"limit": 2})).json()
         rest = await client.get("/v1/conversations", params={"limit": 2, "after": page["next_after"]})
+        first = await client.get("/v1/conversations", params={"limit": 2, "after": ""})  # empty: the first page
     assert rest.status_code == 200 and len(rest.json()["conversations"]) == 1
+    assert first.json() == page
 
 
 class Researchers:
@@ -255,6 +267,7 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
         writers = (await one.get("/v1/runs", params={"agent": "research-writer"})).json()
         task_runs = (await one.get("/v1/runs", params={"task_id": task["id"]})).json()
         foreign_sub_runs = (await two.get("/v1/runs", params={"parent_run_id": jobs[1]})).json()
+        task_conversations = (await one.get("/v1/conversations", params={"pattern": "task"})).json()
 
     assert [len(p) for p in pages] == [2, 2]
     assert [j["id"] for j in _flat(pages)] == [held, *reversed(jobs)]
@@ -273,3 +286,6 @@ async def test_research_jobs_and_their_sub_runs_and_task_runs_are_listed(start_p
     (task_run,) = task_runs["runs"]
     assert task_run["task_id"] == task["id"] and task_run["total_usage"]["requests"] == 1
     assert foreign_sub_runs["runs"] == []
+    (task_conversation,) = task_conversations["conversations"]  # a task run's own conversation
+    assert task_conversation["conversation_id"] == task["last_runs"][0]["id"] == task_run["conversation_id"]
+    assert task_conversation["messages"] == 2

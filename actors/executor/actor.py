@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from pydantic_ai import CancellationToken
 from pydantic_ai.models import Model
 
+from actors._pages import fitting
 from actors._postgres import DATABASE_DOWN, open_pool
 from actors._postgres import health as postgres_health
 from actors.executor.admission import Admission
@@ -519,13 +520,14 @@ class ExecutorActor(Actor):
         return RunView(run=record, total_usage=total)
 
     async def _list_runs(self, query: ListRuns, trace: Trace) -> Message:
-        """A page of the tenant's runs, each with its total usage (one query for the page's)."""
+        """A page of the tenant's runs, each with its total usage (one query for the page's); fewer than asked
+        once they hold PAGE_BYTES (a run's error text can be long)."""
         limit = max(1, min(query.limit, LIST_MAX))
         found = await self.store.page(trace.tenant, query, limit=limit + 1)  # one more: is there a next page
-        page = found[:limit]
+        page = found[: min(limit, fitting(found))]
         totals = await total_usages(UsageStore(self.store.pool), trace.tenant, [r.id for r in page])
         last = page[-1] if page else None
-        next_after = Keyset(at=last.created_at, id=last.id) if len(found) > limit and last else None
+        next_after = Keyset(at=last.created_at, id=last.id) if len(found) > len(page) and last else None
         views = [RunView(run=r, total_usage=totals.get(r.id, r.usage)) for r in page]
         return RunList(runs=views, next_after=next_after)
 

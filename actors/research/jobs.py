@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from actors._notifications import check_notification_config, deliveries, new_signing_secret
+from actors._pages import fitting
 from actors.research import report
 from actors.research.budget import JobFailed, LimitReached, check_limits
 from actors.research.config import ResearchConfig
@@ -36,7 +37,6 @@ from schemas.research import (
     GetResearch,
     ListResearch,
     ResearchFinished,
-    ResearchJob,
     ResearchList,
     ResearchStatus,
     ResearchView,
@@ -49,7 +49,6 @@ __all__ = ["Jobs"]
 
 log = structlog.get_logger("research")
 LIST_MAX = 200  # jobs in one page of the list
-LIST_PAGE_BYTES = 512 * 1024  # of encoded jobs a page carries at most (the first always): under 1 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +111,12 @@ class Jobs:
         return ResearchView(job=row.view(await self.store.subruns(row.id)))
 
     async def list_jobs(self, query: ListResearch, trace: Trace) -> Message:
-        """A page of the tenant's jobs, each as `get` shows it; fewer than asked once they hold LIST_PAGE_BYTES."""
+        """A page of the tenant's jobs, each as `get` shows it; fewer than asked once they hold PAGE_BYTES."""
         limit = max(1, min(query.limit, LIST_MAX))
         rows = await self.store.page(trace.tenant, limit=limit + 1, after=query.after, status=query.status)
         subruns = await self.store.subruns_of([r.id for r in rows[:limit]])
-        jobs: list[ResearchJob] = []
-        size = 0
-        for row in rows[:limit]:
-            job = row.view(subruns[row.id])
-            size += len(msgspec.json.encode(job))
-            if jobs and size > LIST_PAGE_BYTES:
-                break
-            jobs.append(job)
+        jobs = [row.view(subruns[row.id]) for row in rows[:limit]]
+        jobs = jobs[: fitting(jobs)]
         more = len(jobs) < len(rows)
         next_after = Keyset(at=jobs[-1].created_at, id=jobs[-1].id) if more and jobs else None
         return ResearchList(jobs=jobs, next_after=next_after)

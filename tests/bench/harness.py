@@ -270,6 +270,8 @@ class Infra:
             "AGENTBUS_LOG_LEVEL": "WARNING",
             "AGENTBUS_RATE_LIMIT": "0",  # the benchmarks send far more than 100 requests a minute per key
             "AGENTBUS_WEBHOOK_RATE_LIMIT": "0",  # (the rate-limit one sets its own)
+            # the quotas stay on (their checks are part of the cost) but far above what a benchmark makes
+            **{f"AGENTBUS_QUOTA_{name}": "1000000000" for name in ("TASKS", "ACTIVE_SCHEDULES", "RESEARCH_JOBS")},
             **extra,
         }
 
