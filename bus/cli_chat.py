@@ -78,7 +78,7 @@ class Session:
     async def _rows(self, limit: int) -> list[tuple[str, str, str, str]]:
         """Newest first: id, agent, title, messages (this session's alone where the gateway lists none)."""
         try:
-            page = await self.api.get("/v1/conversations", limit=limit)
+            page = await self.api.get("/v1/conversations", limit=limit, pattern="chatbot")  # not tasks' or sidekicks
         except ApiFailure as e:
             if e.status not in (404, 405):
                 raise
