@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bus.cli_http import Api, ApiFailure, segment
+from bus.cli_http import Api, ApiFailure, printable, segment
 
 __all__ = ["add_parser", "chat"]
 
@@ -52,14 +52,16 @@ class Session:
     async def open(self, conversation_id: str) -> None:
         found = await self.api.get(f"/v1/conversations/{segment(conversation_id)}")
         self.conversation = str(found["id"])
-        self.console.print(f"[dim]conversation[/] {self.conversation} [dim]agent[/] {found.get('agent', '?')}")
+        agent = escape(printable(found.get("agent", "?")))
+        self.console.print(f"[dim]conversation[/] {self.conversation} [dim]agent[/] {agent}")
 
     async def new(self) -> None:
         body = {"agent": self.agent} if self.agent else {}
         made = await self.api.call("POST", "/v1/conversations", body=body)
         self.conversation = str(made["id"])
         self.mine.append(self.conversation)
-        self.console.print(f"[dim]new conversation[/] {self.conversation} [dim]agent[/] {made.get('agent', '?')}")
+        agent = escape(printable(made.get("agent", "?")))
+        self.console.print(f"[dim]new conversation[/] {self.conversation} [dim]agent[/] {agent}")
 
     async def switch(self, which: str) -> None:
         """To the Nth conversation of the last /list, or to the one with this id."""
@@ -93,7 +95,8 @@ class Session:
         self.listed = [row[0] for row in rows]
         table = Table("", "", "conversation", "agent", "title", "messages", box=None, header_style="dim")
         for n, row in enumerate(rows, 1):
-            table.add_row("*" if row[0] == self.conversation else "", str(n), *(escape(cell) for cell in row))
+            current = "*" if row[0] == self.conversation else ""
+            table.add_row(current, str(n), *(escape(printable(cell)) for cell in row))
         self.console.print(table)
 
     async def turn(self, message: str) -> None:
@@ -147,6 +150,10 @@ class TurnView:
             self.console.print()
             self.mid_line = False
 
+    def _raw(self, text: object, *, end: str = "\n", style: str | None = None) -> None:
+        """The gateway's text as it is: no markup, no highlighting, no control characters, no wrapping."""
+        self.console.print(printable(text), end=end, style=style, markup=False, highlight=False, soft_wrap=True)
+
     def note(self, text: str) -> None:
         self._line()
         self.console.print(f"[dim]({escape(text)})[/]")
@@ -159,18 +166,18 @@ class TurnView:
                     self._line()
                     self.console.print("[bold green]agent>[/] ", end="")
                     self.speaking = True
-                self.console.print(str(data.get("text", "")), end="", markup=False, highlight=False, soft_wrap=True)
+                self._raw(data.get("text", ""), end="")
                 self.mid_line = self.said = True
             case "tool_call":
                 self._line()
-                self.console.print(f"  [cyan]⚙ {escape(str(data.get('tool_name')))}[/]", end="")
-                self.console.print(f"({data.get('args', '')})", markup=False, highlight=False, soft_wrap=True)
+                self.console.print(f"  [cyan]⚙ {escape(printable(data.get('tool_name')))}[/]", end="")
+                self._raw(f"({data.get('args', '')})")
                 self.speaking = False
             case "tool_result":
-                content = str(data.get("content", ""))
+                content = printable(data.get("content", ""))
                 shown = content if len(content) <= SHOWN_RESULT else content[:SHOWN_RESULT] + "…"
-                self.console.print(f"  [dim]↳ {escape(str(data.get('tool_name')))}:[/] ", end="")
-                self.console.print(shown, markup=False, highlight=False, soft_wrap=True, style="dim")
+                self.console.print(f"  [dim]↳ {escape(printable(data.get('tool_name')))}:[/] ", end="")
+                self._raw(shown, style="dim")
             case "accepted" if data.get("position"):
                 self.note(f"queued behind {data['position']} turn(s)")
             case "started" if int(data.get("attempt", 1)) > 1:
@@ -180,7 +187,7 @@ class TurnView:
                 self._line()
                 if not self.said and data.get("output"):
                     self.console.print("[bold green]agent>[/] ", end="")
-                    self.console.print(str(data["output"]), markup=False, highlight=False, soft_wrap=True)
+                    self._raw(data["output"])
                 usage = data.get("usage") or {}
                 self.console.print(
                     f"[dim]{data.get('model', '')} · {usage.get('input_tokens', 0)} in / "
@@ -189,10 +196,10 @@ class TurnView:
             case "failed":
                 self._line()
                 error = data.get("error") or {}
-                message = escape(str(error.get("message")))
+                message = escape(printable(error.get("message")))
                 self.console.print(f"[red]error: {error.get('code')}: {message}[/]", highlight=False)
             case "cancelled":
-                self.note(f"cancelled: {data.get('reason', '')}")
+                self.note(f"cancelled: {printable(data.get('reason', ''))}")
             case _:
                 pass
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bus.cli_chat import TERMINAL, TurnView
-from bus.cli_http import Api, segment
+from bus.cli_http import Api, printable, segment
 
 __all__ = ["follow"]
 
@@ -53,7 +53,7 @@ async def _run(api: Api, console: Console, run_id: str) -> int:
 
 async def _research(api: Api, console: Console, job_id: str) -> int:
     job = await api.get(f"/v1/research/{job_id}")
-    console.print(f"[dim]research[/] {escape(job['id'])}: {escape(job['question'])}")
+    console.print(f"[dim]research[/] {escape(job['id'])}: {escape(printable(job['question']))}")
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -82,7 +82,7 @@ async def _research(api: Api, console: Console, job_id: str) -> int:
                     known = len((await api.get(f"/v1/research/{job_id}")).get("subruns") or [])
                 case "subrun_started":
                     started.add(data["run_id"])
-                    question = f": {escape(data['question'])}" if data.get("question") else ""
+                    question = f": {escape(printable(data['question']))}" if data.get("question") else ""
                     progress.console.print(f"  → {escape(data['run_id'])} [dim]{data['kind']}[/]{question}")
                 case "subrun_finished":
                     done.add(data["run_id"])
@@ -93,7 +93,7 @@ async def _research(api: Api, console: Console, job_id: str) -> int:
                     progress.update(bar, description=str(data["status"]), tokens=_tokens(data.get("totals")))
             progress.update(bar, total=max(known, len(started), 1), completed=len(done))
     stopped = f", stopped by {finished['stopped_by']}" if finished.get("stopped_by") else ""
-    error = f": {escape(str(finished['error']))}" if finished.get("error") else ""
+    error = f": {escape(printable(finished['error']))}" if finished.get("error") else ""
     console.print(f"research {escape(job_id)} {escape(str(finished.get('status')))}{stopped}{error}")
     console.print(f"[dim]the report: agentbus research show {escape(job_id)}[/]")
     return 0
@@ -131,7 +131,7 @@ async def _task(api: Api, console: Console, task_id: str) -> int:
                 seen[run["id"]] = status
                 line = f"task run {escape(run['id'])} {escape(status)} [dim](fired by {run.get('fired_by')})[/]"
                 if status in ENDED_TASK_RUNS and (run.get("output") or run.get("error")):
-                    line += f": {escape(str(run.get('output') or run.get('error')))}"
+                    line += f": {escape(printable(run.get('output') or run.get('error')))}"
                 console.print(line)
             ended = all(status in ENDED_TASK_RUNS for status in seen.values())
             if seen and ended and not _fires_again(task):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 from rich.console import Console
 
-__all__ = ["Api", "ApiFailure", "Target", "UsageFailure", "print_json", "run_command", "segment"]
+__all__ = ["Api", "ApiFailure", "Target", "UsageFailure", "print_json", "printable", "run_command", "segment"]
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 RECONNECTS = 8  # attempts in a row without an event before a stream is given up
 READ_TIMEOUT_S = 60.0  # the gateway sends a keepalive comment every 15 s of silence
 
@@ -157,6 +159,12 @@ class Api:
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
             if resume is not None and (again := resume()) is not None:
                 path, method, body = again, "GET", None
+
+
+def printable(text: object) -> str:
+    """Text from the gateway (a model's words, a fetched page's) without control characters: no escape
+    sequence it holds reaches the terminal (rich strips only a few)."""
+    return CONTROL.sub("", str(text))
 
 
 def segment(value: str) -> str:

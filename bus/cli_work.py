@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from bus import cli_follow
-from bus.cli_http import Api, print_json, segment
+from bus.cli_http import Api, print_json, printable, segment
 
 __all__ = ["NOUNS", "add_parsers", "work"]
 
@@ -26,7 +26,7 @@ SHORT = 60  # characters of a prompt, question or output in a list
 
 
 def _short(value: object) -> str:
-    text = "" if value is None else str(value).replace("\n", " ")
+    text = "" if value is None else printable(value).replace("\n", " ")
     return escape(text if len(text) <= SHORT else text[: SHORT - 1] + "…")
 
 
@@ -176,7 +176,7 @@ def _fields(console: Console, item: dict[str, Any], skip: set[str]) -> None:
         if key in skip or value is None or value == [] or value == {}:
             continue
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        table.add_row(escape(key), escape(shown))
+        table.add_row(escape(printable(key)), escape(printable(shown)))
     console.print(table)
 
 
@@ -224,7 +224,7 @@ async def _show(api: Api, console: Console, noun: Noun, args: argparse.Namespace
                 )
             console.print(subruns)
             if item.get("report"):
-                console.print(Markdown(item["report"]))
+                console.print(Markdown(printable(item["report"])))
         case _:
             _fields(console, item, set())
     return 0

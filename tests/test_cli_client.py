@@ -139,6 +139,15 @@ async def test_chat_commands_new_list_switch_last_and_an_unknown_conversation(
     assert unknown.code == 1 and "error: not_found" in unknown.err
 
 
+async def test_chat_keeps_escape_sequences_from_the_model_off_the_terminal(
+    start_platform: Start, agentbus: Agentbus, tmp_path: Path
+) -> None:
+    platform = await start_platform(replying(lambda messages, info: "plain \x1b]0;owned\x07 and \x1b[2J clear"))
+    agentbus.target(platform.url, platform.key, tmp_path)
+    ran = await agentbus("chat", stdin="hello\n")
+    assert ran.code == 0 and "plain ]0;owned and [2J clear" in ran.out and "\x1b" not in ran.out
+
+
 class Proxy:
     """A TCP proxy in front of the gateway whose `cut()` drops every open connection, as a network would."""
 
