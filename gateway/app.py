@@ -40,6 +40,7 @@ from gateway.revocation import CloseOnRevoke
 from gateway.runs import RunController
 from gateway.screening import screen_request
 from gateway.state import Gateway
+from gateway.stats import read_stats
 from gateway.status import read_status
 from gateway.tasks import TaskController, TaskRunController, webhook
 from gateway.tools import call_tool, list_tools
@@ -137,6 +138,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             list_tools,
             call_tool,
             read_status,
+            read_stats,
             health,
         ],
         before_request=_before_request,

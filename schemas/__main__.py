@@ -33,6 +33,7 @@ MODULES = (
     "tasks",
     "research",
     "audit",
+    "stats",
 )
 HEADING = "## Message schemas (`schemas/`)"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bus.md"

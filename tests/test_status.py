@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from pydantic_ai.models.test import TestModel
 
 from actors.conversation.actor import ConversationActor
 from actors.conversation.config import ConversationConfig
@@ -64,3 +65,33 @@ async def test_status_shows_every_replica_the_backlogs_and_the_tenants_dead_lett
 
     async with platform.client() as client:
         await wait_until(one_replica_left, timeout=10, what="the stopped replica to leave the status")
+
+
+async def test_stats_count_the_tenants_conversations_tasks_runs_and_tokens(start_platform: Start) -> None:
+    platform = await start_platform(TestModel(custom_output_text="counted", call_tools=[]), background=True)
+    other_key = await platform.key_for("t2")
+    async with platform.client() as client, platform.client(other_key) as other:
+        conversation_id = (await client.post("/v1/conversations", json={})).json()["id"]
+        for text in ("one", "two"):
+            reply = await client.post(f"/v1/conversations/{conversation_id}/messages", json={"message": text})
+            assert reply.status_code == 200, reply.text
+        await client.post("/v1/conversations", json={})
+        body = {"task_type": "scheduled", "prompt": "later", "schedule_expression": "0 3 * * *"}
+        created = await client.post("/v1/tasks", json=body)
+        assert created.status_code in (201, 202), created.text
+        assert (await client.post(f"/v1/tasks/{created.json()['id']}/disable")).status_code == 200
+        await client.post("/v1/tasks", json={**body, "prompt": "also later"})
+
+        stats = (await client.get("/v1/stats")).json()
+        assert stats["conversations"] == 2
+        assert stats["tasks"] == {"total": 2, "enabled": 1}
+        assert stats["runs"] == {"total": 2, "by_status": {"completed": 2}, "last_24h": 2}
+        tokens = stats["tokens"]
+        assert tokens["input"] > 0 and tokens["output"] > 0 and tokens["total"] == tokens["input"] + tokens["output"]
+        assert stats["cost_usd"] >= 0
+        assert stats["rates"]["runs_per_hour_24h"] == round(2 / 24, 3)
+        assert stats["rates"]["tokens_per_hour_24h"] == round(tokens["total"] / 24, 3)
+
+        theirs = (await other.get("/v1/stats")).json()  # t2 has nothing yet
+        assert (theirs["conversations"], theirs["tasks"]["total"], theirs["runs"]["total"]) == (0, 0, 0)
+        assert theirs["tokens"]["total"] == 0 and theirs["rates"]["runs_per_hour_24h"] == 0

@@ -56,6 +56,7 @@ from schemas.conversation import (
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.pages import Keyset
 from schemas.runs import CancelRun, RunAccepted, RunCompleted, RunEnd, RunFailed, RunFinished, RunRequest, RunView
+from schemas.stats import ConversationCount, CountConversations
 
 __all__ = ["ConversationActor"]
 
@@ -121,6 +122,7 @@ class ConversationActor(Actor):
             Endpoint("context", SetContext, self._context),
             Endpoint("continue", ContinueConversation, self._continue),
             Endpoint("history", GetHistory, self._history),
+            Endpoint("count", CountConversations, self._count),
         )
 
     async def on_start(self) -> None:
@@ -379,6 +381,10 @@ class ConversationActor(Actor):
         last = page[-1] if page else None
         next_after = Keyset(at=last.updated_at, id=last.conversation_id) if more and last else None
         return ConversationList(conversations=page, next_after=next_after)
+
+    async def _count(self, _: CountConversations, trace: Trace) -> Message:
+        async with self.pool.acquire() as conn:
+            return ConversationCount(total=await store.count(conn, trace.tenant))
 
     async def _messages(self, query: ListMessages, trace: Trace) -> Message:
         async with self.pool.acquire() as conn:

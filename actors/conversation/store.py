@@ -312,3 +312,9 @@ async def list_messages(conn: Conn, conversation_id: str, *, limit: int, before:
         conversation_id, before, limit, MESSAGES_PAGE_BYTES,
     )  # fmt: skip
     return as_structs(reversed(rows), StoredMessage)
+
+
+async def count(conn: Conn, tenant: str) -> int:
+    """How many conversations the tenant has (GET /v1/stats)."""
+    total: int = await conn.fetchval("SELECT count(*) FROM conversations WHERE tenant = $1", tenant)
+    return total

@@ -81,6 +81,7 @@ from schemas.runs import (
     RunView,
     Usage,
 )
+from schemas.stats import CountRuns, RunCount
 
 __all__ = ["ExecutorActor"]
 
@@ -172,6 +173,7 @@ class ExecutorActor(Actor):
             Endpoint("cancel", CancelRun, self._cancel),
             Endpoint("tree", GetRunTree, self._tree),
             Endpoint("list_runs", ListRuns, self._list_runs),
+            Endpoint("run_counts", CountRuns, self._run_counts),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines, internal=RESEARCH_AGENTS.keys()),
             usage_endpoint(lambda: UsageStore(self.store.pool), lambda: self.admission),
             models_endpoint(lambda: self.runners, lambda: self.breakers),
@@ -505,6 +507,10 @@ class ExecutorActor(Actor):
         if not runs:
             raise BusError(ErrorCode.NOT_FOUND, f"no run {query.run_id}")
         return RunTree(runs=runs, root=nest(query.run_id, runs))
+
+    async def _run_counts(self, query: CountRuns, trace: Trace) -> Message:
+        by_status, recent = await self.store.counts(trace.tenant, query.since)
+        return RunCount(by_status=by_status, since=recent)
 
     async def _get_run(self, query: GetRun, trace: Trace) -> Message:
         """The run's record; a turn queued behind another has output (`accepted`) but no record yet: `queued`."""

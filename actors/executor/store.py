@@ -241,6 +241,18 @@ class RunStore:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
         return as_struct(row, RunRecord) if row is not None else None
 
+    async def counts(self, tenant: str, since: datetime | None) -> tuple[dict[str, int], int]:
+        """The tenant's runs by status, and how many were created at or after `since` (GET /v1/stats)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT status, count(*) AS runs,
+                   count(*) FILTER (WHERE $2::timestamptz IS NULL OR created_at >= $2) AS recent
+            FROM runs WHERE tenant = $1 GROUP BY status
+            """,
+            tenant, since,
+        )  # fmt: skip
+        return {r["status"]: int(r["runs"]) for r in rows}, sum(int(r["recent"]) for r in rows)
+
 
 # --- usage rollups (RunStore.usage) ---------------------------------------------------------
 

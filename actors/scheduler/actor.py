@@ -43,6 +43,7 @@ from schemas._base import Message
 from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
 from schemas.errors import ErrorCode
 from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
+from schemas.stats import CountTasks, TaskCount
 from schemas.tasks import (
     UPDATABLE_FIELDS,
     CreateTask,
@@ -126,6 +127,7 @@ class SchedulerActor(Actor):
             Endpoint("set_enabled", SetTaskEnabled, self._set_enabled),
             Endpoint("list_runs", ListTaskRuns, self._list_runs),
             Endpoint("get_run", GetTaskRun, self._get_run),
+            Endpoint("count", CountTasks, self._count),
         )
 
     async def on_start(self) -> None:
@@ -533,6 +535,11 @@ class SchedulerActor(Actor):
             row = await self._found(conn, query.task_id, trace.tenant)
             runs = await store.list_runs(conn, row.task.id, limit=max(0, min(query.last_runs, 50)))
         return TaskView(task=row.task, last_runs=runs)
+
+    async def _count(self, _: CountTasks, trace: Trace) -> Message:
+        async with self._pool.acquire() as conn:
+            total, enabled = await store.task_counts(conn, trace.tenant)
+        return TaskCount(total=total, enabled=enabled)
 
     async def _list(self, query: ListTasks, trace: Trace) -> Message:
         limit = max(1, min(query.limit, 200))

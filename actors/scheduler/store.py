@@ -253,3 +253,12 @@ async def count_active_schedules(conn: Conn, tenant: str) -> int:
     sql = """SELECT count(*) FROM tasks
              WHERE tenant = $1 AND task_type = 'scheduled' AND enabled AND next_run_at IS NOT NULL"""
     return int(await conn.fetchval(sql, tenant))
+
+
+async def task_counts(conn: Conn, tenant: str) -> tuple[int, int]:
+    """How many tasks the tenant has, and how many are enabled (GET /v1/stats)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled FROM tasks WHERE tenant = $1", tenant
+    )
+    assert row is not None
+    return int(row["total"]), int(row["enabled"])
