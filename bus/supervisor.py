@@ -256,6 +256,7 @@ class Supervisor:
         for child in self.children:
             await child.start(env)
         gateway_url = f"http://127.0.0.1:{port}"
+        (self.config.home / "gateway.url").write_text(gateway_url + "\n")  # for `agentbus chat` and friends
         if not await self._wait_ready(gateway_url):
             return 0 if self._stopping.is_set() else 1
         await self.on_ready(Running(self.config, gateway_url, port, nats_url))
