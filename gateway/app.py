@@ -29,6 +29,7 @@ from gateway.documents import DocumentController
 from gateway.errors import exception_handlers
 from gateway.health import health
 from gateway.keys import KeyController, create_ws_token
+from gateway.metrics import read_metrics
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
@@ -131,6 +132,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             list_tools,
             call_tool,
             health,
+            read_metrics,
         ],
         before_request=_before_request,
         guards=[authorize],
