@@ -34,7 +34,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from bus import metrics, subjects
+from bus import metrics, subjects, tracing
 from bus.client import Bus
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
@@ -333,21 +333,42 @@ class Actor:
         structlog.contextvars.bind_contextvars(
             tenant=trace.tenant, correlation_id=trace.correlation_id, run_id=trace.run_id
         )
+        kind = metrics.subject_kind(msg.subject)
+        if not tracing.enabled():
+            await self._handle(route, msg, delivery, kind)
+            return
+        attributes = {
+            "agentbus.actor": self.name.value,
+            "agentbus.tenant": trace.tenant,
+            "agentbus.correlation_id": trace.correlation_id,
+            "agentbus.run_id": trace.run_id or "",
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": route.spec.durable,
+            "messaging.message.delivery_count": delivery.num_delivered,
+        }
+        with tracing.consumed(f"handle {kind}", msg.headers, attributes) as span:
+            outcome = await self._handle(route, msg, delivery, kind)
+            tracing.ended(span, outcome, failed=outcome in ("failed", "dead_lettered"))
+
+    async def _handle(self, route: Consumer[Any], msg: Msg, delivery: Delivery, kind: str) -> str:
+        """Decode, handle, settle; how it ended (the `outcome` of the metrics)."""
+        trace = delivery.trace
         started = time.perf_counter()
-        actor, kind = self.name.value, metrics.subject_kind(msg.subject)
+        actor = self.name.value
         claimed = subjects.command_tenant(msg.subject)
         if claimed is not None and claimed != trace.tenant:  # a publisher may not act for another tenant
             header = Header.TENANT.value
             reason = f"tenant mismatch: the subject names {claimed!r}, the {header} header {trace.tenant!r}"
             await self._settle_logged(partial(self._dead_letter, msg, None, delivery, reason), msg)
             metrics.MESSAGES.labels(actor, kind, "dead_lettered").inc()
-            return
+            return "dead_lettered"
         try:
             body = decode_union(msg.data, route.inbox)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             await self._settle_logged(partial(self._dead_letter, msg, None, delivery, f"undecodable: {e}"), msg)
             metrics.MESSAGES.labels(actor, kind, "dead_lettered").inc()
-            return
+            return "dead_lettered"
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         outcome = "acked"
         try:
@@ -385,6 +406,7 @@ class Actor:
             heartbeat.cancel()
             metrics.MESSAGES.labels(actor, kind, outcome).inc()
             metrics.HANDLER_SECONDS.labels(actor, kind).observe(time.perf_counter() - started)
+        return outcome
 
     def _waited(self, delivery: Delivery) -> None:
         key = (delivery.stream, delivery.stream_seq)
@@ -434,6 +456,14 @@ class Actor:
             self.spawn(handle(request))
 
         async def handle(request: Request) -> None:
+            if not tracing.enabled():
+                await answer(request)
+                return
+            attributes = {"agentbus.actor": self.name.value, "rpc.system": "nats", "rpc.method": route.verb}
+            with tracing.served(f"serve {self.name.value}.{route.verb}", request.headers, attributes):
+                await answer(request)
+
+        async def answer(request: Request) -> None:
             trace = Trace.from_headers(request.headers)
             use_trace(trace)
             structlog.contextvars.bind_contextvars(tenant=trace.tenant, correlation_id=trace.correlation_id)
@@ -481,6 +511,7 @@ def main(name: str, make: Callable[[BusConfig], Actor]) -> None:
     """What `python -m actors.<name>` does: log as `name`, serve /metrics if AGENTBUS_METRICS_PORT says so,
     run the actor under uvloop until SIGTERM."""
     configure_logging(name)
+    tracing.setup_tracing(f"agentbus-{name}")
     served = metrics.MetricsConfig.from_env()
     server = metrics.MetricsServer(served) if served.port else None
     if server is not None:

@@ -96,7 +96,11 @@ def subject_kind(subject: str) -> str:
         return f"{event.area}.evt.{event.kind}" if event.kind else f"{event.area}.evt"
     if tokens[2] == "cmd" and (origin := subjects.run_origin(subject)) is not None:
         return f"{tokens[1]}.cmd.{origin.value}"
-    return f"{tokens[1]}.{tokens[2]}"
+    if tokens[2] in ("cmd", "svc", "ctl", "out"):
+        return f"{tokens[1]}.{tokens[2]}"
+    if tokens[1] == "audit" and len(tokens) == 4:  # ab.audit.<tenant>.<action>
+        return f"audit.{tokens[3]}"
+    return tokens[1] if tokens[1] != "dlq" else f"dlq.{tokens[2]}"
 
 
 def dead_letter_class(reason: str) -> str:

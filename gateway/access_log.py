@@ -24,7 +24,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from bus import metrics
+from bus import metrics, tracing
 from bus.headers import new_id
 
 __all__ = ["RequestStamp", "correlation_id", "finish_response", "note_tenant"]
@@ -36,6 +36,7 @@ _GIVEN = re.compile(rb"[!-~]{1,128}")  # visible ASCII: safe in a NATS header an
 _CORRELATION = "agentbus.correlation_id"  # keys of the scope state
 _STARTED = "agentbus.started"
 _TENANT = "agentbus.tenant"
+_PROPAGATED = (b"traceparent", b"tracestate")  # what a caller may send to continue its own trace
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other is `other`
 
 
@@ -55,7 +56,14 @@ class RequestStamp(ASGIMiddleware):
         state = scope["state"]
         state[_STARTED] = time.perf_counter()
         state[_CORRELATION] = _decide(scope["headers"])
-        await next_app(scope, receive, send)
+        if not tracing.enabled():
+            await next_app(scope, receive, send)
+            return
+        carrier = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
+        method, route = scope.get("method", ""), scope.get("path_template") or ""
+        attributes = {"http.request.method": method, "http.route": route}
+        with tracing.served(f"{method} {route}", carrier, attributes):
+            await next_app(scope, receive, send)
 
 
 async def finish_response(message: Message, scope: Scope) -> None:
@@ -78,6 +86,8 @@ async def finish_response(message: Message, scope: Scope) -> None:
     metrics.HTTP_REQUESTS.labels(*labels).inc()
     if seconds is not None:
         metrics.HTTP_SECONDS.labels(*labels).observe(seconds)
+    if tracing.enabled():
+        tracing.responded(status, tenant=state.get(_TENANT))
     log.info(
         "request",
         method=method,
