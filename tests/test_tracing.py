@@ -3,16 +3,25 @@ actors to the model request, the tool call and the SQL, read from the SDK's in-m
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from pydantic_ai.models.test import TestModel
 
+from bus import subjects
+from bus.client import Bus
+from bus.config import BusConfig
+from bus.errors import BusError
+from bus.headers import Trace
 from bus.tracing import enabled, setup_tracing, stop_tracing
-from tests.conftest import Platform, wait_until
+from schemas.health import HealthCheck, HealthReport
+from tests.conftest import ActorProcess, Platform, wait_until
+from tests.receivers import HttpReceiver
 
 Start = Callable[..., Awaitable[Platform]]
 EXPORTER = InMemorySpanExporter()  # a process's TracerProvider is set once: every test here shares it
@@ -96,3 +105,39 @@ async def test_a_chat_turn_is_one_trace_from_the_request_to_the_model_the_tool_a
 def test_without_an_endpoint_or_exporter_nothing_is_traced() -> None:
     assert not setup_tracing("agentbus-test", env={})
     assert not enabled()
+
+
+async def test_an_actor_process_exports_its_spans_over_otlp_when_an_endpoint_is_set(
+    bus_config: BusConfig, spawn_actor: Callable[..., ActorProcess]
+) -> None:
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with HttpReceiver() as collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        notifier = spawn_actor("notifier", env)
+        bus = await Bus.connect(bus_config)
+        try:
+
+            async def answered() -> bool:
+                health = subjects.service(subjects.ActorName.NOTIFIER, "health")
+                try:
+                    await bus.request(health, HealthCheck(), HealthReport, trace=Trace(tenant="t1", traceparent=caller))
+                except BusError:
+                    return False
+                return True
+
+            await wait_until(answered, timeout=30, what="the notifier's health endpoint")
+        finally:
+            await bus.close()
+        await asyncio.to_thread(notifier.stop)  # its provider flushes what is left on exit, to the collector here
+        exported = ExportTraceServiceRequest()
+        spans: list[tuple[str, str, bytes]] = []
+        for received in collector.requests:
+            assert received.path == "/v1/traces" and received.headers["content-type"] == "application/x-protobuf"
+            exported.ParseFromString(received.body)
+            for resource_spans in exported.resource_spans:
+                attributes = resource_spans.resource.attributes
+                service = next(a.value.string_value for a in attributes if a.key == "service.name")
+                spans += [(service, s.name, s.trace_id) for scoped in resource_spans.scope_spans for s in scoped.spans]
+    assert notifier.proc is not None and notifier.proc.returncode == 0, notifier.log()
+    assert ("agentbus-notifier", "serve notifier.health", bytes.fromhex(caller.split("-")[1])) in spans
+    assert any(name in ("BEGIN;", "SELECT", "CREATE") for _, name, _ in spans)  # its SQL, through asyncpg
