@@ -63,7 +63,8 @@ def setup_tracing(service: str, *, exporter: SpanExporter | None = None, env: Ma
         return enabled()
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+        name = e.get("OTEL_SERVICE_NAME") or service  # the standard variable wins, as elsewhere in OpenTelemetry
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
         trace.set_tracer_provider(provider)
     if not enabled():
         _instrument(provider, on=True)
