@@ -32,6 +32,7 @@ from gateway.errors import exception_handlers
 from gateway.events import event_socket, read_events
 from gateway.health import health
 from gateway.keys import KeyController, create_ws_token
+from gateway.metrics import read_metrics
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
@@ -142,6 +143,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             read_stats,
             health,
             asyncapi_document,
+            read_metrics,
         ],
         before_request=_before_request,
         guards=[authorize],
