@@ -11,7 +11,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help sync run test bench bench-smoke lint format gateway credentials clean reset
+.PHONY: help sync run test bench bench-smoke lint format asyncapi gateway credentials clean reset
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ lint: sync ## ruff check, ruff format --check, mypy --strict
 format: sync ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
+
+asyncapi: sync ## regenerate docs/asyncapi.json, the bus's AsyncAPI 3 document (a test fails while it is stale)
+	$(RUN) python -m bus.asyncapi > docs/asyncapi.json.tmp
+	mv docs/asyncapi.json.tmp docs/asyncapi.json
 
 actor-%: sync ## run one actor (actor-conversation, -executor, -scheduler, -trigger, -notifier, -research), against `make run`'s NATS unless NATS_URL is set
 	$(RUN) agentbus actor $*

@@ -34,7 +34,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from bus import subjects
+from bus import metrics, subjects, tracing
 from bus.client import Bus
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
@@ -104,6 +104,7 @@ class _Consuming:
     """One durable consumer being pulled here: its pull, the loop handing its messages over, and
     the flag that stops that loop."""
 
+    stream: str
     pull: Pull
     loop: asyncio.Task[None]
     stop: asyncio.Event
@@ -192,6 +193,8 @@ class Actor:
                 case Consumer():
                     await self.add_consumer(route)
         await self.bus.barrier()  # the server knows every endpoint before start() returns: no "no responders"
+        if self.bus_config.metrics_interval_s > 0:
+            self.spawn(self._observe_consumers(self.bus_config.metrics_interval_s), name="consumer metrics")
         self._log.info("actor started", instance=self.instance)
 
     async def stop(self) -> None:
@@ -249,7 +252,7 @@ class Actor:
             await pull.start()
             stop = asyncio.Event()
             loop = asyncio.create_task(self._consume(route, pull, stop))
-            self._consuming[route.spec.durable] = _Consuming(pull, loop, stop)
+            self._consuming[route.spec.durable] = _Consuming(route.spec.stream.name, pull, loop, stop)
 
     async def remove_consumer(self, durable: str, *, delete_from: str | None = None) -> None:
         """Stop consuming `durable` (its in-flight messages finish); with `delete_from` (the stream
@@ -267,6 +270,25 @@ class Actor:
         entry.stop.set()  # checked by the loop: a cancel swallowed inside nats-py's wait_for cannot keep it going
         await entry.pull.stop()  # messages it had not handed over are redelivered after ack_wait
         await cancel_and_wait(entry.loop)
+        for gauge in (metrics.CONSUMER_PENDING, metrics.CONSUMER_ACK_PENDING, metrics.CONSUMER_REDELIVERED):
+            with contextlib.suppress(KeyError):
+                gauge.remove(entry.stream, durable)
+
+    async def _observe_consumers(self, interval_s: float) -> None:
+        """The backlog gauges, from each consumer's info every `interval_s` (never per message)."""
+        while True:
+            for durable, entry in list(self._consuming.items()):
+                try:
+                    info = await self.bus.js.consumer_info(entry.stream, durable)
+                except Exception as e:  # a reconnect, or the consumer just removed: the next round tells
+                    self._log.debug("consumer info failed", durable=durable, error=repr(e))
+                    continue
+                if durable not in self._consuming:
+                    continue
+                metrics.CONSUMER_PENDING.labels(entry.stream, durable).set(info.num_pending or 0)
+                metrics.CONSUMER_ACK_PENDING.labels(entry.stream, durable).set(info.num_ack_pending or 0)
+                metrics.CONSUMER_REDELIVERED.labels(entry.stream, durable).set(info.num_redelivered or 0)
+            await asyncio.sleep(interval_s)
 
     async def _consume(self, route: Consumer[Any], pull: Pull, stop: asyncio.Event) -> None:
         """Hand each message to its own task as it arrives, with at most `concurrency` at once."""
@@ -316,38 +338,68 @@ class Actor:
         structlog.contextvars.bind_contextvars(
             tenant=trace.tenant, correlation_id=trace.correlation_id, run_id=trace.run_id
         )
+        kind = metrics.subject_kind(msg.subject)
+        if not tracing.enabled():
+            await self._handle(route, msg, delivery, kind)
+            return
+        attributes = {
+            "agentbus.actor": self.name.value,
+            "agentbus.tenant": trace.tenant,
+            "agentbus.correlation_id": trace.correlation_id,
+            "agentbus.run_id": trace.run_id or "",
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": route.spec.durable,
+            "messaging.message.delivery_count": delivery.num_delivered,
+        }
+        with tracing.consumed(f"handle {kind}", msg.headers, attributes) as span:
+            outcome = await self._handle(route, msg, delivery, kind)
+            tracing.ended(span, outcome, failed=outcome in ("failed", "dead_lettered"))
+
+    async def _handle(self, route: Consumer[Any], msg: Msg, delivery: Delivery, kind: str) -> str:
+        """Decode, handle, settle; how it ended (the `outcome` of the metrics)."""
+        trace = delivery.trace
         started = time.perf_counter()
+        actor = self.name.value
         claimed = subjects.command_tenant(msg.subject)
         if claimed is not None and claimed != trace.tenant:  # a publisher may not act for another tenant
             header = Header.TENANT.value
             reason = f"tenant mismatch: the subject names {claimed!r}, the {header} header {trace.tenant!r}"
             await self._settle_logged(partial(self._dead_letter, msg, None, delivery, reason), msg)
-            return
+            metrics.MESSAGES.labels(actor, kind, "dead_lettered").inc()
+            return "dead_lettered"
         try:
             body = decode_union(msg.data, route.inbox)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             await self._settle_logged(partial(self._dead_letter, msg, None, delivery, f"undecodable: {e}"), msg)
-            return
+            metrics.MESSAGES.labels(actor, kind, "dead_lettered").inc()
+            return "dead_lettered"
         heartbeat = asyncio.create_task(self._heartbeat(msg))
+        outcome = "acked"
         try:
             await route.handler(body, delivery)
         except Retry as e:
+            outcome = "retried"
             self._log.info("retry", subject=msg.subject, reason=e.reason, delay=e.delay)
             if e.waiting:
                 self._waited(delivery)
             await self._settle_logged(partial(msg.nak, delay=e.delay), msg)
         except Reject as e:
+            outcome = "dead_lettered"
             await self._settle_logged(partial(self._dead_letter, msg, body, delivery, e.reason), msg)
         except asyncio.CancelledError:
+            outcome = "cancelled"
             with contextlib.suppress(Exception):
                 await msg.nak()  # another replica picks it up at once
             raise
         except Exception as e:
             failures = delivery.num_delivered - self._waits.get((delivery.stream, delivery.stream_seq), 0)
             if failures >= self.bus_config.max_deliver:
+                outcome = "dead_lettered"
                 reason = f"failed {delivery.num_delivered} times: {e!r}"
                 await self._settle_logged(partial(self._dead_letter, msg, body, delivery, reason), msg)
             else:
+                outcome = "failed"
                 delay = BACKOFF_S[min(max(failures, 1), len(BACKOFF_S)) - 1]
                 self._log.exception("handler failed", subject=msg.subject, attempt=delivery.num_delivered)
                 await self._settle_logged(partial(msg.nak, delay=delay), msg)
@@ -357,6 +409,9 @@ class Actor:
             self._log.debug("handled", subject=msg.subject, ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             heartbeat.cancel()
+            metrics.MESSAGES.labels(actor, kind, outcome).inc()
+            metrics.HANDLER_SECONDS.labels(actor, kind).observe(time.perf_counter() - started)
+        return outcome
 
     def _waited(self, delivery: Delivery) -> None:
         key = (delivery.stream, delivery.stream_seq)
@@ -391,6 +446,7 @@ class Actor:
         }
         await self.bus.js.publish(subjects.dead_letter(self.name), msg.data, headers=headers)
         await msg.term()
+        metrics.DEAD_LETTERS.labels(self.name.value, metrics.dead_letter_class(reason)).inc()
         self._log.warning("dead-lettered", subject=msg.subject, reason=reason)
         try:
             await self.on_dead_letter(body, delivery, reason)
@@ -405,6 +461,14 @@ class Actor:
             self.spawn(handle(request))
 
         async def handle(request: Request) -> None:
+            if not tracing.enabled():
+                await answer(request)
+                return
+            attributes = {"agentbus.actor": self.name.value, "rpc.system": "nats", "rpc.method": route.verb}
+            with tracing.served(f"serve {self.name.value}.{route.verb}", request.headers, attributes):
+                await answer(request)
+
+        async def answer(request: Request) -> None:
             trace = Trace.from_headers(request.headers)
             use_trace(trace)
             structlog.contextvars.bind_contextvars(tenant=trace.tenant, correlation_id=trace.correlation_id)
@@ -449,7 +513,18 @@ def being_cancelled() -> bool:
 
 
 def main(name: str, make: Callable[[BusConfig], Actor]) -> None:
-    """What `python -m actors.<name>` does: log as `name`, run the actor under uvloop until SIGTERM."""
+    """What `python -m actors.<name>` does: log as `name`, serve /metrics if AGENTBUS_METRICS_PORT says so,
+    run the actor under uvloop until SIGTERM."""
     configure_logging(name)
+    tracing.setup_tracing(f"agentbus-{name}")
+    served = metrics.MetricsConfig.from_env()
+    server = metrics.MetricsServer(served) if served.port else None
+    if server is not None:
+        server.start()
+        log.info("serving metrics", actor=name, url=f"http://{served.host}:{server.port}/metrics")
     uvloop.install()
-    asyncio.run(make(BusConfig.from_env()).run())
+    try:
+        asyncio.run(make(BusConfig.from_env()).run())
+    finally:
+        if server is not None:
+            server.stop()

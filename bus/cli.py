@@ -1,4 +1,5 @@
-"""The `agentbus` command: run everything, make API keys, list models and breakers, run an actor or the gateway."""
+"""The `agentbus` command: run everything, make API keys, list models and breakers, run an actor or the gateway;
+chat, status, tasks, runs, research and dlq talk to a gateway (bus/cli_client.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import NoReturn
 import httpx
 import msgspec
 
-from bus import audit, keys, nats_users, subjects, tenants
+from bus import audit, cli_client, keys, nats_users, subjects, tenants
 from bus.cli_nats import make_credentials, serve_nats, tenant_user_text
 from bus.client import Bus
 from bus.config import BusConfig
@@ -88,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     actor = commands.add_parser("actor", help="run one actor process (python -m actors.NAME)")
     actor.add_argument("name", choices=ACTORS)
     commands.add_parser("gateway", help="run the HTTP gateway process (python -m gateway)")
+    commands.add_parser("asyncapi", help="print the bus's AsyncAPI 3 document (what docs/asyncapi.json holds)")
     models = commands.add_parser("models", help="each agent's models and their circuit breakers")
     models.add_argument("action", nargs="?", choices=["check"], help="check: send each model one tiny request")
+    cli_client.add_parsers(commands)  # chat, status, tasks, runs, research, dlq: over HTTP (bus/cli_client.py)
     return parser
 
 
@@ -337,6 +340,8 @@ def _exec_module(module: str, role: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in cli_client.COMMANDS:  # HTTP only: no bus client here, whose logging to configure
+        return cli_client.run(args)
     configure_logging("agentbus", console=True, level="ERROR")  # the bus client's own chatter is not for this screen
     match args.command:
         case "run":
@@ -361,6 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exec_module("gateway", Role.GATEWAY.value)
         case "models":
             print(asyncio.run(_models(args.action == "check")))
+            return 0
+        case "asyncapi":
+            from bus.asyncapi import render  # builds every schema: only for this command
+
+            print(render(), end="")
             return 0
     return 2
 

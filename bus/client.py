@@ -36,7 +36,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NoStreamRespons
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from bus import subjects
+from bus import metrics, subjects, tracing
 from bus.codec import decode_union, encode
 from bus.config import BusConfig
 from bus.credentials import Role, read_seed, seed_path
@@ -243,14 +243,21 @@ class Bus:
         (without one, a fresh id still makes this call's own retries safe). Transient errors are retried
         for up to PUBLISH_DEADLINE_S; then BusError(unavailable).
         """
-        t = _trace_for(trace)
-        ack = await self.js.publish(subject, encode(message), headers=t.headers(msg_id=msg_id))
-        return ack.seq
+        headers = _trace_for(trace).headers(msg_id=msg_id)
+        if not tracing.enabled():
+            return (await self.js.publish(subject, encode(message), headers=headers)).seq
+        kind = metrics.subject_kind(subject)
+        with tracing.produced(subject, kind, headers, span=kind != "run.out"):  # not a span per output delta
+            return (await self.js.publish(subject, encode(message), headers=headers)).seq
 
     async def broadcast(self, subject: str, message: Message, *, trace: Trace | None = None) -> None:
         """Core NATS publish (no storage): for signals every replica must see now, like a cancel."""
-        t = _trace_for(trace)
-        await self.nc.publish(subject, encode(message), headers=t.headers())
+        headers = _trace_for(trace).headers()
+        if not tracing.enabled():
+            await self.nc.publish(subject, encode(message), headers=headers)
+            return
+        with tracing.produced(subject, metrics.subject_kind(subject), headers):
+            await self.nc.publish(subject, encode(message), headers=headers)
 
     async def request(
         self,
@@ -262,11 +269,13 @@ class Bus:
         timeout: float | None = None,
     ) -> T:
         """Request/reply to a micro service endpoint; an ErrorReply comes back as BusError."""
-        t = _trace_for(trace)
+        headers = _trace_for(trace).headers()
+        span = tracing.requested(subject, headers) if tracing.enabled() else contextlib.nullcontext()
         try:
-            msg = await self.nc.request(
-                subject, encode(message), timeout=timeout or self.config.request_timeout_s, headers=t.headers()
-            )
+            with span:
+                msg = await self.nc.request(
+                    subject, encode(message), timeout=timeout or self.config.request_timeout_s, headers=headers
+                )
         except NoRespondersError as e:
             raise BusError(ErrorCode.UNAVAILABLE, f"no service answers on {subject}") from e
         except (NatsTimeoutError, TimeoutError) as e:

@@ -22,6 +22,8 @@ class BusConfig:
     # NATS credentials: one seed file for this process, or a directory holding `<role>.nk` per role
     nkey_seed_file: str | None = None
     credentials_dir: str | None = None
+    # how often an actor reads its consumers' info for the backlog gauges (bus/metrics.py); 0: never
+    metrics_interval_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, name: str = "agentbus") -> BusConfig:
@@ -39,4 +41,5 @@ class BusConfig:
             request_timeout_s=float(e.get("AGENTBUS_REQUEST_TIMEOUT", d.request_timeout_s)),
             nkey_seed_file=e.get("NATS_NKEY_SEED_FILE") or None,
             credentials_dir=e.get("AGENTBUS_NATS_CREDENTIALS") or None,
+            metrics_interval_s=float(e.get("AGENTBUS_METRICS_INTERVAL", d.metrics_interval_s)),
         )

@@ -354,7 +354,7 @@ def tenant_events(tenant: str) -> str:
     return _join("*", "evt", token(tenant), ">")
 
 
-def tenant_event_kinds(tenant: str, area: str, kind: str) -> str:
+def tenant_event_kinds(tenant: str, area: str = "*", kind: str = "*") -> str:
     """One tenant's events of `area` (an actor, or `*`) and `kind` (or `*`), whatever the entity: a filter of
     the tenant's event feed (`executor`, `finished`: every run's end)."""
     parts = (token(area) if area != "*" else "*", "evt", token(tenant), "*", token(kind) if kind != "*" else "*")

@@ -36,6 +36,7 @@ __all__ = ["ACTORS", "CREDENTIALS", "Child", "RunConfig", "Running", "Supervisor
 ACTORS: tuple[str, ...] = ("conversation", "executor", "scheduler", "trigger", "notifier", "research")
 
 CREDENTIALS = "credentials"  # under the home: the NATS nkey seed of each process role
+METRICS_PORT_OFFSET = 100  # actor i (in ACTORS order) serves /metrics on the gateway port + 100 + i, if free
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_S = 60.0  # a child that ran this long before it died starts its backoff over
@@ -246,16 +247,29 @@ class Supervisor:
             "AGENTBUS_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
         }
-        self.children = [Child(name, (sys.executable, "-m", f"actors.{name}")) for name in ACTORS]
+        # each actor serves /metrics on its own port, from the gateway's port + 100 on (the gateway on /metrics)
+        self.children = [
+            Child(
+                name,
+                (sys.executable, "-m", f"actors.{name}"),
+                env={"AGENTBUS_METRICS_PORT": str(free_port(port + METRICS_PORT_OFFSET + i))},
+            )
+            for i, name in enumerate(ACTORS)
+        ]
         self.children.append(Child("gateway", (sys.executable, "-m", "gateway")))
         if self.authenticated is not None:  # each child connects with its own role's nkey alone
             for child in self.children:
-                child.env = {
-                    "NATS_NKEY_SEED_FILE": str(seed_path(self.authenticated.credentials_dir, Role(child.name)))
-                }
+                child.env["NATS_NKEY_SEED_FILE"] = str(seed_path(self.authenticated.credentials_dir, Role(child.name)))
+        say(
+            "metrics: "
+            + ", ".join(
+                f"{c.name} http://127.0.0.1:{c.env.get('AGENTBUS_METRICS_PORT', port)}/metrics" for c in self.children
+            )
+        )
         for child in self.children:
             await child.start(env)
         gateway_url = f"http://127.0.0.1:{port}"
+        (self.config.home / "gateway.url").write_text(gateway_url + "\n")  # for `agentbus chat` and friends
         if not await self._wait_ready(gateway_url):
             return 0 if self._stopping.is_set() else 1
         await self.on_ready(Running(self.config, gateway_url, port, nats_url))

@@ -6,12 +6,14 @@ import uvicorn
 
 from bus.config import BusConfig
 from bus.logging import configure_logging
+from bus.tracing import setup_tracing
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 
 
 def main() -> None:
     configure_logging("gateway")
+    setup_tracing("agentbus-gateway")
     config = GatewayConfig.from_env()
     app = create_app(config, BusConfig.from_env())
     uvicorn.run(

@@ -8,7 +8,8 @@ visible ASCII characters, else a new one. It is kept in the request's scope stat
 time; the `before_send` hook `finish_response` adds the header and writes the line when the response
 starts, so `ms` is the time to the response's headers (for a stream: until it opened). A request no
 route takes (an unknown path or method) gets both too, with `route` and `ms` null. No line carries a
-body, a query string or an API key.
+body, a query string or an API key. The same hook counts the request in `agentbus_http_requests_total`
+and times it in `agentbus_http_request_duration_seconds` (bus/metrics.py), labelled by route template.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus import metrics, tracing
 from bus.headers import new_id
 
 __all__ = ["RequestStamp", "correlation_id", "finish_response", "note_tenant"]
@@ -34,6 +36,8 @@ _GIVEN = re.compile(rb"[!-~]{1,128}")  # visible ASCII: safe in a NATS header an
 _CORRELATION = "agentbus.correlation_id"  # keys of the scope state
 _STARTED = "agentbus.started"
 _TENANT = "agentbus.tenant"
+_PROPAGATED = (b"traceparent", b"tracestate")  # what a caller may send to continue its own trace
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other is `other`
 
 
 def _decide(headers: Any) -> str:
@@ -52,7 +56,14 @@ class RequestStamp(ASGIMiddleware):
         state = scope["state"]
         state[_STARTED] = time.perf_counter()
         state[_CORRELATION] = _decide(scope["headers"])
-        await next_app(scope, receive, send)
+        if not tracing.enabled():
+            await next_app(scope, receive, send)
+            return
+        carrier = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
+        method, route = scope.get("method", ""), scope.get("path_template") or ""
+        attributes = {"http.request.method": method, "http.route": route}
+        with tracing.served(f"{method} {route}", carrier, attributes):
+            await next_app(scope, receive, send)
 
 
 async def finish_response(message: Message, scope: Scope) -> None:
@@ -68,12 +79,21 @@ async def finish_response(message: Message, scope: Scope) -> None:
     if not isinstance(headers, list):
         headers = message["headers"] = list(headers or ())
     headers.append((HEADER, correlation.encode()))
+    method, route, status = scope.get("method"), scope.get("path_template"), message["status"]
+    seconds = None if started is None else time.perf_counter() - started
+    # the route's template (never the raw path): a bounded label; a request no route took is `unmatched`
+    labels = (method if method in _METHODS else "other", route or "unmatched", str(status))
+    metrics.HTTP_REQUESTS.labels(*labels).inc()
+    if seconds is not None:
+        metrics.HTTP_SECONDS.labels(*labels).observe(seconds)
+    if tracing.enabled():
+        tracing.responded(status, tenant=state.get(_TENANT))
     log.info(
         "request",
-        method=scope.get("method"),
-        route=scope.get("path_template"),
-        status=message["status"],
-        ms=None if started is None else round((time.perf_counter() - started) * 1000, 2),
+        method=method,
+        route=route,
+        status=status,
+        ms=None if seconds is None else round(seconds * 1000, 2),
         tenant=state.get(_TENANT),
         correlation_id=correlation,
     )

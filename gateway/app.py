@@ -19,6 +19,7 @@ from bus.credentials import Role
 from bus.streams import IDEMPOTENCY_BUCKET
 from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
+from gateway.asyncapi import asyncapi_document
 from gateway.audit import read_audit
 from gateway.audit_trail import audit_response
 from gateway.auth import authorize
@@ -32,6 +33,7 @@ from gateway.errors import exception_handlers
 from gateway.events import event_socket, read_events
 from gateway.health import health
 from gateway.keys import KeyController, create_ws_token
+from gateway.metrics import read_metrics
 from gateway.notifications import NotificationController
 from gateway.openapi import COMPONENTS, declare_errors
 from gateway.pipelines import run_pipeline
@@ -143,6 +145,8 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
             health,
             render_report,
             console_router(),
+            asyncapi_document,
+            read_metrics,
         ],
         before_request=_before_request,
         guards=[authorize],

@@ -43,6 +43,7 @@ class GatewayConfig:
     # 0: off. Built in code (tests, embedding) it is off; the service (`from_env`) defaults to 100 and 60.
     rate_limit: int = 0
     webhook_rate_limit: int = 0
+    metrics_token: str | None = None  # AGENTBUS_METRICS_TOKEN: the bearer /metrics needs (gateway/metrics.py)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -60,6 +61,7 @@ class GatewayConfig:
             auth_tenant=os.environ.get("AGENTBUS_AUTH_TENANT", "dev"),
             rate_limit=int(os.environ.get("AGENTBUS_RATE_LIMIT", "100")),
             webhook_rate_limit=int(os.environ.get("AGENTBUS_WEBHOOK_RATE_LIMIT", "60")),
+            metrics_token=os.environ.get("AGENTBUS_METRICS_TOKEN") or None,
         )
 
     def refusal(self) -> str | None:

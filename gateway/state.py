@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from bus import subjects
+from bus import subjects, tracing
 from bus.client import Bus, Envelope
 from bus.codec import decode_union
 from bus.errors import BusError
@@ -198,8 +198,10 @@ class Gateway:
     def trace(tenant: str, request: Request[Any, Any, Any] | None = None) -> Trace:
         """A new trace for this request, continuing the caller's W3C traceparent when it sent one; its
         correlation id is the one the response's X-Correlation-Id names (gateway/access_log.py)."""
-        parent = request.headers.get("traceparent") if request is not None else None
         correlation = correlation_id(request) if request is not None else new_id()
+        if (current := tracing.traceparent()) is not None:  # the request's span (gateway/access_log.py)
+            return Trace(tenant=tenant, correlation_id=correlation, traceparent=current)
+        parent = request.headers.get("traceparent") if request is not None else None
         if parent and len(parent.split("-")) == 4:
             return Trace(tenant=tenant, correlation_id=correlation, traceparent=parent).child()
         return Trace(tenant=tenant, correlation_id=correlation)

@@ -244,7 +244,7 @@ async def tenant_session(url: str, seed: str, tenant: str) -> Session:
     while True:  # the server reloads its users a moment after the record is written
         try:
             return Session(await connected(), errors)
-        except nats.errors.Error:
+        except (nats.errors.Error, OSError, TimeoutError):  # refused, or the connection cut by a reload
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)

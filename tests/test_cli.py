@@ -175,6 +175,14 @@ async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Pa
             gateway = run.value("gateway")
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"{gateway}/health")).status_code == 200
+            assert (tmp_path / ".agentbus" / "gateway.url").read_text().strip() == gateway
+            status = await asyncio.create_subprocess_exec(  # finds the gateway and the dev key in .agentbus/
+                sys.executable, "-m", "bus.cli", "status",
+                cwd=tmp_path, env={k: v for k, v in env.items() if k != "AGENTBUS_PORT"},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            shown, err = await status.communicate()
+            assert status.returncode == 0 and b"executor" in shown, err.decode()
             started = run.descendants()
             postmaster = int((tmp_path / ".agentbus" / "pg" / "postmaster.pid").read_text().split()[0])
             assert len(started) >= 4  # nats-server, two actors, the gateway

@@ -49,7 +49,7 @@ from actors.executor.tool_service import tool_endpoints
 from actors.executor.tools import ToolRegistry
 from actors.executor.tree import nest
 from actors.executor.usage import total_usage, total_usages, usage_endpoint
-from bus import subjects
+from bus import metrics, subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint, being_cancelled
 from bus.config import BusConfig
 from bus.errors import BusError, Reject, Retry
@@ -62,6 +62,7 @@ from schemas.errors import ErrorCode, ErrorReply
 from schemas.pages import Keyset
 from schemas.research import DocumentHits, FetchedPage, FetchPage, SearchDocuments
 from schemas.runs import (
+    STATUS_OF_END,
     CancelRun,
     ExecutorCommand,
     GetRun,
@@ -298,6 +299,7 @@ class ExecutorActor(Actor):
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
+                self._count_end(req, runner, end, usage)
                 if req.end_by_requester:
                     await writer.flush()  # every delta is on the stream before the requester ends it
                     await self._publish_finished(req, tenant, trace, end)
@@ -351,6 +353,23 @@ class ExecutorActor(Actor):
             context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
             allowance=allowance,
         )
+
+    def _count_end(self, req: RunRequest, runner: Runner | None, end: RunEnd, usage: Usage) -> None:
+        """The run in the run, token and cost metrics, labelled only by what the agents file names."""
+        if runner is not None:
+            answered = end.model if isinstance(end, RunCompleted) else ""  # a fallback model may have answered
+            agent, model = runner.name, answered or runner.model.name
+        elif self._pipeline_of(req) is not None:
+            agent, model = req.agent, "pipeline"
+        else:  # a name the caller made up: not a label
+            agent, model = "unknown", ""
+        metrics.RUNS.labels(agent, model, STATUS_OF_END[type(end)].value).inc()
+        if usage.input_tokens:
+            metrics.TOKENS.labels(agent, model, "input").inc(usage.input_tokens)
+        if usage.output_tokens:
+            metrics.TOKENS.labels(agent, model, "output").inc(usage.output_tokens)
+        if usage.priced_cost_usd:
+            metrics.COST.labels(agent, model).inc(usage.priced_cost_usd)
 
     def _pipeline_of(self, req: RunRequest) -> PipelineSpec | None:
         if not req.agent.startswith(PIPELINE_PREFIX):

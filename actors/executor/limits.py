@@ -23,6 +23,7 @@ from pydantic_ai.exceptions import ModelRetry, UsageLimitExceeded
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import ToolDefinition
 
+from bus import metrics
 from schemas.tools import UNTRUSTED_KEY, UNTRUSTED_NOTICE
 
 __all__ = ["UNTRUSTED", "RunLimits", "ToolGuard", "cap_result", "limit_hit", "usage_limits"]
@@ -162,11 +163,19 @@ class ToolGuard(AbstractCapability[Any]):
         args: ValidatedToolArgs,
         handler: WrapToolExecuteHandler,
     ) -> Any:
+        outcome = "error"
         try:
             with anyio.fail_after(self.timeout_s):
                 result = await handler(args)
+            outcome = "ok"
         except TimeoutError:
+            outcome = "timeout"
             raise ModelRetry(f"the tool {tool_def.name} timed out after {self.timeout_s:g} s") from None
+        except ModelRetry:
+            outcome = "retry"
+            raise
+        finally:
+            metrics.TOOL_CALLS.labels(tool_def.name, outcome).inc()
         return guarded(result, tool_def, self.max_chars)
 
 

@@ -46,6 +46,7 @@ from actors.executor.deps import RunDeps
 from actors.executor.isolation import IsolationLimits, ToolStopped, call_isolated
 from actors.executor.limits import UNTRUSTED, RunLimits, cap_result
 from actors.executor.mcp_servers import McpServers
+from bus import metrics
 from bus.errors import BusError
 from schemas.errors import ErrorCode
 from schemas.tools import ToolCatalog, ToolInfo, ToolResult, ToolSource
@@ -352,17 +353,24 @@ async def _run(
     ctx: RunContext[RunDeps],
     limits: RunLimits,
 ) -> Any:
+    outcome = "error"
     try:
         with anyio.fail_after(limits.tool_timeout_s):
-            return await toolset.call_tool(name, args, ctx, tool)
+            result = await toolset.call_tool(name, args, ctx, tool)
+        outcome = "ok"
+        return result
     except TimeoutError:
+        outcome = "timeout"
         raise BusError(ErrorCode.TIMEOUT, f"the tool {name} timed out after {limits.tool_timeout_s:g} s") from None
     except ToolStopped as e:
         raise BusError(ErrorCode.TOOL_FAILED, str(e), {"limit": e.limit}) from None
     except (ModelRetry, ToolFailed) as e:  # the tool's own error, as the model would read it
+        outcome = "retry"
         raise BusError(ErrorCode.TOOL_FAILED, f"the tool {name} failed: {e}"[:500]) from None
     except Exception as e:
         raise BusError(ErrorCode.TOOL_FAILED, f"the tool {name} failed: {type(e).__name__}: {e}"[:500]) from None
+    finally:
+        metrics.TOOL_CALLS.labels(tool.tool_def.name, outcome).inc()
 
 
 def _info(

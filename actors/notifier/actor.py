@@ -25,7 +25,7 @@ from actors._postgres import open_pool
 from actors.notifier.channels import SendAttempt, one_recipient, send_email, send_http
 from actors.notifier.config import NotifierConfig
 from actors.notifier.store import DeliveryStore
-from bus import subjects
+from bus import metrics, subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.config import BusConfig
 from bus.errors import BusError, Reject, Retry
@@ -157,6 +157,8 @@ class NotifierActor(Actor):
             status, delay = DeliveryStatus.PENDING, max(schedule[number - 1], sent.retry_after_s or 0.0)
         next_at = datetime.fromtimestamp(now.timestamp() + delay, UTC) if delay is not None else None
         finished = await self.store.record_attempt(deliver.delivery_id, attempt, status, next_at)
+        result = "retrying" if status is DeliveryStatus.PENDING else status.value  # delivered, failed
+        metrics.DELIVERIES.labels(deliver.channel.value, result).inc()
         if delay is not None:
             raise Retry(f"attempt {number} failed: {sent.error}", delay=delay)
         subject = subjects.notifier_event(tenant, deliver.delivery_id, str(status.value))

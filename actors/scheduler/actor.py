@@ -31,7 +31,7 @@ from actors.scheduler import store
 from actors.scheduler.clock import Clock, SystemClock
 from actors.scheduler.config import SchedulerConfig
 from actors.scheduler.timing import Timing, TimingError, shortest_gap_s, validate
-from bus import subjects
+from bus import metrics, subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.config import BusConfig
 from bus.errors import BusError
@@ -201,6 +201,8 @@ class SchedulerActor(Actor):
                 conn, now - timedelta(seconds=self.config.restart_after_s), self.config.batch
             )
         for task, run in fired:
+            if run.scheduled_for is not None:  # how late it fires: a slow tick, a busy database, a restart
+                metrics.SCHEDULER_LAG.observe(max((self.clock.now() - run.scheduled_for).total_seconds(), 0.0))
             await self._start(task, run)
         for run in stale:
             owner = await store.task_row(self._pool, run.task_id)

@@ -1,0 +1,28 @@
+"""The `agentbus` commands that talk to a gateway over HTTP: chat, status, tasks, runs, research, dlq."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bus import cli_chat, cli_status, cli_work
+from bus.cli_http import run_command
+
+__all__ = ["COMMANDS", "add_parsers", "run"]
+
+COMMANDS = ("chat", "status", *cli_work.NOUNS)
+
+
+def add_parsers(commands: Any) -> None:
+    cli_chat.add_parser(commands)
+    cli_status.add_parser(commands)
+    cli_work.add_parsers(commands)
+
+
+def run(args: argparse.Namespace) -> int:
+    match args.command:
+        case "chat":
+            return run_command(lambda api, console: cli_chat.chat(api, console, args))
+        case "status":
+            return run_command(lambda api, console: cli_status.status(api, console, args))
+    return run_command(lambda api, console: cli_work.work(api, console, args))
