@@ -39,7 +39,7 @@ from bus.streams import EVENTS
 from gateway.auth import principal_of
 from gateway.caller import Caller
 from gateway.errors import ApiError, error_json
-from gateway.sse import sse_response
+from gateway.sse import last_event_id, sse_response
 from gateway.state import Gateway, gateway_of
 from schemas.errors import ErrorCode
 from schemas.events import Event
@@ -92,14 +92,10 @@ def type_filters(tenant: str, types: str | None) -> list[str]:
     return filters
 
 
-def _cursor(request: Request[Any, Any, Any] | WebSocket[Any, Any, Any], after: int | None) -> int | None:
+def _cursor(connection: Request[Any, Any, Any] | WebSocket[Any, Any, Any], after: int | None) -> int | None:
     """Last-Event-ID (what a browser's EventSource sends when it reconnects) over `?after=`."""
-    last = request.headers.get("last-event-id", "").strip()
-    if not last:
-        return after
-    if not last.isdigit() or len(last) > 19:
-        raise ApiError(ErrorCode.INVALID, "Last-Event-ID must be an event id this stream sent")
-    return int(last)
+    last = last_event_id(connection)
+    return after if last is None else last
 
 
 async def _tail(gw: Gateway) -> int:

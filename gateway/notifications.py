@@ -26,8 +26,7 @@ from bus.codec import decode
 from bus.errors import BusError
 from bus.streams import NOTIFIER_EVT
 from gateway.caller import Caller
-from gateway.errors import ApiError
-from gateway.sse import sse_response
+from gateway.sse import last_event_id, sse_response
 from gateway.state import Gateway
 from schemas.errors import ErrorCode
 from schemas.notifier import InAppNotification
@@ -53,15 +52,6 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
 class NotificationPage(msgspec.Struct, frozen=True, kw_only=True):
     notifications: list[Notification]
     next_after: int | None  # more are stored after this page: pass it as `after`
-
-
-def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
-    last = request.headers.get("last-event-id", "").strip()
-    if not last:
-        return None
-    if not last.isdigit() or len(last) > 19:
-        raise ApiError(ErrorCode.INVALID, "Last-Event-ID must be an event id this stream sent")
-    return int(last)
 
 
 async def _consumer(gw: Gateway, tenant: str, *, after: int | None, since: datetime | None) -> ConsumerInfo:
@@ -153,7 +143,7 @@ class NotificationController(Controller):
         self, request: Request[Any, Any, Any], caller: Caller, since: FromQuery[datetime | None] = None
     ) -> Stream:
         gw, tenant = caller.gateway, caller.tenant
-        after = _last_event_id(request)
+        after = last_event_id(request)
         if after is None:
             info = await _consumer(gw, tenant, after=None, since=since)
             await _dropped(gw, info)

@@ -7,13 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from litestar.connection import ASGIConnection
 from litestar.response import Stream
 
 from bus.client import Envelope
 from bus.codec import encode
+from gateway.errors import ApiError
 from gateway.streams import StreamSlot
+from schemas.errors import ErrorCode
 
-__all__ = ["event_json", "sse_frame", "sse_response"]
+__all__ = ["event_json", "last_event_id", "sse_frame", "sse_response"]
 
 KEEPALIVE_S = 15.0
 
@@ -92,3 +95,14 @@ def sse_response(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def last_event_id(connection: ASGIConnection[Any, Any, Any, Any]) -> int | None:
+    """The `Last-Event-ID` a reconnecting client sends (an EventSource does it by itself), or None;
+    422 `invalid` for one no stream of ours sent (event ids are stream sequences)."""
+    last = connection.headers.get("last-event-id", "").strip()
+    if not last:
+        return None
+    if not last.isdigit() or len(last) > 19:
+        raise ApiError(ErrorCode.INVALID, "Last-Event-ID must be an event id this stream sent")
+    return int(last)

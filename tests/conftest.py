@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import httpx
 import pydantic_ai.models
 import pytest
 import uvicorn
+from httpx_sse import aconnect_sse
 from pydantic_ai.models import Model
 from pydantic_ai.models.test import TestModel
 
@@ -206,6 +208,21 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def sse_messages(
+    client: httpx.AsyncClient, path: str, **kwargs: Any
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """An SSE route's messages as they come, `{id, event, data}` (its data decoded as JSON)."""
+    async with aconnect_sse(client, "GET", path, timeout=30, **kwargs) as source:
+        assert source.response.status_code == 200, source.response.status_code
+
+        async def messages() -> AsyncIterator[dict[str, Any]]:
+            async for sse in source.aiter_sse():
+                yield {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
+
+        yield messages()
 
 
 class Platform:

@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import websockets
-from httpx_sse import aconnect_sse
 
 from bus.streams import EVENTS
-from tests.conftest import Platform
+from tests.conftest import Platform, sse_messages
 from tests.models import replying
 
 Start = Callable[..., Awaitable[Platform]]
@@ -29,17 +28,10 @@ async def _delegate(client: httpx.AsyncClient, prompt: str) -> str:
     return task_id
 
 
-@contextlib.asynccontextmanager
-async def _feed(client: httpx.AsyncClient, **kwargs: Any) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """The feed's SSE messages as they come: {id, event, data}."""
-    async with aconnect_sse(client, "GET", "/v1/events", timeout=30, **kwargs) as source:
-        assert source.response.status_code == 200, source.response.status_code
-
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            async for sse in source.aiter_sse():
-                yield {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
-
-        yield events()
+def _feed(
+    client: httpx.AsyncClient, **kwargs: Any
+) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+    return sse_messages(client, "/v1/events", **kwargs)
 
 
 async def _until(events: AsyncIterator[dict[str, Any]], wanted: str) -> list[dict[str, Any]]:

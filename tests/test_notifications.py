@@ -11,9 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
 
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, sse_messages, wait_until
 from tests.models import replying
 from tests.receivers import HttpReceiver
 from tests.test_research import Researchers
@@ -30,17 +29,10 @@ async def _delegate(client: httpx.AsyncClient, prompt: str) -> str:
     return run_id
 
 
-@contextlib.asynccontextmanager
-async def _stream(client: httpx.AsyncClient, **kwargs: Any) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """The notification stream's events as they come: {id, event, data}."""
-    async with aconnect_sse(client, "GET", "/v1/notifications/events", timeout=30, **kwargs) as source:
-        assert source.response.status_code == 200, source.response.status_code
-
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            async for sse in source.aiter_sse():
-                yield {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
-
-        yield events()
+def _stream(
+    client: httpx.AsyncClient, **kwargs: Any
+) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+    return sse_messages(client, "/v1/notifications/events", **kwargs)
 
 
 async def _take(events: AsyncIterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
