@@ -342,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in cli_client.COMMANDS:  # HTTP only: no bus client here, whose logging to configure
         return cli_client.run(args)
+    if args.command == "asyncapi":  # no bus client either: the logging stays as the caller has it
+        from bus.asyncapi import render  # builds every schema: only for this command
+
+        print(render(), end="")
+        return 0
     configure_logging("agentbus", console=True, level="ERROR")  # the bus client's own chatter is not for this screen
     match args.command:
         case "run":
@@ -366,11 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exec_module("gateway", Role.GATEWAY.value)
         case "models":
             print(asyncio.run(_models(args.action == "check")))
-            return 0
-        case "asyncapi":
-            from bus.asyncapi import render  # builds every schema: only for this command
-
-            print(render(), end="")
             return 0
     return 2
 

@@ -323,8 +323,8 @@ def _channels_of(document: dict[str, Any], seen: list[Msg]) -> set[str]:
     asked: dict[str, str] = {}  # a request's reply subject -> its service channel
     used, answered = set(), set()
     for msg in seen:
-        if msg.subject.startswith("_INBOX."):
-            continue
+        if not msg.subject.startswith(f"{subjects.PREFIX}."):
+            continue  # a reply, or NATS's own (a KV watch's `$KV.…` delivered to an inbox): not the bus's
         body = json.loads(msg.data)
         matched = [name for name, (pattern, _) in channels.items() if pattern.match(msg.subject)]
         assert matched, f"{msg.subject} is on no channel of the document"
