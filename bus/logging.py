@@ -5,10 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import typing
 
 import structlog
 
 __all__ = ["configure_logging"]
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured (a caller that
+    swaps it and closes its own, like a test capturing output, leaves later lines a working stream)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(actor: str, *, console: bool | None = None, level: str | None = None) -> None:
@@ -29,7 +41,7 @@ def configure_logging(actor: str, *, console: bool | None = None, level: str | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=typing.cast(typing.TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(actor=actor)

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pydantic_ai.models
 import pytest
+import structlog
 import uvicorn
 from httpx_sse import aconnect_sse
 from pydantic_ai.models import Model
@@ -63,6 +64,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _OWN_BASETEMP = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A command run in-process (`bus.cli.main`) configures logging for itself: undone after the test."""
+    config = structlog.get_config()
+    context = structlog.contextvars.get_contextvars()
+    yield
+    structlog.configure(**config)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**context)
 
 
 @pytest.fixture(scope="session")
