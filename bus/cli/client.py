@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bus import cli_chat, cli_status, cli_work
-from bus.cli_http import run_command
+from bus.cli import chat as cli_chat
+from bus.cli import status as cli_status
+from bus.cli import work as cli_work
+from bus.cli.api import run_command
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 

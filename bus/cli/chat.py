@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bus.cli_http import Api, ApiFailure, printable, segment
+from bus.cli.api import Api, ApiFailure, printable, segment
 
 __all__ = ["add_parser", "chat"]
 

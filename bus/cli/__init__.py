@@ -1,5 +1,5 @@
 """The `agentbus` command: run everything, make API keys, list models and breakers, run an actor or the gateway;
-chat, status, tasks, runs, research and dlq talk to a gateway (bus/cli_client.py)."""
+chat, status, tasks, runs, research and dlq talk to a gateway (bus/cli/client.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import NoReturn
 import httpx
 import msgspec
 
-from bus import audit, cli_client, keys, nats_users, subjects, tenants
-from bus.cli_nats import make_credentials, serve_nats, tenant_user_text
+from bus import audit, keys, nats_users, subjects, tenants
+from bus.cli import client as cli_client
+from bus.cli.nats_setup import make_credentials, serve_nats, tenant_user_text
 from bus.client import Bus
 from bus.config import BusConfig
 from bus.credentials import Role, is_nats_user, seed_path
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("asyncapi", help="print the bus's AsyncAPI 3 document (what docs/asyncapi.json holds)")
     models = commands.add_parser("models", help="each agent's models and their circuit breakers")
     models.add_argument("action", nargs="?", choices=["check"], help="check: send each model one tiny request")
-    cli_client.add_parsers(commands)  # chat, status, tasks, runs, research, dlq: over HTTP (bus/cli_client.py)
+    cli_client.add_parsers(commands)  # chat, status, tasks, runs, research, dlq: over HTTP (bus/cli/client.py)
     return parser
 
 
@@ -373,7 +374,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(asyncio.run(_models(args.action == "check")))
             return 0
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bus.cli_chat import TERMINAL, TurnView
-from bus.cli_http import Api, printable, segment
+from bus.cli.api import Api, printable, segment
+from bus.cli.chat import TERMINAL, TurnView
 
 __all__ = ["follow"]
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bus.cli_http import Api, ApiFailure, print_json
+from bus.cli.api import Api, ApiFailure, print_json
 
 __all__ = ["add_parser", "status"]
 

@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from bus import cli_follow
-from bus.cli_http import Api, print_json, printable, segment
+from bus.cli import follow as cli_follow
+from bus.cli.api import Api, print_json, printable, segment
 
 __all__ = ["NOUNS", "add_parsers", "work"]
 
