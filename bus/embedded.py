@@ -8,6 +8,7 @@ the failover tests.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -117,12 +118,27 @@ class EmbeddedNats:
         temporary.chmod(0o600)
         temporary.replace(path)  # a reload never reads half a file
 
-    def reauthorize(self, authorization: str) -> None:
-        """Replace the users and permissions, and reload: clients no longer authorized are disconnected."""
+    def reauthorize(self, authorization: str, *, timeout_s: float = 10.0) -> None:
+        """Replace the users and permissions, and reload: clients no longer authorized are disconnected.
+
+        Returns once the server has loaded the new file (its `config_load_time` moved), so a user
+        added here can connect, and keeps its subscriptions, when this returns.
+        """
         self.authorization = authorization
         self._write_authorization(authorization)
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGHUP)  # nats-server's config reload
+        if self.process is None or self.process.poll() is not None:
+            return
+        loaded = self._config_load_time()
+        self.process.send_signal(signal.SIGHUP)  # nats-server's config reload
+        deadline = time.monotonic() + timeout_s
+        while self._config_load_time() == loaded:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {self.server_name} did not reload: see {self.data_dir / 'nats.log'}")
+            time.sleep(0.02)
+
+    def _config_load_time(self) -> str:
+        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=2) as r:
+            return str(json.load(r)["config_load_time"])
 
     def wait_ready(self, *, timeout_s: float = 10.0) -> None:
         """Until /healthz is 200: JetStream enabled (alone), or current with its meta leader (clustered)."""
