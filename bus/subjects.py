@@ -51,7 +51,11 @@ __all__ = [
     "executor_finished_all",
     "executor_origin_commands",
     "executor_plain_commands",
+    "executor_steer",
+    "executor_steers",
     "executor_subrun_command",
+    "executor_waiting",
+    "executor_waiting_all",
     "inbox_prefix",
     "instance_health",
     "js_api",
@@ -118,10 +122,14 @@ class RunOrigin(enum.StrEnum):
     A plain `ab.executor.cmd.<tenant>.<run_id>` is a run asked for on the tenant's behalf (a turn, a task,
     a pipeline run, a tenant's own publish) and runs only the agents the tenant may run; only the executor
     may publish `sub` (the steps and hand-offs of a run it checked) and only the research actor `research`
-    (a job's sub-runs, which may run the internal research agents)."""
+    (a job's sub-runs, which may run the internal research agents). Two more name no new run but an existing
+    one's next step (schemas/approvals.py): `resume` (the executor continuing a parked run, once every call it
+    waited on is decided) and `resolve` (the trigger actor's answer to a `wait_for_event` call)."""
 
     SUBRUN = "sub"
     RESEARCH = "research"
+    RESUME = "resume"
+    RESOLVE = "resolve"
 
 
 def token(value: str) -> str:
@@ -204,6 +212,24 @@ def executor_finished(tenant: str, run_id: str) -> str:
 
 def executor_finished_all() -> str:
     return _join("executor", "evt", "*", "*", "finished")
+
+
+def executor_waiting(tenant: str, run_id: str) -> str:
+    """The run parked (RunWaiting): what a task's or research job's notifications of a waiting approval follow."""
+    return _join("executor", "evt", token(tenant), token(run_id), "waiting")
+
+
+def executor_waiting_all() -> str:
+    return _join("executor", "evt", "*", "*", "waiting")
+
+
+def executor_steer(tenant: str, run_id: str) -> str:
+    """A steering message broadcast to every executor replica (core NATS): the one running the run takes it."""
+    return _join("executor", "ctl", "steer", token(tenant), token(run_id))
+
+
+def executor_steers() -> str:
+    return _join("executor", "ctl", "steer", "*", "*")
 
 
 def executor_events() -> str:

@@ -8,6 +8,7 @@ from datetime import datetime
 import msgspec
 
 from schemas._base import Message, Record
+from schemas.approvals import ApprovalDecided, CallResolved, ResumeRun, RunWaiting, Steered
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.pages import Keyset
 
@@ -51,6 +52,7 @@ __all__ = [
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # parked: waits for approvals or an event, holding no slot (schemas/approvals.py)
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -120,7 +122,7 @@ class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):
     reason: str = "cancelled by request"
 
 
-ExecutorCommand = RunRequest | CancelRun
+ExecutorCommand = RunRequest | CancelRun | ResumeRun | CallResolved
 
 
 # --- run output: ab.run.out.<tenant>.<run_id>, one ordered, resumable stream per run ----------
@@ -197,6 +199,9 @@ RunOutput = (
     | ToolCalled
     | ToolReturned
     | UsageReported
+    | RunWaiting
+    | ApprovalDecided
+    | Steered
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -251,7 +256,7 @@ class RunFinished(Message, frozen=True, kw_only=True, tag="run_finished"):
     result: RunEnd
 
 
-ExecutorEvent = RunFinished
+ExecutorEvent = RunFinished | RunWaiting
 
 
 # --- queries ----------------------------------------------------------------------------------
