@@ -209,3 +209,55 @@ async def test_pending_approvals_survive_kill_9_of_the_executor(
     end = (await outputs(bus, run_id, timeout=30))[-1]
     assert isinstance(end, RunCompleted), end
     assert sorted(m["to"] for m in sent(outbox)) == ["a@example.com", "b@example.com"]
+
+
+async def test_a_chat_turn_waiting_for_approvals_survives_kill_9_of_every_actor_and_is_stored_whole(
+    bus: Bus, spawn_actor: Callable[..., Any], tmp_path: Path, outbox: Path
+) -> None:
+    """The turn's conversation and executor processes are both killed while it waits; new ones go on with it,
+    and the conversation stores its reply (the gateway holds nothing: a client reconnects to the run's output)."""
+    from schemas.conversation import ConversationList, ListConversations, ListMessages, MessageList
+    from tests.test_conversation import Client
+
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    env = {
+        "AGENTBUS_MODEL": "function:tests.models:mailer",
+        "AGENTBUS_AGENTS_FILE": str(agents),
+        "AGENTBUS_TEST_OUTBOX": str(outbox),
+    }
+    first = [spawn_actor("conversation"), spawn_actor("executor", env)]
+    client = Client(bus)
+
+    async def answering(actor: subjects.ActorName, verb: str, query: Any, reply: type[Any]) -> bool:
+        try:
+            await bus.request(subjects.service(actor, verb), query, reply, trace=TRACE)
+        except BusError:
+            return False
+        return True
+
+    async def conversation_up() -> bool:
+        return await answering(subjects.ActorName.CONVERSATION, "list", ListConversations(), ConversationList)
+
+    await wait_until(conversation_up, timeout=30, what="the conversation actor")
+    conversation = await client.create(agent="mailer")
+    run_id = await client.post(conversation, "mail them")
+    parked = await waiting(bus, run_id)
+    for process in first:
+        process.kill()
+    spawn_actor("conversation")
+    spawn_actor("executor", env)
+
+    async def executor_up() -> bool:
+        return await answering(EXECUTOR, "list_approvals", ListApprovals(), ApprovalList)
+
+    await wait_until(executor_up, timeout=30, what="a new executor")
+    await decide(bus, parked.approvals[0].id, Decision.APPROVE)
+    await decide(bus, parked.approvals[1].id, Decision.DENY, reason="only one")
+    (turn,) = await client.turns(conversation, 1, timeout=30)
+    messages = await client.request("messages", ListMessages(conversation_id=conversation), MessageList)
+    assert type(turn).__name__ == "TurnCompleted", turn
+    reply = messages.messages[-1]
+    assert reply.role.value == "assistant" and reply.run_id == run_id
+    assert "send_email: sent to a@example.com" in reply.content and "send_email: only one" in reply.content
+    assert sent(outbox) == [{"to": "a@example.com", "body": "hello"}]
