@@ -6,14 +6,17 @@ from __future__ import annotations
 import base64
 import secrets
 
+import msgspec
+
 from actors._outbound import Allowlist, UnsafeURL, check_url
 from bus import subjects
 from bus.errors import BusError
 from bus.secrets import SecretBox
+from schemas.approvals import Approval
 from schemas.errors import ErrorCode
 from schemas.notifier import EMAIL_ADDRESS, Channel, Deliver, NotificationConfig
 
-__all__ = ["check_channels", "check_notification_config", "deliveries", "new_signing_secret"]
+__all__ = ["approvals_notice", "check_channels", "check_notification_config", "deliveries", "new_signing_secret"]
 
 FIELDS = {Channel.EMAIL: "email_address", Channel.SLACK: "slack_webhook_url", Channel.WEBHOOK: "webhook_url"}
 
@@ -61,9 +64,11 @@ def deliveries(
     payload: dict[str, object],
     signing_secret: str,
     secrets: SecretBox,
+    about: str | None = None,
 ) -> list[tuple[str, Deliver]]:
-    """(subject, command) per channel; the delivery id `<run_id>-<channel>` makes re-sending harmless.
-    `signing_secret` as stored by the owner: the command carries it sealed, never in plaintext."""
+    """(subject, command) per channel; the delivery id `<run_id>-<channel>` (`<run_id>-<about>-<channel>` for a
+    notice about the run before its end, such as `approval-1`) makes re-sending harmless. `signing_secret` as
+    stored by the owner: the command carries it sealed, never in plaintext."""
     if config is None:
         return []
     sealed = secrets.reseal(signing_secret) or signing_secret
@@ -74,7 +79,7 @@ def deliveries(
     }
     out = []
     for channel in config.channels:
-        delivery_id = f"{run_id}-{channel.value}"
+        delivery_id = f"{run_id}-{about}-{channel.value}" if about else f"{run_id}-{channel.value}"
         deliver = Deliver(
             delivery_id=delivery_id,
             task_run_id=run_id,
@@ -88,3 +93,19 @@ def deliveries(
         )
         out.append((subjects.notifier_command(tenant, delivery_id), deliver))
     return out
+
+
+def approvals_notice(approvals: list[Approval], *, what: str) -> tuple[str, str, dict[str, object]]:
+    """The title, body and webhook payload telling a task's (or job's) channels that approvals wait."""
+    title = f"Approval needed: {', '.join(sorted({a.tool_name for a in approvals}))} in {what}"
+    lines = [f"{what} is waiting for a decision on {len(approvals)} tool call(s):", ""]
+    for a in approvals:
+        expires = f" (expires {a.expires_at.isoformat(timespec='seconds')})" if a.expires_at else ""
+        lines.append(f"- {a.tool_name} {a.args} — approval {a.id}{expires}")
+    lines += ["", 'Decide each with POST /v1/approvals/{id} and {"decision": "approve" | "deny" | "edit"}.']
+    payload: dict[str, object] = {
+        "event": "approval_requested",
+        "run_id": approvals[0].run_id,
+        "approvals": msgspec.to_builtins(approvals),
+    }
+    return title, "\n".join(lines), payload

@@ -293,7 +293,11 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.EVENT,
         (RunWaiting,),
         "A run parked: the tool calls it waits on (approvals, event waits); it holds no slot meanwhile.",
-        (_FEED_READER, _TRIGGERS),
+        (
+            Reader(R.SCHEDULER, Reading.DURABLE, "scheduler-waits", "tells a task's channels an approval waits"),
+            _FEED_READER,
+            _TRIGGERS,
+        ),
     ),
     Channel(
         "scheduler.changed",

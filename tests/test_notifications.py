@@ -8,9 +8,11 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import Platform, sse_messages, wait_until
 from tests.models import replying
@@ -138,3 +140,39 @@ async def test_a_research_jobs_failed_delivery_is_listed_and_a_retry_sends_it_ag
     assert not_its.status_code == 404 and not_its.json()["error"]["code"] == "not_found"
     assert foreign_list.status_code == 404 and foreign_list.json()["error"]["code"] == "not_found"
     assert foreign_retry.status_code == 404
+
+
+async def test_a_task_run_waiting_for_approval_tells_the_tasks_channels_then_goes_on_when_approved(
+    start_platform: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bus import subjects
+    from bus.headers import Trace
+    from schemas.approvals import ApprovalView, DecideApproval, Decision
+    from tests.models import mailer
+    from tests.test_approvals import AGENTS
+
+    monkeypatch.setenv("AGENTBUS_TEST_OUTBOX", str(tmp_path / "outbox.jsonl"))
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    platform = await start_platform(mailer(), background=True, agents_file=agents)
+    async with platform.client() as client, _stream(client) as events:
+        body = {
+            "task_type": "delegation",
+            "agent": "mailer",
+            "prompt": "mail them",
+            "notification_config": {"channels": ["in_app"]},
+        }
+        response = await client.post("/v1/tasks", json=body)
+        assert response.status_code == 202, response.text
+        run_id = response.json()["last_runs"][0]["id"]
+        (notice,) = await _take(events, 1)
+        text = json.dumps(notice)
+        assert "Approval needed: send_email" in text and "approval_requested" in text and "POST /v1/approvals/" in text
+        approvals = notice["data"]["payload"]["approvals"] if "data" in notice else notice["payload"]["approvals"]
+        assert {a["run_id"] for a in approvals} == {run_id} and len(approvals) == 2
+        service = subjects.service(subjects.ActorName.EXECUTOR, "decide_approval")
+        for a in approvals:
+            decision = DecideApproval(approval_id=a["id"], decision=Decision.APPROVE, decided_by="test")
+            await platform.bus.request(service, decision, ApprovalView, trace=Trace(tenant=a["tenant"]))
+        (finished,) = await _take(events, 1)
+    assert "completed" in json.dumps(finished) and "sent to a@example.com" in json.dumps(finished)

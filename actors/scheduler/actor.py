@@ -24,7 +24,13 @@ from typing import Any
 import msgspec
 import structlog
 
-from actors._notifications import check_channels, check_notification_config, deliveries, new_signing_secret
+from actors._notifications import (
+    approvals_notice,
+    check_channels,
+    check_notification_config,
+    deliveries,
+    new_signing_secret,
+)
 from actors._postgres import DATABASE_DOWN, Conn, open_pool
 from actors._postgres import health as postgres_health
 from actors.scheduler import store
@@ -40,6 +46,7 @@ from bus.quotas import MIN_INTERVAL, quota_exceeded
 from bus.streams import EXECUTOR_EVT, SCHEDULER_CMD, ConsumerSpec
 from bus.tenants import TenantSettingsCache
 from schemas._base import Message
+from schemas.approvals import RunWaiting
 from schemas.conversation import ConversationView, CreateConversation, Pattern, Policy, PostMessage
 from schemas.errors import ErrorCode
 from schemas.runs import RunCancelled, RunCompleted, RunFailed, RunFinished, Usage
@@ -118,6 +125,11 @@ class SchedulerActor(Actor):
                 ConsumerSpec(EXECUTOR_EVT, "scheduler-runs", subjects.executor_finished_all()),
                 RunFinished,
                 self._on_finished,
+            ),
+            Consumer(
+                ConsumerSpec(EXECUTOR_EVT, "scheduler-waits", subjects.executor_waiting_all(), deliver_new=True),
+                RunWaiting,
+                self._on_waiting,
             ),
             Endpoint("create", CreateTask, self._create),
             Endpoint("get", GetTask, self._get),
@@ -327,6 +339,30 @@ class SchedulerActor(Actor):
         )
         if row is not None:
             await self._notify(row, run, trace)
+
+    async def _on_waiting(self, waiting: RunWaiting, delivery: Delivery) -> None:
+        """A task's run parked on approvals: its channels are told, with how to decide each."""
+        if waiting.task_id is None or not waiting.approvals:
+            return
+        async with self._pool.acquire() as conn:
+            row = await store.task_row(conn, waiting.task_id)
+        if row is None or row.task.tenant != delivery.tenant or row.task.notification_config is None:
+            return
+        title, body, payload = approvals_notice(waiting.approvals, what=f"task {row.task.id}")
+        payload["task_id"] = row.task.id
+        for subject, deliver in deliveries(
+            row.task.notification_config,
+            tenant=delivery.tenant,
+            run_id=waiting.run_id,
+            task_id=row.task.id,
+            title=title,
+            body=body,
+            payload=payload,
+            signing_secret=row.notification_secret,
+            secrets=self.config.secrets,
+            about=f"approval-{waiting.approvals[0].park}",
+        ):
+            await self.bus.publish(subject, deliver, trace=delivery.trace, msg_id=deliver.delivery_id)
 
     async def _notify(self, row: store.TaskRow, run: TaskRun, trace: Trace) -> None:
         config = row.task.notification_config
