@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 from pydantic_ai.messages import (
     ModelMessage,
@@ -26,6 +27,7 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from bus import keys
 from tests.conftest import Platform, wait_until
+from tests.test_cli_client import Agentbus
 from tests.test_gateway_errors import assert_error
 
 Start = Callable[..., Awaitable[Platform]]
@@ -229,3 +231,37 @@ async def test_unknown_approvals_answer_404_and_a_bad_filter_422(start_platform:
         assert_error(await client.post("/v1/approvals/a.b", json={"decision": "approve"}), 404, "not_found")
         assert_error(await client.get("/v1/approvals", params={"status": "maybe"}), 422, "invalid")
         assert (await client.get("/v1/approvals", params={"status": "all"})).json() == {"approvals": []}
+
+
+@pytest.fixture
+def agentbus(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Agentbus:
+    return Agentbus(capsys, monkeypatch)
+
+
+async def test_the_terminal_chat_shows_the_waiting_call_and_agentbus_deny_decides_it(
+    start_platform: Start, tmp_path: Path, agentbus: Agentbus
+) -> None:
+    mailer = Mailer()
+    platform = await _platform(start_platform, tmp_path, mailer)
+    agentbus.target(platform.url, platform.key, tmp_path)
+    chatting = agentbus.start("chat", "--agent", "mailer", stdin="mail ada the invoice\n")
+    await wait_until(lambda: _said(agentbus, "agentbus approve "), timeout=30, what="the chat to show the approval")
+    shown = agentbus.output()
+    assert "⏸ send_email" in shown and '"to":"ada@example.com"' in shown.replace(" ", "")
+    approval_id = shown.split("agentbus approve ", 1)[1].split()[0]
+
+    listed = await agentbus("approvals")
+    assert listed.code == 0 and approval_id in listed.out and "send_email" in listed.out and "pending" in listed.out
+    denied = await agentbus("deny", approval_id, "--reason", "not this week")
+    assert denied.code == 0, denied.err
+    assert f"{approval_id} denied" in denied.out
+    assert await asyncio.wait_for(chatting, 60) == 0
+    assert "the tool said:" in agentbus.output() and "not this week" in agentbus.out
+    again = await agentbus("approve", approval_id)
+    assert again.code == 1 and "error: conflict:" in again.err
+    everything = await agentbus("approvals", "--all", "--json")
+    assert [(a["id"], a["status"]) for a in json.loads(everything.out)["approvals"]] == [(approval_id, "denied")]
+
+
+async def _said(agentbus: Agentbus, text: str) -> bool:
+    return text in agentbus.output()
