@@ -60,14 +60,16 @@ class Mailer:
     def _whole(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         said = self._answered(messages)
         if said is None:
-            return ModelResponse(parts=[ToolCallPart("send_email", dict(ASKED), tool_call_id="call-1")])
+            return ModelResponse(parts=[ToolCallPart("send_email", dict(ASKED), tool_call_id=f"call-{len(messages)}")])
         self.seen.append(said)
         return ModelResponse(parts=[TextPart(f"the tool said: {said}")])
 
     async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
         said = self._answered(messages)
         if said is None:
-            yield {0: DeltaToolCall(name="send_email", json_args=json.dumps(ASKED), tool_call_id="call-1")}
+            yield {
+                0: DeltaToolCall(name="send_email", json_args=json.dumps(ASKED), tool_call_id=f"call-{len(messages)}")
+            }
             return
         self.seen.append(said)
         yield f"the tool said: {said}"
