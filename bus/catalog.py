@@ -21,6 +21,7 @@ from bus.headers import Header
 from bus.subjects import ActorName, RunOrigin
 from schemas._base import Message
 from schemas.agents import AgentCatalog, ListAgents
+from schemas.approvals import ApprovalList, ApprovalView, DecideApproval, GetApproval, ListApprovals, RunWaiting
 from schemas.audit import AuditAction, AuditEvent
 from schemas.conversation import (
     ContinueConversation,
@@ -222,7 +223,9 @@ CHANNELS: tuple[Channel, ...] = (
         Kind.COMMAND,
         members(ExecutorCommand),
         "A run the platform starts for itself: `sub` a pipeline step or hand-off (by the executor), "
-        "`research` a research job's sub-run (by the research actor).",
+        "`research` a research job's sub-run (by the research actor); or the next step of a parked run: "
+        "`resume` once every call it waits on is decided (by the executor), `resolve` an event wait's "
+        "answer (by the trigger actor).",
         (Reader(R.EXECUTOR, Reading.DURABLE, "executor-cmd"),),
         values={"origin": tuple(o.value for o in RunOrigin)},
     ),
@@ -274,6 +277,14 @@ CHANNELS: tuple[Channel, ...] = (
             _FEED_READER,
             _TRIGGERS,
         ),
+    ),
+    Channel(
+        "executor.waiting",
+        subjects.executor_waiting,
+        Kind.EVENT,
+        (RunWaiting,),
+        "A run parked: the tool calls it waits on (approvals, event waits); it holds no slot meanwhile.",
+        (_FEED_READER, _TRIGGERS),
     ),
     Channel(
         "scheduler.changed",
@@ -424,6 +435,9 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.EXECUTOR, "tree", GetRunTree, RunTree),
     Endpoint(A.EXECUTOR, "list_runs", ListRuns, RunList),
     Endpoint(A.EXECUTOR, "run_counts", CountRuns, RunCount),
+    Endpoint(A.EXECUTOR, "list_approvals", ListApprovals, ApprovalList),
+    Endpoint(A.EXECUTOR, "get_approval", GetApproval, ApprovalView),
+    Endpoint(A.EXECUTOR, "decide_approval", DecideApproval, ApprovalView, "approve, deny or edit one tool call"),
     Endpoint(A.EXECUTOR, "agents", ListAgents, AgentCatalog),
     Endpoint(A.EXECUTOR, "usage", GetUsage, UsageReport),
     Endpoint(A.EXECUTOR, "models", ListModels, ModelList),

@@ -71,6 +71,7 @@ ACCESS: dict[Role, Access] = {
             subjects.executor_events(),
             subjects.executor_plain_commands(),
             subjects.executor_origin_commands(RunOrigin.SUBRUN),  # pipeline steps and subagent hand-offs
+            subjects.executor_origin_commands(RunOrigin.RESUME),  # a parked run's calls are all decided
             subjects.executor_cancels(),
         ),
         listens=(subjects.executor_cancels(),),

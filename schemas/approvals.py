@@ -46,6 +46,7 @@ class ApprovalStatus(enum.StrEnum):
     DENIED = "denied"
     EDITED = "edited"
     EXPIRED = "expired"  # denied by its expiry; the run continued with that denial
+    WITHDRAWN = "withdrawn"  # the run ended (cancelled) before it was decided
 
 
 class WaitKind(enum.StrEnum):
@@ -60,6 +61,7 @@ class Approval(Record, frozen=True, kw_only=True):
     id: str  # "<run_id>.<tool_call_id>" made URL-safe: see actors/executor/parking.py
     tenant: str
     run_id: str
+    park: int = 1  # which of the run's parks asked it
     tool_call_id: str
     tool_name: str
     args: str  # JSON text, as the model produced it

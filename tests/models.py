@@ -5,8 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 WORDS = [f"w{i} " for i in range(40)]
 
@@ -78,3 +86,40 @@ def prompts_of(messages: list[ModelMessage]) -> list[str]:
         for p in m.parts
         if isinstance(p, UserPromptPart)
     ]
+
+
+def _mailer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Asks to send two emails and the time in one step; then answers with what each call returned."""
+    last = messages[-1]
+    returns = [p for p in last.parts if isinstance(p, ToolReturnPart)] if isinstance(last, ModelRequest) else []
+    if returns:
+        return ModelResponse(parts=[TextPart(" | ".join(f"{p.tool_name}: {p.model_response_str()}" for p in returns))])
+    return ModelResponse(
+        parts=[
+            ToolCallPart("send_email", {"to": "a@example.com", "body": "hello"}, tool_call_id="mail-a"),
+            ToolCallPart("send_email", {"to": "b@example.com", "body": "hello"}, tool_call_id="mail-b"),
+            ToolCallPart("current_time", {}, tool_call_id="time"),
+        ]
+    )
+
+
+def streamed(whole: Callable[[list[ModelMessage], AgentInfo], ModelResponse]) -> FunctionModel:
+    """A model answering `whole(messages, info)`, also when streamed (text whole, each tool call in one delta)."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        for i, part in enumerate(whole(messages, info).parts):
+            if isinstance(part, TextPart):
+                yield part.content
+            elif isinstance(part, ToolCallPart):
+                yield {
+                    i: DeltaToolCall(
+                        name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id
+                    )
+                }
+
+    return FunctionModel(whole, stream_function=stream, model_name=getattr(whole, "__name__", "streamed").strip("_"))
+
+
+def mailer() -> FunctionModel:
+    """A model whose one step needs two approvals and one plain call (tests/test_approvals.py)."""
+    return streamed(_mailer)

@@ -37,3 +37,13 @@ def spin() -> str:
     """Loop without end."""
     while True:
         pass
+
+
+def send_email(to: str, body: str = "") -> str:
+    """Send an email. Each one sent is a line in the file AGENTBUS_TEST_OUTBOX names: a test counts them."""
+    import json
+    import os
+
+    with open(os.environ["AGENTBUS_TEST_OUTBOX"], "a") as outbox:
+        outbox.write(json.dumps({"to": to, "body": body}) + "\n")
+    return f"sent to {to}"

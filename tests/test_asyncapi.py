@@ -137,7 +137,7 @@ def test_what_the_json_schema_cannot_check(document: dict[str, Any]) -> None:
 def test_channels_carry_the_builders_own_subjects(document: dict[str, Any]) -> None:
     channels = document["channels"]
     assert channels["conversation.command"]["address"] == "ab.conversation.cmd.{tenant}.{conversation_id}"
-    assert channels["executor.subrun"]["parameters"]["origin"]["enum"] == ["sub", "research"]
+    assert channels["executor.subrun"]["parameters"]["origin"]["enum"] == ["sub", "research", "resume", "resolve"]
     assert channels["research.phase"]["address"] == "ab.research.evt.{tenant}.{job_id}.phase"
     assert channels["dead_letters"]["address"] == "ab.dlq.{actor}"
     assert channels["conversation.command"]["parameters"]["tenant"]["location"] == "$message.header#/Ab-Tenant"

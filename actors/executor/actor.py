@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import msgspec
 import structlog
 from nats.js.errors import NotFoundError
 from pydantic_ai import CancellationToken
+from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.models import Model
 
 from actors._pages import fitting
@@ -36,11 +38,14 @@ from actors.executor.breaker import Breakers
 from actors.executor.catalog import catalog_endpoint
 from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
+from actors.executor.costs import combined
 from actors.executor.deployments import models_endpoint
 from actors.executor.fair_share import FairShare
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
+from actors.executor.park_store import Park, ParkStore, Resumable
+from actors.executor.parking import Parked, Resumption, approvals_of, event_result, resumption
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
 from actors.executor.store import Begun, RunsFull, RunStore, UsageStore
@@ -58,6 +63,20 @@ from bus.runs import CancelSignals, RunClient
 from bus.streams import EXECUTOR_CMD, RUN_OUT, ConsumerSpec
 from bus.tenants import TenantSettingsCache
 from schemas._base import Message
+from schemas.approvals import (
+    Approval,
+    ApprovalDecided,
+    ApprovalList,
+    ApprovalStatus,
+    ApprovalView,
+    CallResolved,
+    DecideApproval,
+    Decision,
+    GetApproval,
+    ListApprovals,
+    ResumeRun,
+    RunWaiting,
+)
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.pages import Keyset
 from schemas.research import DocumentHits, FetchedPage, FetchPage, SearchDocuments
@@ -123,6 +142,8 @@ class ExecutorActor(Actor):
         self.histories = HistoryCache()  # conversations' histories read by reference, for their next turns
         self.tools = ToolRegistry(McpServers({}))  # built at start; its MCP servers live as long as the actor
         self._store: RunStore | None = None
+        self._parks: ParkStore | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self._summaries: SummaryStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
@@ -137,6 +158,12 @@ class ExecutorActor(Actor):
         if self._store is None:
             raise RuntimeError("executor is not started")
         return self._store
+
+    @property
+    def parks(self) -> ParkStore:
+        if self._parks is None:
+            raise RuntimeError("executor is not started")
+        return self._parks
 
     @property
     def admission(self) -> Admission:
@@ -175,6 +202,9 @@ class ExecutorActor(Actor):
             Endpoint("tree", GetRunTree, self._tree),
             Endpoint("list_runs", ListRuns, self._list_runs),
             Endpoint("run_counts", CountRuns, self._run_counts),
+            Endpoint("list_approvals", ListApprovals, self._list_approvals),
+            Endpoint("get_approval", GetApproval, self._get_approval),
+            Endpoint("decide_approval", DecideApproval, self._decide_approval),
             catalog_endpoint(lambda: self.runners, lambda: self.pipelines, internal=RESEARCH_AGENTS.keys()),
             usage_endpoint(lambda: UsageStore(self.store.pool), lambda: self.admission),
             models_endpoint(lambda: self.runners, lambda: self.breakers),
@@ -213,14 +243,20 @@ class ExecutorActor(Actor):
                 await runner.model.route.hold_open(self._models)
         self._store = RunStore(await open_pool(self.config.database_url, schema="executor", migrations=MIGRATIONS))
         self._summaries = SummaryStore(self._store.pool)
+        self._parks = ParkStore(self._store.pool)
         self._runs = RunClient(self.bus)
         self._cancels = CancelSignals(self.bus, subjects.executor_cancels(), CancelRun, lambda c: c.run_id)
         await self._cancels.start()
         self._tenants = TenantSettingsCache(self.bus)
         await self._tenants.start()
         self._admission = Admission(self._tenants, self._store, RESEARCH_AGENTS.keys())
+        self._expiry = asyncio.create_task(self._expire_approvals())
 
     async def on_stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         await self._models.aclose()
         await self.tools.servers.stop()
         if self._cancels is not None:
@@ -235,10 +271,14 @@ class ExecutorActor(Actor):
 
     # --- commands ----------------------------------------------------------------------------
 
-    async def _on_command(self, command: RunRequest | CancelRun, delivery: Delivery) -> None:
+    async def _on_command(self, command: ExecutorCommand, delivery: Delivery) -> None:
         match command:
             case RunRequest():
                 await self._run(command, delivery)
+            case ResumeRun():
+                await self._resume(command, delivery)
+            case CallResolved():
+                await self._call_resolved(command, delivery)
             case CancelRun():
                 try:
                     await self._request_cancel(command, delivery.tenant)
@@ -247,9 +287,10 @@ class ExecutorActor(Actor):
             case _:
                 assert_never(command)
 
-    async def _run(self, req: RunRequest, delivery: Delivery) -> None:
+    async def _run(self, req: RunRequest, delivery: Delivery, resume: ResumeRun | None = None) -> None:
         """Run it once the tenant's fair share of this replica's slots, and its `concurrent_runs` quota, admit it;
-        until then it goes back to the stream for a moment (actors/executor/fair_share.py)."""
+        until then it goes back to the stream for a moment (actors/executor/fair_share.py). With `resume`, go on
+        with a parked run (its slot was given back when it parked, so it is taken again here)."""
         tenant = delivery.tenant
         inside = _inside_a_run(req)
         if inside:
@@ -260,7 +301,12 @@ class ExecutorActor(Actor):
             )
         try:
             quota = 0 if inside or self._tenants is None else self._tenants.get(tenant).quotas.concurrent_runs or 0
-            await self._run_admitted(req, delivery, max_running=quota)
+            if resume is None:
+                await self._run_admitted(req, delivery, max_running=quota)
+            else:
+                resumable = await self.parks.resume(resume.run_id, tenant, resume.park)
+                if isinstance(resumable, Resumable):  # else not parked there any more (or ended): nothing to do
+                    await self._run_admitted(resumable.request, delivery, max_running=0, resumed=resumable)
         except RunsFull as e:
             raise Retry(
                 f"concurrent_runs quota: {e.running} runs running", delay=self.config.fair_share_retry_s, waiting=True
@@ -268,7 +314,69 @@ class ExecutorActor(Actor):
         finally:
             self.fair.release(tenant)
 
-    async def _run_admitted(self, req: RunRequest, delivery: Delivery, *, max_running: int) -> None:
+    async def _resume(self, command: ResumeRun, delivery: Delivery) -> None:
+        """Go on with a parked run whose calls are all decided (or which was cancelled while it waited)."""
+        req = await self.parks.request_of(command.run_id, delivery.tenant)
+        if req is not None:  # else it finished since (this resume came again) or is not the tenant's
+            await self._run(req, delivery, resume=command)
+
+    async def _park(
+        self,
+        req: RunRequest,
+        tenant: str,
+        trace: Trace,
+        writer: OutputWriter,
+        parked: Parked,
+        usage: Usage,
+        origin: subjects.RunOrigin | None,
+        agent: str,
+    ) -> None:
+        """Store the park, mark the run waiting, say so on its output and as an event; the request is then acked
+        and the slot given back. Each event wait is handed to the trigger actor."""
+        approvals = approvals_of(parked.requests, req, agent=agent, ttl_s=self.config.approval_ttl_s)
+        waits = [call.tool_call_id for call in parked.requests.calls]
+        park = Park(
+            request=req,
+            origin=origin.value if origin else None,
+            messages=parked.messages,
+            base=parked.base,
+            usage=usage,
+            approvals=approvals,
+            waits=waits,
+        )
+        number = await self.parks.park(req.run_id, tenant, park)
+        shown = [msgspec.structs.replace(a, tenant=tenant, park=number) for a in approvals]
+        waiting = RunWaiting(
+            run_id=req.run_id,
+            approvals=shown,
+            waits=waits,
+            task_id=req.task_id,
+            conversation_id=req.conversation_id,
+            parent_run_id=req.parent_run_id,
+        )
+        await writer.publish(waiting, msg_id=f"{req.run_id}:waiting:{number}")
+        await self.bus.publish(
+            subjects.executor_waiting(tenant, req.run_id), waiting, trace=trace, msg_id=f"{req.run_id}:waiting:{number}"
+        )
+        metrics.RUNS_PARKED.inc()
+
+    async def _call_resolved(self, command: CallResolved, delivery: Delivery) -> None:
+        """An event wait matched (or timed out): its result is stored; the last of its park resumes the run."""
+        complete = await self.parks.resolve_wait(
+            command.run_id, delivery.tenant, command.park, command.tool_call_id, event_result(command)
+        )
+        if complete:
+            await self._send_resume(delivery.tenant, command.run_id, command.park, delivery.trace)
+
+    async def _send_resume(self, tenant: str, run_id: str, park: int, trace: Trace) -> None:
+        subject = subjects.executor_subrun_command(tenant, run_id, subjects.RunOrigin.RESUME)
+        await self.bus.publish(
+            subject, ResumeRun(run_id=run_id, park=park), trace=trace, msg_id=f"{run_id}:resume:{park}"
+        )
+
+    async def _run_admitted(
+        self, req: RunRequest, delivery: Delivery, *, max_running: int, resumed: Resumable | None = None
+    ) -> None:
         tenant = delivery.tenant
         trace = delivery.trace.child(run_id=req.run_id)
         structlog.contextvars.bind_contextvars(run_id=req.run_id)
@@ -276,29 +384,50 @@ class ExecutorActor(Actor):
         runner = self.runners.get(req.agent)
         active = ActiveRun(CancellationToken())
         with self.cancels.watching(tenant, req.run_id, active.cancel):  # before recording: no signal is missed
-            begun = await self.store.begin(
-                req,
-                tenant=tenant,
-                model=runner.model.name if runner else ("pipeline" if self._pipeline_of(req) else ""),
-                offline=runner.model.offline if runner else False,
-                max_running=max_running,
-            )
+            if resumed is not None:
+                begun: Begun | None = Begun(
+                    attempt=resumed.attempt, cancel_requested=resumed.cancel_requested, end=None
+                )
+            else:
+                begun = await self.store.begin(
+                    req,
+                    tenant=tenant,
+                    model=runner.model.name if runner else ("pipeline" if self._pipeline_of(req) else ""),
+                    offline=runner.model.offline if runner else False,
+                    max_running=max_running,
+                )
             if begun is None:
                 raise Reject(f"run id {req.run_id} belongs to another tenant")
             if begun.end is not None:  # ended before (redelivery, or cancelled before it arrived)
                 await self._announce(req, tenant, trace, begun.end)
                 return
+            if begun.waiting:  # parked (a redelivery of its request): it goes on once its calls are decided
+                return
             if req.wait_for_model and runner is not None and not begun.cancel_requested:
                 _wait_if_unavailable(runner)
             writer = OutputWriter(self.bus, subjects.run_output(tenant, req.run_id), trace)
             try:
-                origin = subjects.run_origin(delivery.subject)
-                end, usage = await self._perform(req, begun, active, writer, trace, depth, origin)
+                if resumed is not None:
+                    origin = subjects.RunOrigin(resumed.origin) if resumed.origin else None
+                else:
+                    origin = subjects.run_origin(delivery.subject)
+                # a run cancelled while it waited ends cancelled without going on
+                resume = resumption(resumed) if resumed is not None and not begun.cancel_requested else None
+                ended, usage = await self._perform(req, begun, active, writer, trace, depth, origin, resume)
+                if resumed is not None:
+                    usage = combined([resumed.usage, usage])
+                if isinstance(ended, Parked):
+                    assert runner is not None  # only an agent's run parks
+                    await self._park(req, tenant, trace, writer, ended, usage, origin, runner.name)
+                    return
+                end = ended
                 if req.wait_for_model and _waits(end):  # it found every model down: redone once one may answer
                     raise Retry("every model of the agent is unavailable", delay=_retry_after(end), waiting=True)
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
+                if resumed is not None:
+                    await self.parks.forget(req.run_id)
                 self._count_end(req, runner, end, usage)
                 if req.end_by_requester:
                     await writer.flush()  # every delta is on the stream before the requester ends it
@@ -319,8 +448,10 @@ class ExecutorActor(Actor):
         trace: Trace,
         depth: int,
         origin: subjects.RunOrigin | None,
-    ) -> tuple[RunEnd, Usage]:
-        """Run the agent or the pipeline the request names, if the tenant may and has budget left; how it ended."""
+        park: Resumption | None = None,
+    ) -> tuple[RunEnd | Parked, Usage]:
+        """Run the agent or the pipeline the request names, if the tenant may and has budget left; how it ended
+        (or parked). `park`: go on with a parked run from there."""
         if begun.cancel_requested or active.token.cancelled:
             return active.cancelled(req.run_id), Usage()
         allowance = await self.admission.admit(req, trace.tenant, origin)
@@ -335,13 +466,13 @@ class ExecutorActor(Actor):
             error = ErrorReply(code=ErrorCode.INVALID, message=f"unknown agent or pipeline {req.agent!r}")
             return RunFailed(run_id=req.run_id, error=error), Usage()
         model = runner.model
-        if req.stream:  # published by the writer while the model starts; a run nobody watches skips it
+        if req.stream and park is None:  # published while the model starts; a run nobody watches skips it
             writer.emit(
                 RunStarted(
                     run_id=req.run_id, agent=runner.name, model=model.name, offline=model.offline, attempt=begun.attempt
                 )
             )
-        deps = self._deps(runner, req, trace, depth, resume=resume)
+        deps = self._deps(runner, req, trace, depth, resume=resume, handed_off=_handoffs(park))
         return await run_agent(
             runner,
             req,
@@ -352,6 +483,7 @@ class ExecutorActor(Actor):
             history=lambda: read_history(self.bus, self.histories, req, trace),
             context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
             allowance=allowance,
+            resume=park,
         )
 
     def _count_end(self, req: RunRequest, runner: Runner | None, end: RunEnd, usage: Usage) -> None:
@@ -394,8 +526,11 @@ class ExecutorActor(Actor):
                 return active.cancelled(req.run_id), Usage()
             raise  # the actor is stopping: the request goes back, and the pipeline resumes elsewhere
 
-    def _deps(self, runner: Runner, req: RunRequest, trace: Trace, depth: int, *, resume: bool) -> RunDeps:
-        handoffs = itertools.count(1)  # the parent's k-th hand-off is its sub-run `<parent>-sub<k>`
+    def _deps(
+        self, runner: Runner, req: RunRequest, trace: Trace, depth: int, *, resume: bool, handed_off: int = 0
+    ) -> RunDeps:
+        # the parent's k-th hand-off is its sub-run `<parent>-sub<k>` (counting those before it parked)
+        handoffs = itertools.count(handed_off + 1)
 
         async def subrun(agent: str, task: str, used: int) -> str:
             return await self._handoff(req, trace, depth + 1, agent, task, used, n=next(handoffs), resume=resume)
@@ -514,10 +649,75 @@ class ExecutorActor(Actor):
         for run_id in below:
             signal = CancelRun(run_id=run_id, reason=f"its parent run {cancel.run_id} was cancelled")
             await self.bus.broadcast(subjects.executor_cancel(tenant, run_id), signal)
+        for run_id in (cancel.run_id, *below):  # a parked run runs nowhere: resumed, it ends cancelled
+            if (park := await self.parks.park_of(run_id, tenant)) is not None:
+                await self._send_resume(tenant, run_id, park, Trace(tenant=tenant, run_id=run_id))
         return RunView(run=record)
 
     async def _cancel(self, cancel: CancelRun, trace: Trace) -> Message:
         return await self._request_cancel(cancel, trace.tenant)
+
+    # --- approvals ---------------------------------------------------------------------------
+
+    async def _list_approvals(self, query: ListApprovals, trace: Trace) -> Message:
+        limit = max(1, min(query.limit, LIST_MAX))
+        found = await self.parks.page(trace.tenant, status=query.status, run_id=query.run_id, limit=limit)
+        return ApprovalList(approvals=found[: fitting(found)])
+
+    async def _get_approval(self, query: GetApproval, trace: Trace) -> Message:
+        found = await self.parks.get(query.approval_id, trace.tenant)
+        if found is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no approval {query.approval_id}")
+        return ApprovalView(approval=found)
+
+    async def _decide_approval(self, command: DecideApproval, trace: Trace) -> Message:
+        """Decide one call: approve it (as it is, or `edit`ed), or deny it with a reason the model sees."""
+        edited: str | None = None
+        if command.decision is Decision.EDIT:
+            if command.arguments is None:
+                raise BusError(ErrorCode.INVALID, "an edit needs `arguments`: the arguments to run the tool with")
+            edited = json.dumps(command.arguments, ensure_ascii=False)
+        elif command.arguments is not None:
+            raise BusError(ErrorCode.INVALID, "`arguments` go with the decision `edit` only")
+        status = DECIDED[command.decision]
+        decided = await self.parks.decide(
+            command.approval_id, trace.tenant, status, by=command.decided_by, reason=command.reason, edited_args=edited
+        )
+        if decided is None:
+            raise BusError(ErrorCode.NOT_FOUND, f"no approval {command.approval_id}")
+        if isinstance(decided, Approval):
+            raise BusError(
+                ErrorCode.CONFLICT,
+                f"approval {command.approval_id} is {decided.status.value} already",
+                {"status": decided.status.value, "decided_by": decided.decided_by or ""},
+            )
+        metrics.APPROVALS_DECIDED.labels(status.value).inc()
+        await self._decided(trace.tenant, decided.approval, complete=decided.complete, trace=trace)
+        return ApprovalView(approval=decided.approval)
+
+    async def _decided(self, tenant: str, approval: Approval, *, complete: bool, trace: Trace) -> None:
+        """Say so on the run's output; the last decision of a park resumes the run."""
+        output = subjects.run_output(tenant, approval.run_id)
+        await self.bus.publish(
+            output,
+            ApprovalDecided(run_id=approval.run_id, approval=approval),
+            trace=trace,
+            msg_id=f"{approval.id}:decided",
+        )
+        if complete:
+            await self._send_resume(tenant, approval.run_id, approval.park, trace)
+
+    async def _expire_approvals(self) -> None:
+        """Deny the approvals past their expiry (every replica looks; each is expired once)."""
+        while True:
+            await asyncio.sleep(self.config.expiry_interval_s)
+            try:
+                for approval, complete in await self.parks.expire():
+                    metrics.APPROVALS_DECIDED.labels(ApprovalStatus.EXPIRED.value).inc()
+                    trace = Trace(tenant=approval.tenant, run_id=approval.run_id)
+                    await self._decided(approval.tenant, approval, complete=complete, trace=trace)
+            except Exception as e:  # the database or the bus is away: the next round tries again
+                self._log.warning("could not expire approvals", error=repr(e))
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -563,6 +763,25 @@ class ExecutorActor(Actor):
         except NotFoundError:
             return False
         return True
+
+
+DECIDED = {
+    Decision.APPROVE: ApprovalStatus.APPROVED,
+    Decision.DENY: ApprovalStatus.DENIED,
+    Decision.EDIT: ApprovalStatus.EDITED,
+}
+
+
+def _handoffs(park: Resumption | None) -> int:
+    """How many hand-offs (ask_agent calls) a parked run made before it parked: its next one is numbered after."""
+    if park is None:
+        return 0
+    return sum(
+        1
+        for message in park.messages[park.base :]
+        for part in message.parts
+        if isinstance(part, ToolCallPart) and part.tool_name == "ask_agent"
+    )
 
 
 def _wait_if_unavailable(runner: Runner) -> None:

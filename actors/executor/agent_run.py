@@ -8,13 +8,13 @@ from typing import Any, TypeVar
 
 import msgspec
 import structlog
-from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken
+from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken, DeferredToolRequests
 from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
-    ModelMessage,
+    ModelMessagesTypeAdapter,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
@@ -31,6 +31,7 @@ from actors.executor.history import HistoryUnreadable
 from actors.executor.isolation import ToolStopped
 from actors.executor.limits import limit_hit, usage_limits
 from actors.executor.output import OutputWriter
+from actors.executor.parking import Parked, Resumption
 from actors.executor.providers import answered_by, unavailable_error
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
@@ -64,23 +65,30 @@ async def run_agent(
     history: Callable[[], Awaitable[bytes]],
     context: ContextWindow | None = None,
     allowance: Allowance | None = None,
-) -> tuple[RunEnd, Usage]:
-    """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
+    resume: Resumption | None = None,
+) -> tuple[RunEnd | Parked, Usage]:
+    """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended, or how it
+    parked (a tool call waits for approval or an event: actors/executor/parking.py).
 
     `history` gives the request's history as JSON (read from its conversation when it travels by
     reference); a conversation that cannot answer now raises BusError, and the run is redone later.
     `context` starts it from its stored summary and keeps what the model is sent within the budget;
-    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do."""
+    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do. `resume`
+    goes on from a park instead, with its messages and its calls' decisions."""
     run_id = req.run_id
-    try:
-        raw = await history()
-    except HistoryUnreadable as e:
-        return _failed(run_id, ErrorCode.NOT_FOUND, str(e)), Usage()
     context = context or ContextWindow(None, None, "", None)
-    try:
-        messages: list[ModelMessage] = await context.history(raw)
-    except ValueError as e:
-        return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
+    if resume is not None:
+        messages, base = resume.messages, resume.base
+    else:
+        try:
+            raw = await history()
+        except HistoryUnreadable as e:
+            return _failed(run_id, ErrorCode.NOT_FOUND, str(e)), Usage()
+        try:
+            messages = await context.history(raw)
+        except ValueError as e:
+            return _failed(run_id, ErrorCode.INVALID, f"history is not pydantic-ai message JSON: {e}"), Usage()
+        base = len(messages)
     allowance = allowance or Allowance()
     limits = usage_limits(
         runner.limits,
@@ -96,12 +104,15 @@ async def run_agent(
         "capabilities": context.capabilities(),
         "usage": spent,
     }
+    if resume is not None:
+        options["deferred_tool_results"] = resume.results
+    prompt = user_prompt(req) if resume is None else None
     result: AgentRunResult[Any] | None = None
     try:
         if req.stream:
-            result = await _streamed(runner, req, writer, options)
+            result = await _streamed(runner, prompt, req, writer, options)
         else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
-            result = await runner.agent.run(user_prompt(req), **options)
+            result = await runner.agent.run(prompt, **options)
     except Exception as e:
         ended = _ended_early(req, e, runner, writer, cancel_reason, allowance)
         if ended is None and (lost := writer.failure) is not None:
@@ -110,7 +121,10 @@ async def run_agent(
         return ended, spent_usage(spent, model=runner.model.name, offline=runner.model.offline)
     if result is None:
         return _failed(run_id, ErrorCode.INTERNAL, "the agent ended without a result"), Usage()
-    return _completed(runner, req, result, writer)
+    if isinstance(result.output, DeferredToolRequests):
+        usage = run_usage(result.usage, result.new_messages(), model=runner.model.name, offline=runner.model.offline)
+        return Parked(requests=result.output, messages=result.all_messages_json(), base=base), usage
+    return _completed(runner, req, result, writer, base=base if resume is not None else None)
 
 
 def _least(own: N | None, budget: N | None) -> N | None:
@@ -151,11 +165,11 @@ def _ended_early(
 
 
 async def _streamed(
-    runner: Runner, req: RunRequest, writer: OutputWriter, options: dict[str, Any]
+    runner: Runner, prompt: str | list[str] | None, req: RunRequest, writer: OutputWriter, options: dict[str, Any]
 ) -> AgentRunResult[Any] | None:
     """The run with its text deltas and tool calls published as they come."""
     result: AgentRunResult[Any] | None = None
-    async with runner.agent.run_stream_events(user_prompt(req), **options) as events:
+    async with runner.agent.run_stream_events(prompt, **options) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):
                 result = event.result
@@ -182,9 +196,14 @@ def _output_of(run_id: str, event: AgentStreamEvent) -> Message | None:
 
 
 def _completed(
-    runner: Runner, req: RunRequest, result: AgentRunResult[Any], writer: OutputWriter
+    runner: Runner, req: RunRequest, result: AgentRunResult[Any], writer: OutputWriter, *, base: int | None
 ) -> tuple[RunEnd, Usage]:
+    """The run's end. `base`, for a run that went on from a park: its messages after the history are its turn's."""
     run_id = req.run_id
+    if base is None:
+        new_messages = result.new_messages_json()
+    else:
+        new_messages = ModelMessagesTypeAdapter.dump_json(result.all_messages()[base:])
     usage = run_usage(result.usage, result.new_messages(), model=runner.model.name, offline=runner.model.offline)
     if req.stream:  # else the end, which carries the usage too, is all anyone reads
         writer.emit(UsageReported(run_id=run_id, usage=usage))
@@ -192,7 +211,7 @@ def _completed(
     completed = RunCompleted(
         run_id=run_id,
         output=output,
-        new_messages=msgspec.Raw(result.new_messages_json()),
+        new_messages=msgspec.Raw(new_messages),
         usage=usage,
         model=answered_by(result.response, runner.model.route) or runner.model.name,
         offline=runner.model.offline,

@@ -38,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from pydantic_ai import Agent, RunContext, StructuredDict
+from pydantic_ai import Agent, DeferredToolRequests, RunContext, StructuredDict
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.models import Model
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
+from actors.executor.approval_rules import ApprovalGate, ApprovalRule
 from actors.executor.breaker import Breakers
 from actors.executor.compaction import Compaction, ContextSpec, compaction_for
 from actors.executor.deps import RunDeps
@@ -80,6 +82,9 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     model_settings: ModelSettingsSpec = ModelSettingsSpec()
     limits: RunLimits = RunLimits()  # model requests and tool calls per run, tool timeout and result size
     context: ContextSpec = ContextSpec()
+    # tool calls that wait for a person's approval (actors/executor/approval_rules.py): tool names,
+    # "mcp:<server>" (all its tools), or {tool, args_schema} (only calls whose arguments match the schema)
+    requires_approval: list[str | ApprovalRule] = []
 
 
 class AgentsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -164,7 +169,16 @@ def _runner(
     summarizer: ResolvedModel | None = None,
 ) -> Runner:
     structured = isinstance(spec.output, dict)
-    output_type: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
+    output: Any = StructuredDict(spec.output) if isinstance(spec.output, dict) else str
+    # a run whose tool calls wait (approvals, wait_for_event) ends with DeferredToolRequests: it parks
+    output_type = [output, DeferredToolRequests]
+    tools = registry.tools_for(name) + run_tools()
+    servers = registry.toolsets_for(name)
+    toolsets: list[AbstractToolset[RunDeps]] = list(servers.values())
+    if spec.requires_approval:
+        gate = ApprovalGate.of(spec.requires_approval)
+        toolsets = [gate.guard(FunctionToolset(tools))] + [gate.guard(t, server=n) for n, t in servers.items()]
+        tools = []
     capabilities: list[AbstractCapability[RunDeps]] = [ToolGuard(spec.limits)]
     if model.route is not None:
         capabilities += model.route.capabilities
@@ -174,8 +188,8 @@ def _runner(
         deps_type=RunDeps,
         output_type=output_type,
         instructions=[spec.instructions, context_instructions, subagent_instructions],
-        tools=registry.tools_for(name) + run_tools(),
-        toolsets=registry.toolsets_for(name),
+        tools=tools,
+        toolsets=toolsets,
         capabilities=capabilities,
         model_settings=spec.model_settings.resolve(max_tokens=defaults.max_tokens, timeout_s=defaults.timeout_s),
     )

@@ -24,6 +24,8 @@ class ExecutorConfig:
     max_output_tokens: int = 4096  # the cap on one model response, for agents that set none
     model_timeout_s: float = 120.0  # one model request, all its attempts, for agents that set none
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    approval_ttl_s: float | None = 86_400.0  # an approval not decided by then is denied (None: never expires)
+    expiry_interval_s: float = 1.0  # how often expired approvals are looked for
 
     @classmethod
     def from_env(cls) -> ExecutorConfig:
@@ -39,6 +41,7 @@ class ExecutorConfig:
             max_subagent_depth=int(os.environ.get("AGENTBUS_SUBAGENT_DEPTH", "2")),
             max_output_tokens=int(os.environ.get("AGENTBUS_MAX_OUTPUT_TOKENS", "4096")),
             model_timeout_s=model_timeout_s,
+            approval_ttl_s=float(os.environ.get("AGENTBUS_APPROVAL_TTL_S", "86400")) or None,
             breaker=BreakerConfig(
                 failures=int(os.environ.get("AGENTBUS_BREAKER_FAILURES", "3")),
                 cooldown_s=float(os.environ.get("AGENTBUS_BREAKER_COOLDOWN", "30")),

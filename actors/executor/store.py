@@ -39,6 +39,7 @@ class Begun:
     attempt: int
     cancel_requested: bool  # the run's own cancel, or its parent run's
     end: RunEnd | None  # set when the run already ended (a redelivery, or cancelled before it came)
+    waiting: bool = False  # parked: it goes on when its calls are decided (schemas/approvals.py), not now
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class RunStore:
                 task_id = EXCLUDED.task_id,
                 started_at = COALESCE(runs.started_at, now())
             WHERE runs.tenant = EXCLUDED.tenant
-            RETURNING attempt, result, cancel_requested OR EXISTS (
+            RETURNING attempt, result, status = 'waiting' AS waiting, cancel_requested OR EXISTS (
                 SELECT FROM runs parent
                 WHERE parent.id = runs.parent_run_id AND parent.tenant = runs.tenant AND parent.cancel_requested
             ) AS cancel_requested
@@ -101,7 +102,7 @@ class RunStore:
         if row is None:
             return None
         end = decode_union(row["result"], RunEnd) if row["result"] is not None else None
-        return Begun(attempt=row["attempt"], cancel_requested=row["cancel_requested"], end=end)
+        return Begun(attempt=row["attempt"], cancel_requested=row["cancel_requested"], end=end, waiting=row["waiting"])
 
     async def finish(self, run_id: str, end: RunEnd, usage: Usage) -> None:
         """Record the end, and add what the run spent to its tenant's spend of the day (in one statement)."""

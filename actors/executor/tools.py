@@ -260,9 +260,10 @@ class ToolRegistry:
     def tools_for(self, agent: str) -> list[Tool[RunDeps]]:
         return [self.functions[name].tool for name in self.agents.get(agent, AgentTools()).functions]
 
-    def toolsets_for(self, agent: str) -> list[AbstractToolset[RunDeps]]:
+    def toolsets_for(self, agent: str) -> dict[str, AbstractToolset[RunDeps]]:
+        """The agent's MCP servers' toolsets, by server name."""
         servers = self.agents.get(agent, AgentTools()).servers
-        return [self.servers[name].toolset(allowed) for name, allowed in servers.items()]
+        return {name: self.servers[name].toolset(allowed) for name, allowed in servers.items()}
 
     # --- the catalog and direct calls (ab.executor.svc.tools / call_tool) -----------------------
 

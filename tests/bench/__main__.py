@@ -3,7 +3,7 @@ a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark w
 failing unless each one ran and printed its figures.
 
 `python -m tests.bench [--smoke] [NAME ...]` runs the ones named (chat, background, research, history,
-long_conversation, supervised, providers, tools, revocation, ratelimit).
+long_conversation, supervised, providers, tools, revocation, ratelimit, approvals).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import uvloop
 
 from tests.bench import (
+    approvals,
     background,
     chat,
     history,
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "tools": tools.run,
     "revocation": revocation.run,
     "ratelimit": ratelimit.run,
+    "approvals": approvals.run,
 }
 
 

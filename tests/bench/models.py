@@ -97,3 +97,11 @@ def _one_mcp_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelRespons
 def one_mcp_tool() -> FunctionModel:
     """`function:tests.bench.models:one_mcp_tool`: one call of an MCP server's tool (tests/mcp_servers.py)."""
     return FunctionModel(_one_mcp_tool, model_name="one-mcp-tool")
+
+
+def one_tool_streamed() -> FunctionModel:
+    """`function:tests.bench.models:one_tool_streamed`: `one_tool`, also streamed (the approvals benchmark
+    watches the resumed run's tool result on its output)."""
+    from tests.models import streamed
+
+    return streamed(_one_tool)
