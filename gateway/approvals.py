@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from bus import subjects
 from gateway.answers import ApprovalPage
@@ -67,7 +67,7 @@ class ApprovalController(Controller):
     async def list_approvals(
         self,
         caller: Caller,
-        status: StatusFilter = StatusFilter.PENDING,
+        status: FromQuery[StatusFilter] = StatusFilter.PENDING,
         run_id: RunFilter = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200, description="at most this many (default 100)")] = 100,
     ) -> ApprovalPage:

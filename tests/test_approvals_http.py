@@ -27,7 +27,7 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from bus import keys
 from tests.conftest import Platform, wait_until
-from tests.test_cli_client import Agentbus
+from tests.test_cli_client import Agentbus, printed_json
 from tests.test_gateway_errors import assert_error
 
 Start = Callable[..., Awaitable[Platform]]
@@ -262,7 +262,7 @@ async def test_the_terminal_chat_shows_the_waiting_call_and_agentbus_deny_decide
     again = await agentbus("approve", approval_id)
     assert again.code == 1 and "error: conflict:" in again.err
     everything = await agentbus("approvals", "--all", "--json")
-    assert [(a["id"], a["status"]) for a in json.loads(everything.out)["approvals"]] == [(approval_id, "denied")]
+    assert [(a["id"], a["status"]) for a in printed_json(everything.out)["approvals"]] == [(approval_id, "denied")]
 
 
 async def _said(agentbus: Agentbus, text: str) -> bool:
