@@ -15,8 +15,12 @@ function pretty(args) {
   }
 }
 
-/** The card of one approval; deciding it replaces the card with the decided one (and calls `onDecided`). */
-export function approvalCard(approval, { onDecided } = {}) {
+/**
+ * The card of one approval; deciding it replaces the card with the decided one (and calls `onDecided`). A run
+ * event's approval leaves out the fields at their defaults (a pending one has no `status`): they are filled in.
+ */
+export function approvalCard(shown, { onDecided } = {}) {
+  const approval = { status: "pending", ...shown };
   const card = h("li", { class: `approval card approval-${approval.status}`, dataset: { approvalId: approval.id, status: approval.status } });
   const redraw = (a) => {
     const fresh = approvalCard(a, { onDecided });

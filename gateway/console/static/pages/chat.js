@@ -187,6 +187,7 @@ async function turn(messages, id, text, signal) {
           content.append(data.text);
           break;
         case "tool_call": {
+          if (calls.has(data.tool_call_id)) break; // a parked call, named again as its run resumes
           const row = h("li", { class: "tool" }, h("strong", {}, data.tool_name), h("code", {}, data.args), h("span", { class: "muted" }, " running…"));
           calls.set(data.tool_call_id, row);
           tools.append(row);
