@@ -49,8 +49,8 @@ def describe(approval: dict[str, Any]) -> str:
 
 def _table(found: list[dict[str, Any]]) -> Table:
     table = Table(header_style="bold", box=None)
-    for header in ("id", "status", "tool", "arguments", "agent", "run", "expires"):
-        table.add_column(header, no_wrap=header in ("id", "run"), overflow="fold")
+    for header in ("id", "status", "tool", "arguments", "agent", "expires"):  # the run: --json
+        table.add_column(header, no_wrap=header == "id", overflow="fold", min_width=6)
     for a in found:
         args = printable(a.get("args", ""))
         table.add_row(
@@ -59,7 +59,6 @@ def _table(found: list[dict[str, Any]]) -> Table:
             escape(printable(a.get("tool_name"))),
             escape(args if len(args) <= SHOWN_ARGS else args[: SHOWN_ARGS - 1] + "…"),
             escape(printable(a.get("agent"))),
-            escape(printable(a.get("run_id"))),
             str(a.get("expires_at") or "")[:19].replace("T", " "),
         )
     return table
