@@ -50,7 +50,7 @@ def describe(approval: dict[str, Any]) -> str:
 def _table(found: list[dict[str, Any]]) -> Table:
     table = Table(header_style="bold", box=None)
     for header in ("id", "status", "tool", "arguments", "agent", "expires"):  # the run: --json
-        table.add_column(header, no_wrap=header == "id", overflow="fold", min_width=6)
+        table.add_column(header, no_wrap=header in ("id", "status", "tool"), overflow="fold")
     for a in found:
         args = printable(a.get("args", ""))
         table.add_row(
