@@ -48,6 +48,7 @@ class StatusFilter(enum.StrEnum):
     DENIED = "denied"
     EDITED = "edited"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
     ALL = "all"
 
 

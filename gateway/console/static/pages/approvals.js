@@ -6,7 +6,7 @@ import { fill, h } from "../dom.js";
 import { approvalCard } from "../approvals.js";
 import { live } from "../poll.js";
 
-const STATUSES = ["pending", "approved", "denied", "edited", "expired", "all"];
+const STATUSES = ["pending", "approved", "denied", "edited", "expired", "withdrawn", "all"];
 
 export async function render(view, { args, signal }) {
   const chosen = STATUSES.includes(args[0]) ? args[0] : "pending";
