@@ -21,7 +21,16 @@ from bus.headers import Header
 from bus.subjects import ActorName, RunOrigin
 from schemas._base import Message
 from schemas.agents import AgentCatalog, ListAgents
-from schemas.approvals import ApprovalList, ApprovalView, DecideApproval, GetApproval, ListApprovals, RunWaiting
+from schemas.approvals import (
+    ApprovalList,
+    ApprovalView,
+    DecideApproval,
+    GetApproval,
+    ListApprovals,
+    RunWaiting,
+    WatchEvent,
+    Watching,
+)
 from schemas.audit import AuditAction, AuditEvent
 from schemas.conversation import (
     ContinueConversation,
@@ -452,6 +461,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.SCHEDULER, "list_runs", ListTaskRuns, TaskRunList),
     Endpoint(A.SCHEDULER, "get_run", GetTaskRun, TaskRunView),
     Endpoint(A.SCHEDULER, "count", CountTasks, TaskCount),
+    Endpoint(A.TRIGGER, "watch", WatchEvent, Watching, "follow a parked run's event wait until it resolves"),
     Endpoint(A.TRIGGER, "register", RegisterTrigger, TriggerRegistered),
     Endpoint(A.TRIGGER, "unregister", UnregisterTrigger, TriggerRegistered),
     Endpoint(A.TRIGGER, "ingest", IngestWebhook, WebhookAccepted, "a signed webhook, checked and fired"),

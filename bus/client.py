@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -295,18 +296,23 @@ class Bus:
         type_: Any,
         *,
         after_seq: int = 0,
+        since: datetime | None = None,
         until: Callable[[Any], bool] | None = None,
     ) -> AsyncIterator[Envelope[Any]]:
-        """Every message on `subject` after stream sequence `after_seq`, then the live tail.
+        """Every message on `subject` after stream sequence `after_seq` (or stored at or after `since`), then
+        the live tail.
 
         An ordered ephemeral consumer: gap-free and in order, recreated by nats-py if it stalls.
         Stops after yielding a message for which `until` is true.
         """
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_seq else DeliverPolicy.ALL,
-            opt_start_seq=after_seq + 1 if after_seq else None,
-            inactive_threshold=30.0,
-        )
+        if since is not None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+        else:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_seq else DeliverPolicy.ALL,
+                opt_start_seq=after_seq + 1 if after_seq else None,
+            )
+        config.inactive_threshold = 30.0
         sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config, idle_heartbeat=5.0)
         try:
             while True:

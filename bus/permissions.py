@@ -75,7 +75,7 @@ ACCESS: dict[Role, Access] = {
             subjects.executor_cancels(),
         ),
         listens=(subjects.executor_cancels(),),
-        asks=(A.EXECUTOR, A.CONVERSATION, A.RESEARCH),
+        asks=(A.EXECUTOR, A.CONVERSATION, A.RESEARCH, A.TRIGGER),  # the trigger: a run's event waits
         reads=(streams.EXECUTOR_CMD, EXECUTOR_EVT, RUN_OUT),
         buckets=(breakers.BUCKET,),
         reads_buckets=(tenants.BUCKET,),
@@ -93,7 +93,8 @@ ACCESS: dict[Role, Access] = {
         reads_buckets=(tenants.BUCKET,),
     ),
     Role.TRIGGER: Access(
-        sends=(subjects.scheduler_commands(),),
+        # tasks to fire, and the answers to runs' event waits
+        sends=(subjects.scheduler_commands(), subjects.executor_origin_commands(RunOrigin.RESOLVE)),
         asks=(A.SCHEDULER,),
         reads=(*EVENT_STREAMS, RUN_OUT),  # an event-triggered task may follow any event subject
         reads_buckets=(tenants.BUCKET,),

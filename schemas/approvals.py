@@ -31,6 +31,7 @@ __all__ = [
     "Steered",
     "WaitKind",
     "WatchEvent",
+    "Watching",
 ]
 
 
@@ -125,6 +126,13 @@ class WatchEvent(Message, frozen=True, kw_only=True, tag="watch_event"):
     webhook_task_id: str | None = None
     filter: dict[str, str] = {}
     expires_at: datetime
+
+
+class Watching(Message, frozen=True, kw_only=True, tag="watching"):
+    """The trigger actor's answer to WatchEvent: the wait is stored (and followed until it resolves)."""
+
+    run_id: str
+    tool_call_id: str
 
 
 # --- queries and decisions: ab.executor.svc.<verb> ---------------------------------------------

@@ -40,6 +40,7 @@ from actors.executor.compaction import ContextWindow
 from actors.executor.config import ExecutorConfig
 from actors.executor.costs import combined
 from actors.executor.deployments import models_endpoint
+from actors.executor.event_waits import watch_of
 from actors.executor.fair_share import FairShare
 from actors.executor.history import HistoryCache, read_history
 from actors.executor.mcp_servers import McpServers
@@ -76,6 +77,7 @@ from schemas.approvals import (
     ListApprovals,
     ResumeRun,
     RunWaiting,
+    Watching,
 )
 from schemas.errors import ErrorCode, ErrorReply
 from schemas.pages import Keyset
@@ -278,7 +280,7 @@ class ExecutorActor(Actor):
             case ResumeRun():
                 await self._resume(command, delivery)
             case CallResolved():
-                await self._call_resolved(command, delivery)
+                await self._call_resolved(command, delivery.tenant, delivery.trace)
             case CancelRun():
                 try:
                     await self._request_cancel(command, delivery.tenant)
@@ -334,7 +336,9 @@ class ExecutorActor(Actor):
         """Store the park, mark the run waiting, say so on its output and as an event; the request is then acked
         and the slot given back. Each event wait is handed to the trigger actor."""
         approvals = approvals_of(parked.requests, req, agent=agent, ttl_s=self.config.approval_ttl_s)
-        waits = [call.tool_call_id for call in parked.requests.calls]
+        waits = {
+            call.tool_call_id: parked.requests.metadata.get(call.tool_call_id, {}) for call in parked.requests.calls
+        }
         park = Park(
             request=req,
             origin=origin.value if origin else None,
@@ -345,11 +349,12 @@ class ExecutorActor(Actor):
             waits=waits,
         )
         number = await self.parks.park(req.run_id, tenant, park)
+        await self._watch(tenant, req.run_id, trace)  # before it says it waits: whoever hears it may send the event
         shown = [msgspec.structs.replace(a, tenant=tenant, park=number) for a in approvals]
         waiting = RunWaiting(
             run_id=req.run_id,
             approvals=shown,
-            waits=waits,
+            waits=list(waits),
             task_id=req.task_id,
             conversation_id=req.conversation_id,
             parent_run_id=req.parent_run_id,
@@ -360,13 +365,29 @@ class ExecutorActor(Actor):
         )
         metrics.RUNS_PARKED.inc()
 
-    async def _call_resolved(self, command: CallResolved, delivery: Delivery) -> None:
+    async def _watch(self, tenant: str, run_id: str, trace: Trace) -> None:
+        """Hand the trigger actor each event wait of the run's park not answered yet (again after a crash:
+        the trigger stores each once). Until it answers, the run's request goes back and this is retried."""
+        service = subjects.service(subjects.ActorName.TRIGGER, "watch")
+        for park, tool_call_id, metadata in await self.parks.unresolved_waits(run_id):
+            watch = watch_of(run_id, park, tool_call_id, metadata)
+            try:
+                await self.bus.request(service, watch, Watching, trace=trace)
+            except BusError as e:
+                if e.code is ErrorCode.INVALID:  # the wait cannot be followed: answered as timed out at once
+                    resolved = CallResolved(run_id=run_id, park=park, tool_call_id=tool_call_id, timed_out=True)
+                    await self._call_resolved(resolved, tenant, trace)
+                    continue
+                reason = f"the trigger actor cannot take the run's event wait: {e.message}"
+                raise Retry(reason, delay=1.0, waiting=True) from e
+
+    async def _call_resolved(self, command: CallResolved, tenant: str, trace: Trace) -> None:
         """An event wait matched (or timed out): its result is stored; the last of its park resumes the run."""
         complete = await self.parks.resolve_wait(
-            command.run_id, delivery.tenant, command.park, command.tool_call_id, event_result(command)
+            command.run_id, tenant, command.park, command.tool_call_id, event_result(command)
         )
         if complete:
-            await self._send_resume(delivery.tenant, command.run_id, command.park, delivery.trace)
+            await self._send_resume(tenant, command.run_id, command.park, trace)
 
     async def _send_resume(self, tenant: str, run_id: str, park: int, trace: Trace) -> None:
         subject = subjects.executor_subrun_command(tenant, run_id, subjects.RunOrigin.RESUME)
@@ -402,6 +423,7 @@ class ExecutorActor(Actor):
                 await self._announce(req, tenant, trace, begun.end)
                 return
             if begun.waiting:  # parked (a redelivery of its request): it goes on once its calls are decided
+                await self._watch(tenant, req.run_id, trace)  # each of its event waits is followed
                 return
             if req.wait_for_model and runner is not None and not begun.cancel_requested:
                 _wait_if_unavailable(runner)

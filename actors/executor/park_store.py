@@ -8,6 +8,7 @@ decided once whichever replica, request or expiry comes first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -32,7 +33,7 @@ class Park:
     base: int  # how many of `messages` are the history it started from
     usage: Usage  # spent so far (every earlier stretch of the run)
     approvals: list[Approval]  # pending, without `park` (the store numbers the park)
-    waits: list[str]  # tool call ids waiting for an event
+    waits: dict[str, dict[str, Any]]  # tool call id waiting for an event -> what it waits for
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +90,8 @@ class ParkStore:
                 ],
             )  # fmt: skip
             await conn.executemany(
-                "INSERT INTO event_waits (run_id, park, tool_call_id) VALUES ($1, $2, $3)",
-                [(run_id, number, call) for call in park.waits],
+                "INSERT INTO event_waits (run_id, park, tool_call_id, watch) VALUES ($1, $2, $3, $4)",
+                [(run_id, number, call, watch) for call, watch in park.waits.items()],
             )
             await conn.execute(
                 "UPDATE runs SET status = 'waiting', usage = $2 WHERE id = $1",
@@ -144,6 +145,17 @@ class ParkStore:
         """The request of the tenant's run that parked (and has not finished since)."""
         raw = await self.pool.fetchval("SELECT request FROM parks WHERE run_id = $1 AND tenant = $2", run_id, tenant)
         return decode_union(raw, RunRequest) if raw is not None else None
+
+    async def unresolved_waits(self, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """The run's event waits of its current park not answered yet: (park, tool call id, what it waits for)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT w.park, w.tool_call_id, w.watch FROM event_waits w JOIN parks p ON p.run_id = w.run_id
+            WHERE w.run_id = $1 AND w.park = p.park AND NOT w.resolved
+            """,
+            run_id,
+        )
+        return [(r["park"], r["tool_call_id"], r["watch"]) for r in rows]
 
     async def forget(self, run_id: str) -> None:
         """The run ended: what it needed to go on is no longer needed (its approvals stay, the record; one still

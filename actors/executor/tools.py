@@ -2,7 +2,8 @@
 
 An agent's `tools` list names what it may call:
 
-- a built-in tool: `current_time`, `search_documents`, `fetch_url`;
+- a built-in tool: `current_time`, `search_documents`, `fetch_url`, `wait_for_event` (parks the run until
+  an event arrives: actors/executor/event_waits.py);
 - `python:<module>:<function>`: a Python function (its signature and docstring are its schema);
 - `mcp:<server>`: every tool of a server declared under `[mcp_servers.<server>]`, including tools it
   adds later; `mcp:<server>/<tool>`: one of them. The model sees them as `<server>_<tool>`.
@@ -43,6 +44,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
 from pydantic_ai.usage import RunUsage
 
 from actors.executor.deps import RunDeps
+from actors.executor.event_waits import wait_for_event
 from actors.executor.isolation import IsolationLimits, ToolStopped, call_isolated
 from actors.executor.limits import UNTRUSTED, RunLimits, cap_result
 from actors.executor.mcp_servers import McpServers
@@ -146,6 +148,7 @@ def run_tools() -> list[Tool[RunDeps]]:
 BUILT_IN_TOOLS: dict[str, Callable[[], Tool[RunDeps]]] = {
     "current_time": lambda: Tool[RunDeps](current_time),
     "search_documents": lambda: Tool[RunDeps](search_documents, takes_ctx=True, prepare=_only_allowed_sources),
+    "wait_for_event": lambda: Tool[RunDeps](wait_for_event, takes_ctx=True),
     # a web page is anyone's text: the model reads it as untrusted data
     "fetch_url": lambda: Tool[RunDeps](
         fetch_url, takes_ctx=True, prepare=_only_allowed_sources, metadata={UNTRUSTED: True}

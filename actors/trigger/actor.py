@@ -4,6 +4,8 @@
   `register` replaces it), checked and fired in one transaction.
 - `listeners.py`: subject triggers, one durable consumer per trigger, consumed through the
   Actor base.
+- `waits.py`: runs parked on `wait_for_event`, answered with the first matching event or webhook, or
+  their timeout.
 - `firings.py`: debounce and the per-minute limit, shared by every replica through PostgreSQL,
   and the FireTask a firing publishes.
 
@@ -33,6 +35,7 @@ from actors.trigger.firings import Firings
 from actors.trigger.listeners import Listeners
 from actors.trigger.patterns import check_subject, listens_to
 from actors.trigger.signatures import new_secret
+from actors.trigger.waits import Waits
 from actors.trigger.webhooks import Webhooks
 from bus import subjects
 from bus.actor import Actor, Consumer, Delivery, Endpoint
@@ -41,6 +44,7 @@ from bus.errors import BusError
 from bus.headers import Trace
 from bus.streams import SCHEDULER_EVT, ConsumerSpec
 from schemas._base import Message
+from schemas.approvals import WatchEvent
 from schemas.errors import ErrorCode
 from schemas.tasks import (
     IngestWebhook,
@@ -66,6 +70,7 @@ class _Parts:
     firings: Firings
     webhooks: Webhooks
     listeners: Listeners
+    waits: Waits
 
 
 def _check_config(config: TriggerConfig) -> None:
@@ -103,6 +108,7 @@ class TriggerActor(Actor):
             Endpoint("register", RegisterTrigger, self._register),
             Endpoint("unregister", UnregisterTrigger, self._unregister),
             Endpoint("ingest", IngestWebhook, self._ingest),
+            Endpoint("watch", WatchEvent, self._watch),
         )
 
     async def on_start(self) -> None:
@@ -111,18 +117,24 @@ class TriggerActor(Actor):
             if resealed := await store.reseal(conn, self.config.secrets):
                 log.info("webhook secrets sealed under the current key", count=resealed)
         firings = Firings(self.bus, pool, self.config)
+        listeners = Listeners(self, pool, firings, self.config)
+        waits = Waits(self.bus, pool, listeners.stream_of)
         self._parts = _Parts(
             pool=pool,
             firings=firings,
-            webhooks=Webhooks(pool, firings, self.config),
-            listeners=Listeners(self, pool, firings, self.config),
+            webhooks=Webhooks(pool, firings, self.config, received=waits.on_webhook),
+            listeners=listeners,
+            waits=waits,
         )
         await self.listeners.reconcile()
+        await waits.reconcile()
         self.spawn(firings.debounce(), name="trigger-debouncer")
         self.spawn(self._maintain(), name="trigger-maintenance")
+        self.spawn(self._keep_waits(), name="trigger-waits")
 
     async def on_stop(self) -> None:
         if self._parts is not None:  # stop() has already stopped the consumers and the owned tasks
+            await self._parts.waits.stop()
             await self._parts.pool.close()
 
     async def health_checks(self) -> dict[str, str]:
@@ -187,7 +199,21 @@ class TriggerActor(Actor):
     async def _ingest(self, hook: IngestWebhook, trace: Trace) -> Message:
         return await self.parts.webhooks.ingest(hook, trace)
 
+    async def _watch(self, watch: WatchEvent, trace: Trace) -> Message:
+        return await self.parts.waits.watch(watch, trace)
+
     # --- upkeep ----------------------------------------------------------------------------------
+
+    async def _keep_waits(self) -> None:
+        """Event waits: answer the expired, follow the new ones stored by other replicas."""
+        while True:
+            await asyncio.sleep(self.config.waits_s)
+            try:
+                await self.parts.waits.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("keeping the event waits failed")
 
     async def _maintain(self) -> None:
         last_sweep = time.monotonic()

@@ -17,6 +17,7 @@ class TriggerActorConfig:
     tolerance_s: float = 300.0  # a webhook's timestamp may be this far from now, either way
     receipts_keep_s: float = 3600.0  # webhook ids (and firings) remembered; never less than 2 x tolerance
     reconcile_s: float = 10.0  # how often a replica compares its listeners with the triggers table
+    waits_s: float = 1.0  # how often a replica answers expired event waits and follows new ones
     sweep_s: float = 60.0  # how often old receipts/firings and orphaned trigger consumers are removed
     debounce_poll_s: float = 1.0  # how often a replica looks for debounced firings another replica left due
     retry_s: float = 1.0  # pause before a listener whose consumer failed tries again

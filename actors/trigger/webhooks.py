@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,10 +42,17 @@ log = structlog.get_logger("trigger")
 
 
 class Webhooks:
-    def __init__(self, pool: asyncpg.Pool, firings: Firings, config: TriggerActorConfig) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        firings: Firings,
+        config: TriggerActorConfig,
+        received: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self.pool = pool
         self.firings = firings
         self.config = config
+        self.received = received  # (task id, tenant, event) of each webhook let in: the runs waiting on it
 
     async def ingest(self, hook: IngestWebhook, trace: Trace) -> Message:
         # The webhook URL names only the task (task ids are unique across tenants) and carries no
@@ -67,6 +75,8 @@ class Webhooks:
                     raise _over_limit(row)
         if admitted is Admission.DEFERRED:
             self.firings.wake()
+        if self.received is not None:
+            await self.received(hook.task_id, row.tenant, event)
         return WebhookAccepted(task_id=hook.task_id, firing_id=firing_id)
 
     def _checked(self, secret: str, hook: IngestWebhook) -> tuple[dict[str, Any], int]:

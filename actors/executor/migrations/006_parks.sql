@@ -49,6 +49,7 @@ CREATE TABLE event_waits (
     run_id       text NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     park         integer NOT NULL,
     tool_call_id text NOT NULL,
+    watch        jsonb NOT NULL,          -- what it waits for (the call's metadata: subject or webhook, filter, expiry)
     resolved     boolean NOT NULL DEFAULT false,
     result       text,                   -- the tool's return: the event as quoted data, or the timeout
     PRIMARY KEY (run_id, park, tool_call_id)
