@@ -7,6 +7,7 @@ from datetime import datetime
 
 import msgspec
 
+from schemas.approvals import Approval
 from schemas.conversation import ConversationSummary, StoredMessage
 from schemas.notifier import DeliveryRecord
 from schemas.research import DocumentHit, ResearchJob
@@ -14,6 +15,7 @@ from schemas.runs import PipelineOutput, RunNodeKind, RunRecord, Usage
 from schemas.tasks import Task, TaskRun
 
 __all__ = [
+    "ApprovalPage",
     "ConversationPage",
     "DeliveryPage",
     "DocumentEntry",
@@ -42,6 +44,10 @@ Secret = str | msgspec.UnsetType
 def shown_once(secret: str | None) -> Secret:
     """A secret in the answer that made it, and absent from every later one."""
     return msgspec.UNSET if secret is None else secret
+
+
+class ApprovalPage(msgspec.Struct, frozen=True, kw_only=True):
+    approvals: list[Approval]
 
 
 class TaskAnswer(Task, frozen=True, kw_only=True):

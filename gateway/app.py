@@ -19,6 +19,7 @@ from bus.credentials import Role
 from bus.streams import IDEMPOTENCY_BUCKET
 from gateway.access_log import RequestStamp, finish_response
 from gateway.agents import list_agents
+from gateway.approvals import ApprovalController
 from gateway.asyncapi import asyncapi_document
 from gateway.audit import read_audit
 from gateway.audit_trail import audit_response
@@ -122,6 +123,7 @@ def create_app(config: GatewayConfig, bus_config: BusConfig) -> Litestar:
         route_handlers=[
             ConversationController,
             RunController,
+            ApprovalController,
             TaskController,
             TaskRunController,
             webhook,

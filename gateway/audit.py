@@ -29,6 +29,7 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     target: str  # what: the id acted on or created
     status: int
     correlation_id: str
+    detail: dict[str, str]  # a decision's: the run, tool and argument hash shown, the status and reason decided
 
 
 class AuditPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +61,7 @@ async def read_audit(
             target=e.target,
             status=e.status,
             correlation_id=e.correlation_id,
+            detail=e.detail,
         )
         for seq, e in page.events
     ]

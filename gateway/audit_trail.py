@@ -5,7 +5,10 @@ never waits on the write.
 
 The action follows from the method (POST created, PUT/PATCH changed, DELETE deleted), except for the
 routes named in ACTIONS (starting something is `executed`; a key deleted is `revoked`). The target is
-the id the answer names (`run_id`, else `id`), else the path's last id.
+the id the answer names (`run_id`, else `id`), else the path's last id. A decision on an approval
+(`decided`) targets the approval, and its `detail` keeps what was shown (the run, the tool, the SHA-256 of
+the arguments the model wrote) and what was decided (the status, a denial's reason, an edit's arguments),
+as the answer (the decided approval) says.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ ACTIONS: dict[tuple[str, str], AuditAction] = {
     ("POST", "/v1/tasks/{task_id}/disable"): AuditAction.CHANGED,
     ("DELETE", "/v1/keys/{key_id}"): AuditAction.REVOKED,
     ("POST", "/v1/keys/{key_id}/rotate"): AuditAction.ROTATED,
+    ("POST", "/v1/approvals/{approval_id}"): AuditAction.DECIDED,
 }
 UNAUDITED = frozenset({("POST", "/v1/ws-tokens")})  # a token for one WebSocket changes nothing
 
@@ -57,6 +61,30 @@ class _Ids(msgspec.Struct):
 
 
 _ids = msgspec.json.Decoder(_Ids)
+
+
+class _Decided(msgspec.Struct):
+    """What a decided approval (schemas/approvals.py `Approval`) tells the audit trail."""
+
+    run_id: str = ""
+    tool_name: str = ""
+    args_sha256: str = ""
+    status: str = ""
+    reason: str | None = None
+    edited_args: str | None = None
+
+
+_decided = msgspec.json.Decoder(_Decided)
+
+
+def _decision(body: bytes) -> dict[str, str]:
+    said = _decided.decode(body)
+    detail = {"run_id": said.run_id, "tool": said.tool_name, "args_sha256": said.args_sha256, "status": said.status}
+    if said.reason is not None:
+        detail["reason"] = said.reason
+    if said.edited_args is not None:
+        detail["edited_args"] = said.edited_args
+    return detail
 
 
 class AuditTrail:
@@ -133,7 +161,10 @@ async def audit_response(message: Any, scope: Any) -> None:
         )
     elif message["type"] == "http.response.body" and (event := state.pop(_PENDING, None)) is not None:
         body = message.get("body", b"")
-        if body[:1] == b"{" and not message.get("more_body"):
+        if body[:1] == b"{" and not message.get("more_body") and event.action is AuditAction.DECIDED:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                event = msgspec.structs.replace(event, detail=_decision(body))
+        elif body[:1] == b"{" and not message.get("more_body"):
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 ids = _ids.decode(body)
                 if ids.run_id or ids.id:

@@ -16,6 +16,7 @@ class AuditAction(enum.StrEnum):
     EXECUTED = "executed"  # started a turn, a run, a task run, a pipeline, a research job, a tool call
     REVOKED = "revoked"  # a key
     ROTATED = "rotated"  # a key: a new one made in its place
+    DECIDED = "decided"  # a tool call waiting for approval: approved, denied or edited (`detail` says which)
 
 
 class AuditEvent(Message, frozen=True, kw_only=True, tag="audit"):
@@ -31,3 +32,4 @@ class AuditEvent(Message, frozen=True, kw_only=True, tag="audit"):
     target: str = ""  # what was acted on: the path's last id, or the id the answer created
     status: int = 0
     correlation_id: str = ""
+    detail: dict[str, str] = {}  # what the route shows beside the target: a decision's tool, hash, outcome

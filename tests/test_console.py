@@ -27,6 +27,8 @@ from schemas.conversation import PostMessage
 from schemas.research import Citation
 from tests.conftest import Platform
 from tests.models import prompts_of
+from tests.test_approvals_http import AGENTS as MAILER_AGENTS
+from tests.test_approvals_http import ASKED, Mailer
 from tests.test_dead_letters import _dead_letter
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -420,6 +422,59 @@ async def test_research_job_progress_and_report(
     tree = await page.locator("#run-tree").text_content() or ""
     assert "research job" in tree and f"{job_id}-plan" in tree and f"{job_id}-report" in tree
     await c.shot("run-tree")
+
+
+@needs_chromium
+async def test_an_approval_is_decided_in_the_chat_and_on_the_approvals_page(
+    start_platform: Callable[..., Awaitable[Platform]],
+    console: Callable[[Platform, str], Awaitable[Console]],
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    agents = tmp_path / "agents.toml"
+    agents.write_text(MAILER_AGENTS)
+    platform = await start_platform(mailer.model(), agents_file=agents)
+    c = await console(platform, "approvals")
+    await c.sign_in()
+    page = c.page
+    await page.select_option("#new-agent", "mailer")
+    await page.click("#new-conversation button[type=submit]")
+    await page.wait_for_selector("#send-box")
+
+    # the run parks: its approval is shown in the reply, the tool call and its arguments as the model wrote them
+    await page.fill("#message", "mail ada the invoice")
+    await page.click("#send")
+    card = page.locator(".message.live .approval[data-status='pending']")
+    await card.wait_for()
+    assert "send_email" in (await card.locator(".approval-tool").text_content() or "")
+    assert json.loads(await card.locator(".approval-args").text_content() or "") == ASKED
+
+    # another tab: the Approvals page lists it with the same buttons
+    tab = await console(platform, "approvals-page")
+    await tab.sign_in()
+    await tab.open("approvals", "approvals")
+    assert json.loads(await tab.page.locator("#approvals .approval .approval-args").text_content() or "") == ASKED
+    await tab.shot("approvals")
+
+    # approved in the chat: the tool runs and the reply completes
+    await card.locator("button.approve").click()
+    await page.locator(".message .approval[data-status='approved']").wait_for()
+    await page.wait_for_selector("#reply:not(.streaming)")
+    assert await page.locator("#reply").text_content() == "the tool said: sent to ada@example.com: the invoice"
+    await c.shot("chat-approved")
+
+    # a second turn, denied on the Approvals page with a reason: the chat's reply goes on with it
+    await page.fill("#message", "mail ada again")
+    await page.click("#send")
+    await page.locator(".message.live .approval[data-status='pending']").wait_for()
+    await tab.open("approvals", "approvals")
+    waiting = tab.page.locator("#approvals .approval[data-status='pending']")
+    await waiting.locator("input.approval-reason").fill("she has it already")
+    await waiting.locator("button.deny").click()
+    await tab.page.locator("#approvals .approval[data-status='denied']").wait_for()
+    await page.locator(".message .approval[data-status='denied']").wait_for()  # the chat hears of it
+    await text_when(page.locator(".message.assistant .content").last, lambda t: "she has it already" in t)
+    assert mailer.seen[0].startswith("sent to ada@example.com") and "she has it already" in mailer.seen[1]
 
 
 def test_a_report_is_rendered_without_its_html_and_with_its_citations_as_links() -> None:

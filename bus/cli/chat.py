@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bus.cli.api import Api, ApiFailure, printable, segment
+from bus.cli.approvals import describe
 
 __all__ = ["add_parser", "chat"]
 
@@ -200,6 +201,17 @@ class TurnView:
                 self.console.print(f"[red]error: {error.get('code')}: {message}[/]", highlight=False)
             case "cancelled":
                 self.note(f"cancelled: {printable(data.get('reason', ''))}")
+            case "waiting":  # the run parked: it goes on once each call is decided (here or anywhere else)
+                self._line()
+                for approval in data.get("approvals") or []:
+                    self.console.print(describe(approval), highlight=False, soft_wrap=True)
+                if data.get("waits"):
+                    self.console.print(f"  [dim]waiting for {len(data['waits'])} event(s)[/]")
+                self.speaking = False
+            case "approval_decided":
+                approval = data.get("approval") or {}
+                by = printable(approval.get("decided_by") or "")
+                self.note(f"{printable(approval.get('tool_name'))} {printable(approval.get('status'))} by {by}")
             case _:
                 pass
 

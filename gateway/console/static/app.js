@@ -8,6 +8,7 @@ const pages = {
   tasks: () => import("./pages/tasks.js"),
   "task-runs": () => import("./pages/tasks.js"),
   runs: () => import("./pages/runs.js"),
+  approvals: () => import("./pages/approvals.js"),
   research: () => import("./pages/research.js"),
   documents: () => import("./pages/research.js"),
   dlq: () => import("./pages/dlq.js"),

@@ -2,6 +2,7 @@
 // with its tool calls as they happen, a sidekick's context editor, and continue.
 
 import { ApiError, api, get, post, stream } from "../api.js";
+import { approvalsInline } from "../approvals.js";
 import { fill, h, link, pre, status, tokens, when } from "../dom.js";
 
 const KNOWN = "agentbus.conversations"; // made in this tab: shown even where the list route is missing
@@ -163,8 +164,9 @@ function message(m) {
 async function turn(messages, id, text, signal) {
   const content = h("div", { class: "content streaming", id: "reply" });
   const tools = h("ul", { class: "tools" });
+  const approvals = approvalsInline();
   const meta = h("div", { class: "meta" }, "assistant · ", h("span", { class: "state" }, "sending…"));
-  const item = h("li", { class: "message assistant live" }, meta, tools, content);
+  const item = h("li", { class: "message assistant live" }, meta, tools, approvals.node, content);
   messages.append(item);
   const state = meta.querySelector(".state");
   const calls = new Map();
@@ -185,6 +187,7 @@ async function turn(messages, id, text, signal) {
           content.append(data.text);
           break;
         case "tool_call": {
+          if (calls.has(data.tool_call_id)) break; // a parked call, named again as its run resumes
           const row = h("li", { class: "tool" }, h("strong", {}, data.tool_name), h("code", {}, data.args), h("span", { class: "muted" }, " running…"));
           calls.set(data.tool_call_id, row);
           tools.append(row);
@@ -197,6 +200,12 @@ async function turn(messages, id, text, signal) {
         }
         case "usage":
           meta.dataset.usage = tokens(data.usage);
+          break;
+        case "waiting": // the run parked on calls that need approval: decide them here (or anywhere)
+          approvals.waiting(data);
+          break;
+        case "approval_decided":
+          approvals.decided(data);
           break;
         case "completed":
           ended = true;

@@ -2,6 +2,7 @@
 // stream, its usage and cost (own, and with everything under it); cancel.
 
 import { ApiError, get, post, stream } from "../api.js";
+import { approvalsInline } from "../approvals.js";
 import { fill, h, link, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
@@ -75,6 +76,7 @@ async function run(view, id, signal) {
   const summary = h("div", { id: "run-summary" });
   const events = h("ol", { id: "run-events", class: "events" });
   const output = h("div", { id: "run-output", class: "content" });
+  const approvals = approvalsInline({ id: "run-approvals" });
   const error = h("p", { class: "error", role: "alert" });
   const showSummary = (r) => {
     fill(
@@ -116,12 +118,12 @@ async function run(view, id, signal) {
     record ? summary : h("p", {}, link(`research/${enc(id)}`, "The research job's page")),
     h("h2", {}, "Tree"),
     h("div", { id: "run-tree", class: "tree" }, tree ? h("ul", {}, node(tree, id)) : h("p", { class: "muted" }, "—")),
-    record ? [h("h2", {}, "Output"), output, h("h2", {}, "Events (live)"), events] : null,
+    record ? [approvals.node, h("h2", {}, "Output"), output, h("h2", {}, "Events (live)"), events] : null,
   );
   if (!record) return;
   showSummary(record);
   if (record.status === "completed") output.textContent = ""; // filled from the events (the terminal has it)
-  follow(id, events, output, signal).then(async () => {
+  follow(id, events, output, approvals, signal).then(async () => {
     if (signal.aborted) return;
     const latest = await get(`/v1/runs/${enc(id)}`, { signal });
     showSummary(latest);
@@ -138,7 +140,7 @@ function node(n, current) {
   return h("li", {}, label, n.children?.length ? h("ul", {}, n.children.map((c) => node(c, current))) : null);
 }
 
-async function follow(id, events, output, signal) {
+async function follow(id, events, output, approvals, signal) {
   await stream("GET", `/v1/runs/${enc(id)}/events`, {
     signal,
     onEvent({ id: seq, event, data }) {
@@ -158,6 +160,13 @@ async function follow(id, events, output, signal) {
       } else if (event === "failed") text = `${data.error?.code}: ${data.error?.message}`;
       else if (event === "cancelled") text = data.reason || "";
       else if (event === "accepted") text = `position ${data.position}`;
+      else if (event === "waiting") {
+        approvals.waiting(data); // shown above the output, with their buttons
+        text = (data.approvals || []).map((a) => `${a.tool_name} waits for approval`).join(", ") || `waits for ${data.waits?.length} event(s)`;
+      } else if (event === "approval_decided") {
+        approvals.decided(data);
+        text = `${data.approval.tool_name} ${data.approval.status} by ${data.approval.decided_by}`;
+      }
       events.append(h("li", { dataset: { event } }, h("span", { class: "muted" }, `#${seq} `), status(event), " ", text));
     },
   });
