@@ -295,6 +295,7 @@ CHANNELS: tuple[Channel, ...] = (
         "A run parked: the tool calls it waits on (approvals, event waits); it holds no slot meanwhile.",
         (
             Reader(R.SCHEDULER, Reading.DURABLE, "scheduler-waits", "tells a task's channels an approval waits"),
+            Reader(R.RESEARCH, Reading.DURABLE, "research-waits", "tells a research job's channels an approval waits"),
             _FEED_READER,
             _TRIGGERS,
         ),

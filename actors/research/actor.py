@@ -24,8 +24,9 @@ from bus.actor import Actor, Consumer, Delivery, Endpoint
 from bus.config import BusConfig
 from bus.errors import BusError, Reject
 from bus.runs import CancelSignals
-from bus.streams import RESEARCH_CMD, ConsumerSpec
+from bus.streams import EXECUTOR_EVT, RESEARCH_CMD, ConsumerSpec
 from bus.tenants import TenantSettingsCache
+from schemas.approvals import RunWaiting
 from schemas.research import (
     CancelResearch,
     FetchPage,
@@ -81,6 +82,11 @@ class ResearchActor(Actor):
                 ResearchCommand,
                 self._on_command,
                 concurrency=self.config.max_jobs,
+            ),
+            Consumer(
+                ConsumerSpec(EXECUTOR_EVT, "research-waits", subjects.executor_waiting_all(), deliver_new=True),
+                RunWaiting,
+                lambda w, d: self.jobs.notify_waiting(w, d.tenant, d.trace),
             ),
             Endpoint("start", StartResearch, lambda q, t: self.jobs.start(q, t)),
             Endpoint("get_research", GetResearch, lambda q, t: self.jobs.get(q, t)),

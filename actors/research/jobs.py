@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
-from actors._notifications import check_notification_config, deliveries, new_signing_secret
+from actors._notifications import approvals_notice, check_notification_config, deliveries, new_signing_secret
 from actors._pages import fitting
 from actors.research import report
 from actors.research.budget import JobFailed, LimitReached, check_limits
@@ -29,6 +29,7 @@ from bus.errors import BusError
 from bus.headers import Trace
 from bus.runs import CancelSignals
 from schemas._base import Message
+from schemas.approvals import RunWaiting
 from schemas.errors import ErrorCode
 from schemas.pages import Keyset
 from schemas.research import (
@@ -229,6 +230,29 @@ class Jobs:
             payload=payload,
             signing_secret=row.notification_secret,
             secrets=self.config.secrets,
+        ):
+            await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
+
+    async def notify_waiting(self, waiting: RunWaiting, tenant: str, trace: Trace) -> None:
+        """A sub-run of a job parked on approvals: the job's channels are told, with how to decide each."""
+        if waiting.parent_run_id is None or not waiting.approvals:
+            return
+        row = await self.store.get(waiting.parent_run_id, tenant)
+        if row is None or row.spec.notification_config is None:
+            return
+        title, body, payload = approvals_notice(waiting.approvals, what=f"research job {row.id}")
+        payload["job_id"] = row.id
+        for subject, deliver in deliveries(
+            row.spec.notification_config,
+            tenant=tenant,
+            run_id=row.id,
+            task_id=None,
+            title=title,
+            body=body,
+            payload=payload,
+            signing_secret=row.notification_secret,
+            secrets=self.config.secrets,
+            about=f"approval-{waiting.run_id}-{waiting.approvals[0].park}",
         ):
             await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 
