@@ -39,6 +39,8 @@ from actors.executor.config import ExecutorConfig
 from actors.executor.deployments import models_endpoint
 from actors.executor.fair_share import FairShare
 from actors.executor.history import HistoryCache, read_history
+from actors.executor.journal import journal_scope
+from actors.executor.journal_store import JournalStore
 from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
@@ -299,6 +301,7 @@ class ExecutorActor(Actor):
                 # stored first, so whoever hears of the end reads it (and a failed write announces nothing);
                 # then both announcements at once: each is deduped, and a redelivery repeats them
                 await self.store.finish(req.run_id, end, usage)
+                await JournalStore(self.store.pool).forget(req.run_id)
                 self._count_end(req, runner, end, usage)
                 if req.end_by_requester:
                     await writer.flush()  # every delta is on the stream before the requester ends it
@@ -352,6 +355,7 @@ class ExecutorActor(Actor):
             history=lambda: read_history(self.bus, self.histories, req, trace),
             context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
             allowance=allowance,
+            journal=journal_scope(JournalStore(self.store.pool), trace.tenant, req.run_id, 0, fresh=begun.attempt == 1),
         )
 
     def _count_end(self, req: RunRequest, runner: Runner | None, end: RunEnd, usage: Usage) -> None:

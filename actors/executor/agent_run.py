@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from actors.executor.compaction import ContextWindow
 from actors.executor.costs import run_usage, spent_usage
 from actors.executor.history import HistoryUnreadable
 from actors.executor.isolation import ToolStopped
+from actors.executor.journal import JournalScope
 from actors.executor.limits import limit_hit, usage_limits
 from actors.executor.output import OutputWriter
 from actors.executor.providers import answered_by, unavailable_error
@@ -64,13 +66,15 @@ async def run_agent(
     history: Callable[[], Awaitable[bytes]],
     context: ContextWindow | None = None,
     allowance: Allowance | None = None,
+    journal: JournalScope | None = None,
 ) -> tuple[RunEnd, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
 
     `history` gives the request's history as JSON (read from its conversation when it travels by
     reference); a conversation that cannot answer now raises BusError, and the run is redone later.
     `context` starts it from its stored summary and keeps what the model is sent within the budget;
-    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do."""
+    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do;
+    `journal`, where its finished steps are kept, resumes it from them (actors/executor/journal.py)."""
     run_id = req.run_id
     try:
         raw = await history()
@@ -98,11 +102,14 @@ async def run_agent(
     }
     result: AgentRunResult[Any] | None = None
     try:
-        if req.stream:
-            result = await _streamed(runner, req, writer, options)
-        else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
-            result = await runner.agent.run(user_prompt(req), **options)
+        async with journal or contextlib.nullcontext():
+            if req.stream:
+                result = await _streamed(runner, req, writer, options)
+            else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
+                result = await runner.agent.run(user_prompt(req), **options)
     except Exception as e:
+        if journal is not None and (unkept := journal.failure) is not None:
+            raise unkept from e  # its journal could not be written: the run is redone, not failed
         ended = _ended_early(req, e, runner, writer, cancel_reason, allowance)
         if ended is None and (lost := writer.failure) is not None:
             raise lost from e
