@@ -27,9 +27,9 @@ from actors.executor.actor import MIGRATIONS
 from actors.executor.journal_store import JournalStore
 from bus.client import Bus
 from bus.config import BusConfig
-from schemas.runs import RunCompleted
+from schemas.runs import RunCompleted, RunStarted
 from tests.conftest import wait_until
-from tests.test_executor import TENANT, outputs, submit
+from tests.test_executor import TENANT, outputs, submit, text
 
 AGENTS_TOML = """
 [agents.worker]
@@ -139,12 +139,13 @@ async def test_kill_9_anywhere_in_a_run_resumes_it_from_its_last_finished_step(
         await wait_until(all_stopped, timeout=60, what="every run to stop at its place")
         first.kill()
         spawn_actor("executor", env)
-        ends = {tag: (await outputs(bus, run_id, timeout=60))[-1] for tag, run_id in runs.items()}
+        streams = {tag: await outputs(bus, run_id, timeout=60) for tag, run_id in runs.items()}
         left = {tag: await journal.load(TENANT, run_id, 0) for tag, run_id in runs.items()}
     finally:
         await pool.close()
         await bus.close()
 
+    ends = {tag: events[-1] for tag, events in streams.items()}
     made = Counter(line for line in calls.read_text().splitlines() if not line.endswith(" stopped"))
     once = ["model1", "lookup1", "lookup2", "model2", "charge", "model3"]
     for tag in STOPS:
@@ -155,6 +156,9 @@ async def test_kill_9_anywhere_in_a_run_resumes_it_from_its_last_finished_step(
     assert {tag: end.output for tag, end in ends.items() if tag != "charge"} == dict.fromkeys(
         set(STOPS) - {"charge"}, "done: charged 5"
     )
+    for tag in ("model1", "model2"):  # streamed: the resumed attempt's output has every step's text again
+        resumed = max(i for i, e in enumerate(streams[tag]) if isinstance(e, RunStarted))
+        assert text(streams[tag][resumed:]) == "thinking thinking done: charged 5", tag
     told = ends["charge"].output
     assert "may or may not have taken effect" in told and "It was not repeated" in told, told
-    assert left == dict.fromkeys(STOPS, {})  # a finished run's journal is dropped
+    assert left == {tag: {} for tag in STOPS}  # a finished run's journal is dropped

@@ -104,7 +104,7 @@ async def run_agent(
     try:
         async with journal or contextlib.nullcontext():
             if req.stream:
-                result = await _streamed(runner, req, writer, options)
+                result = await _streamed(runner, req, writer, options, journal)
             else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
                 result = await runner.agent.run(user_prompt(req), **options)
     except Exception as e:
@@ -158,16 +158,24 @@ def _ended_early(
 
 
 async def _streamed(
-    runner: Runner, req: RunRequest, writer: OutputWriter, options: dict[str, Any]
+    runner: Runner, req: RunRequest, writer: OutputWriter, options: dict[str, Any], journal: JournalScope | None
 ) -> AgentRunResult[Any] | None:
-    """The run with its text deltas and tool calls published as they come."""
+    """The run with its text deltas and tool calls published as they come. Under a journal, the model's
+    text comes live from inside its step (the run's events carry it only once the step is over)."""
+
+    def emit(event: AgentStreamEvent) -> None:
+        if (output := _output_of(req.run_id, event)) is not None:
+            writer.emit(output)
+
+    if journal is not None:
+        journal.live = emit
     result: AgentRunResult[Any] | None = None
     async with runner.agent.run_stream_events(user_prompt(req), **options) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):
                 result = event.result
-            elif (output := _output_of(req.run_id, event)) is not None:
-                writer.emit(output)
+            elif journal is None or not isinstance(event, PartStartEvent | PartDeltaEvent):
+                emit(event)
     return result
 
 

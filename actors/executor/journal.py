@@ -21,7 +21,7 @@ told so in the call's result (see NOT_REPEATED). The docs: docs/durability.md.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from contextlib import ExitStack
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 from pydantic_ai import RunContext
+from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.capabilities import ValidatedToolArgs, WrapToolExecuteHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
@@ -43,7 +44,12 @@ from pydantic_ai.durable_exec import (
     record_durable_unit,
     replay_scope,
 )
-from pydantic_ai.messages import ToolCallPart
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    ModelResponse,
+    PartStartEvent,
+    ToolCallPart,
+)
 from pydantic_ai.models import Model
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
@@ -85,6 +91,9 @@ class JournalScope:
     fresh: bool = False
     recorded: dict[str, Any] = field(default_factory=dict)
     failure: BaseException | None = None
+    # where a streamed run's model events go as the model streams them (and a replayed response's parts):
+    # the run's event stream carries a model response only once its unit has returned
+    live: Callable[[AgentStreamEvent], None] | None = None
     _seen: Counter[str] = field(default_factory=Counter)
     _token: Token[JournalScope | None] | None = None
     _replay: ExitStack = field(default_factory=ExitStack)
@@ -163,11 +172,25 @@ class JournalBackend(JournalCallableOperationBackend[None]):
             key = journal.place(key)
         if key in journal.recorded:
             record_durable_unit(executed=False)
-            return journal.recorded[key]
+            payload = journal.recorded[key]
+            if journal.live is not None and isinstance(operation_id, ModelRequestId) and operation_id.streaming:
+                response: ModelResponse = JSON_CODEC.load(ModelResponse, payload)
+                for index, part in enumerate(response.parts):
+                    journal.live(PartStartEvent(index=index, part=part))
+            return payload
         payload = await body()
         await journal.record(key, payload)
         record_durable_unit(executed=True)
         return payload
+
+
+async def _stream_live(ctx: RunContext[RunDeps], events: AsyncIterable[AgentStreamEvent]) -> None:
+    """Inside a model request's unit: its events, as the model streams them, to the run's live output."""
+    journal = _CURRENT.get()
+    live = journal.live if journal is not None else None
+    async for event in events:
+        if live is not None:
+            live(event)
 
 
 def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> Literal[False] | None:
@@ -206,6 +229,9 @@ class Journal(BaseDurabilityCapability[RunDeps]):
             model=None, event=None, capability=None, tool=None, resolve_tool=_tool_config
         )
         return JournalBackend(agent_name=self.name, config=config)
+
+    def _model_stream_event_handler(self) -> EventStreamHandler[RunDeps]:
+        return _stream_live
 
     def _wrap_other_leaf_toolset(self, ts: AbstractToolset[RunDeps]) -> WrapperToolset[RunDeps] | None:
         """A declared MCP server's tools (a run's view of the shared connection) journal as MCP tools."""
