@@ -5,26 +5,31 @@ made again (the model is told so instead).
 One run per place to kill a three-request run (model -> two lookups in parallel -> model -> charge ->
 model): each run stops for good at its place in a first executor, which is killed once all have got
 there; a second executor finishes them. What each made is counted from the lines the model and the
-tools append to $AGENTBUS_TEST_CALLS, which outlives the processes.
+tools append to $AGENTBUS_TEST_CALLS, which outlives the processes. And an MCP server's calls (a run's
+view of the executor's shared connection) are journaled and kept at most once the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic_ai import RunContext
+from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from actors._postgres import open_pool
 from actors.executor.actor import MIGRATIONS
+from actors.executor.deps import RunDeps
+from actors.executor.journal import NOT_REPEATED, Journal, journal_scope
 from actors.executor.journal_store import JournalStore
+from actors.executor.mcp_servers import McpServers, McpServerSpec
 from bus.client import Bus
 from bus.config import BusConfig
 from schemas.runs import RunCompleted, RunStarted
@@ -162,3 +167,36 @@ async def test_kill_9_anywhere_in_a_run_resumes_it_from_its_last_finished_step(
     told = ends["charge"].output
     assert "may or may not have taken effect" in told and "It was not repeated" in told, told
     assert left == {tag: {} for tag in STOPS}  # a finished run's journal is dropped
+
+
+def _echo_once(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    said = [p.content for m in messages for p in m.parts if isinstance(p, ToolReturnPart)]
+    if not said:
+        return ModelResponse(parts=[ToolCallPart("local_echo", {"text": "hi"}, "e1")])
+    return ModelResponse(parts=[TextPart(f"got: {said[-1]}")])
+
+
+async def test_an_mcp_servers_calls_are_journaled_and_a_side_effecting_one_is_not_repeated(database_url: str) -> None:
+    spec = McpServerSpec(command=sys.executable, args=["-m", "tests.mcp_servers", "stdio"], side_effects=True)
+    servers = McpServers({"local": spec})
+    agent = Agent(
+        FunctionModel(_echo_once), name="m", deps_type=RunDeps, toolsets=[servers["local"].toolset(None)],
+        capabilities=[Journal()],
+    )  # fmt: skip
+    deps = RunDeps(run_id="r", tenant=TENANT, context=None)
+    pool = await open_pool(database_url, schema="executor", migrations=MIGRATIONS, min_size=1, max_size=2)
+    store = JournalStore(pool)
+    try:
+        await servers.start()
+        async with journal_scope(store, TENANT, "done", 0, fresh=True):
+            assert (await agent.run("go", deps=deps)).output == "got: hi"
+        recorded = await store.load(TENANT, "done", 0)
+        assert set(recorded) == {"model@1", "started@1:e1", "tool@1:e1", "model@2"}
+        # a crash between the start of the call and its result: it is reported, not repeated
+        await store.record(TENANT, "cut", 0, "started@1:e1", None)
+        async with journal_scope(store, TENANT, "cut", 0):
+            told = (await agent.run("go", deps=deps)).output
+        assert told.startswith("got: ") and NOT_REPEATED.format(tool="local_echo") in told
+    finally:
+        await servers.stop()
+        await pool.close()
