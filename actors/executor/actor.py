@@ -1,12 +1,13 @@
 """The executor: takes RunRequests, runs the agent, streams its output, records the run.
 
 See docs/protocol.md, step 3 and "Cancel". A run is recorded before it starts, so a redelivery
-(after a crash: no ack) restarts it with attempt + 1, resuming from its journal (journal.py), and a
-redelivery of a finished run only re-announces its end. Sub-runs (pipeline steps, subagent hand-offs)
-have ids derived from their parent's (`<parent>-step<n>`, `<parent>-sub<k>`), so a restarted parent finds them instead of
+(after a crash: no ack) restarts it with attempt + 1, and a redelivery of a finished run only
+re-announces its end. Sub-runs (pipeline steps, subagent hand-offs) have ids derived from their
+parent's (`<parent>-step<n>`, `<parent>-sub<k>`), so a restarted parent finds them instead of
 starting them again. Cancelling is a flag in the table (a tombstone if the run has not come yet)
 on the run and every run under it, plus a broadcast that reaches the replica running each, which
 cancels the agent run. A request dead-lettered after failing ends its run `failed`, announced.
+A restarted agent run resumes from its last finished step (actors/executor/journal.py).
 """
 
 from __future__ import annotations
