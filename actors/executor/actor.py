@@ -7,6 +7,7 @@ parent's (`<parent>-step<n>`, `<parent>-sub<k>`), so a restarted parent finds th
 starting them again. Cancelling is a flag in the table (a tombstone if the run has not come yet)
 on the run and every run under it, plus a broadcast that reaches the replica running each, which
 cancels the agent run. A request dead-lettered after failing ends its run `failed`, announced.
+A restarted agent run resumes from its last finished step (actors/executor/journal.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from actors.executor.deployments import models_endpoint
 from actors.executor.event_waits import watch_of
 from actors.executor.fair_share import FairShare
 from actors.executor.history import HistoryCache, read_history
+from actors.executor.journal import journal_scope
+from actors.executor.journal_store import JournalStore
 from actors.executor.mcp_servers import McpServers
 from actors.executor.output import OutputWriter
 from actors.executor.park_store import Park, ParkStore, Resumable
@@ -450,6 +453,7 @@ class ExecutorActor(Actor):
                 await self.store.finish(req.run_id, end, usage)
                 if resumed is not None:
                     await self.parks.forget(req.run_id)
+                await JournalStore(self.store.pool).forget(req.run_id)
                 self._count_end(req, runner, end, usage)
                 if req.end_by_requester:
                     await writer.flush()  # every delta is on the stream before the requester ends it
@@ -506,6 +510,15 @@ class ExecutorActor(Actor):
             context=ContextWindow(runner.compaction, self._summaries, trace.tenant, req.conversation_id),
             allowance=allowance,
             resume=park,
+            # a stretch after a park is journaled apart (its steps are numbered from its own start); a first
+            # attempt has nothing journaled to read
+            journal=journal_scope(
+                JournalStore(self.store.pool),
+                trace.tenant,
+                req.run_id,
+                park.park if park is not None else 0,
+                fresh=begun.attempt == 1 and park is None,
+            ),
         )
 
     def _count_end(self, req: RunRequest, runner: Runner | None, end: RunEnd, usage: Usage) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from actors.executor.compaction import ContextWindow
 from actors.executor.costs import run_usage, spent_usage
 from actors.executor.history import HistoryUnreadable
 from actors.executor.isolation import ToolStopped
+from actors.executor.journal import JournalScope
 from actors.executor.limits import limit_hit, usage_limits
 from actors.executor.output import OutputWriter
 from actors.executor.parking import Parked, Resumption
@@ -66,6 +68,7 @@ async def run_agent(
     context: ContextWindow | None = None,
     allowance: Allowance | None = None,
     resume: Resumption | None = None,
+    journal: JournalScope | None = None,
 ) -> tuple[RunEnd | Parked, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended, or how it
     parked (a tool call waits for approval or an event: actors/executor/parking.py).
@@ -74,7 +77,8 @@ async def run_agent(
     reference); a conversation that cannot answer now raises BusError, and the run is redone later.
     `context` starts it from its stored summary and keeps what the model is sent within the budget;
     `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do. `resume`
-    goes on from a park instead, with its messages and its calls' decisions."""
+    goes on from a park instead, with its messages and its calls' decisions; `journal`, where its finished
+    steps are kept, resumes it from them after a crash (actors/executor/journal.py)."""
     run_id = req.run_id
     context = context or ContextWindow(None, None, "", None)
     if resume is not None:
@@ -109,11 +113,14 @@ async def run_agent(
     prompt = user_prompt(req) if resume is None else None
     result: AgentRunResult[Any] | None = None
     try:
-        if req.stream:
-            result = await _streamed(runner, prompt, req, writer, options)
-        else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
-            result = await runner.agent.run(prompt, **options)
+        async with journal or contextlib.nullcontext():
+            if req.stream:
+                result = await _streamed(runner, prompt, req, writer, options, journal)
+            else:  # nobody watches its tokens: pydantic-ai's plain run costs about a third less CPU
+                result = await runner.agent.run(prompt, **options)
     except Exception as e:
+        if journal is not None and (unkept := journal.failure) is not None:
+            raise unkept from e  # its journal could not be written: the run is redone, not failed
         ended = _ended_early(req, e, runner, writer, cancel_reason, allowance)
         if ended is None and (lost := writer.failure) is not None:
             raise lost from e
@@ -165,16 +172,29 @@ def _ended_early(
 
 
 async def _streamed(
-    runner: Runner, prompt: str | list[str] | None, req: RunRequest, writer: OutputWriter, options: dict[str, Any]
+    runner: Runner,
+    prompt: str | list[str] | None,
+    req: RunRequest,
+    writer: OutputWriter,
+    options: dict[str, Any],
+    journal: JournalScope | None,
 ) -> AgentRunResult[Any] | None:
-    """The run with its text deltas and tool calls published as they come."""
+    """The run with its text deltas and tool calls published as they come. Under a journal, the model's
+    text comes live from inside its step (the run's events carry it only once the step is over)."""
+
+    def emit(event: AgentStreamEvent) -> None:
+        if (output := _output_of(req.run_id, event)) is not None:
+            writer.emit(output)
+
+    if journal is not None:
+        journal.live = emit
     result: AgentRunResult[Any] | None = None
     async with runner.agent.run_stream_events(prompt, **options) as events:
         async for event in events:
             if isinstance(event, AgentRunResultEvent):
                 result = event.result
-            elif (output := _output_of(req.run_id, event)) is not None:
-                writer.emit(output)
+            elif journal is None or not isinstance(event, PartStartEvent | PartDeltaEvent):
+                emit(event)
     return result
 
 

@@ -47,6 +47,7 @@ from actors.executor.approval_rules import ApprovalGate, ApprovalRule
 from actors.executor.breaker import Breakers
 from actors.executor.compaction import Compaction, ContextSpec, compaction_for
 from actors.executor.deps import RunDeps
+from actors.executor.journal import journal_for
 from actors.executor.limits import RunLimits, ToolGuard
 from actors.executor.mcp_servers import McpServerSpec
 from actors.executor.models import ResolvedModel, resolve_model
@@ -182,6 +183,7 @@ def _runner(
     capabilities: list[AbstractCapability[RunDeps]] = [ToolGuard(spec.limits)]
     if model.route is not None:
         capabilities += model.route.capabilities
+    capabilities.append(journal_for(model))
     agent: Agent[RunDeps, Any] = Agent(
         model.model,
         name=name,

@@ -26,9 +26,10 @@ from pydantic_ai.tools import ToolDefinition
 from bus import metrics
 from schemas.tools import UNTRUSTED_KEY, UNTRUSTED_NOTICE
 
-__all__ = ["UNTRUSTED", "RunLimits", "ToolGuard", "cap_result", "limit_hit", "usage_limits"]
+__all__ = ["SIDE_EFFECTS", "UNTRUSTED", "RunLimits", "ToolGuard", "cap_result", "limit_hit", "usage_limits"]
 
 UNTRUSTED = "untrusted"  # the tool metadata key that marks a tool's output as untrusted data
+SIDE_EFFECTS = "side_effects"  # the tool metadata key of a tool run at most once per call (journal.py)
 # what UsageLimitExceeded's message names (pydantic-ai gives no field) -> the limit a run reports
 LIMIT_NAMES = {
     "request_limit": "requests",

@@ -7,6 +7,7 @@ args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv/docs"]
 env = { LOG_LEVEL = "warn" }              # the child's environment: these plus PATH, HOME, … (never ours)
 isolated = true                           # under CPU-time and memory rlimits (see isolation.py)
 limits = { cpu_s = 60, memory_mb = 512, wall_s = 30 }
+side_effects = true                       # its tools act on the world: each call at most once (journal.py)
 
 [mcp_servers.search]                      # a streamable HTTP server
 url = "https://mcp.example.com/mcp"
@@ -55,7 +56,7 @@ from pydantic_ai.usage import RunUsage
 from actors._outbound import Allowlist
 from actors._outbound_http import mcp_http_client
 from actors.executor.isolation import IsolationLimits, ToolStopped, exec_argv
-from actors.executor.limits import UNTRUSTED
+from actors.executor.limits import SIDE_EFFECTS, UNTRUSTED
 
 __all__ = ["McpServer", "McpServerSpec", "McpServers"]
 
@@ -76,6 +77,7 @@ class McpServerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     headers: dict[str, str] = {}
     isolated: bool = False  # stdio only: run under `limits`
     limits: IsolationLimits = IsolationLimits()
+    side_effects: bool = False  # every tool of it runs at most once per tool call (actors/executor/journal.py)
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -258,6 +260,7 @@ class ServerToolset(AbstractToolset[Any]):
 
     server: McpServer
     allowed: frozenset[str] | None = None
+    include_instructions = False  # read by pydantic-ai's durable MCP wrapper (journal.py): a server's are not used
 
     @property
     def id(self) -> str | None:
@@ -265,8 +268,9 @@ class ServerToolset(AbstractToolset[Any]):
 
     async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
         mcp = await self.server.connected()
+        marks = {UNTRUSTED: True, SIDE_EFFECTS: True} if self.server.spec.side_effects else {UNTRUSTED: True}
         return {
-            name: mcp.tool_for_tool_def(replace(td, metadata={**(td.metadata or {}), UNTRUSTED: True}), ctx=ctx)
+            name: mcp.tool_for_tool_def(replace(td, metadata={**(td.metadata or {}), **marks}), ctx=ctx)
             for name, td in self.server.definitions.items()
             if self.allowed is None or name in self.allowed
         }

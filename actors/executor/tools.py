@@ -15,7 +15,11 @@ wall-time limits):
 [tools."python:myapp.tools:lookup_order"]
 isolated = true
 limits = { cpu_s = 5, memory_mb = 256, wall_s = 10 }
+side_effects = true  # it acts on the world: run at most once per tool call, even across a crash
 ```
+
+A side-effecting tool's call is never repeated when a crashed run is resumed (actors/executor/journal.py);
+other tools' calls that were cut off are simply made again.
 
 Every agent also has `read_context` (with application state) and `ask_agent` (with sub-agents),
 which belong to a run and are not in the registry.
@@ -46,7 +50,7 @@ from pydantic_ai.usage import RunUsage
 from actors.executor.deps import RunDeps
 from actors.executor.event_waits import wait_for_event
 from actors.executor.isolation import IsolationLimits, ToolStopped, call_isolated
-from actors.executor.limits import UNTRUSTED, RunLimits, cap_result
+from actors.executor.limits import SIDE_EFFECTS, UNTRUSTED, RunLimits, cap_result
 from actors.executor.mcp_servers import McpServers
 from bus import metrics
 from bus.errors import BusError
@@ -164,6 +168,7 @@ class ToolSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     isolated: bool = False  # in a child process under `limits`
     limits: IsolationLimits = IsolationLimits()
+    side_effects: bool = False  # at most once per tool call (actors/executor/journal.py)
 
 
 def _python_tool(selector: str, spec: ToolSpec) -> Tool[RunDeps]:
@@ -172,7 +177,8 @@ def _python_tool(selector: str, spec: ToolSpec) -> Tool[RunDeps]:
     if not module_name or not attr:
         raise ValueError(f"tool {selector!r}: write python:<module>:<function>")
     function = getattr(importlib.import_module(module_name), attr)
-    tool = Tool[RunDeps](function)
+    metadata = {SIDE_EFFECTS: True} if spec.side_effects else None
+    tool = Tool[RunDeps](function, metadata=metadata)
     if not spec.isolated:
         return tool
     if tool.takes_ctx:
@@ -183,7 +189,9 @@ def _python_tool(selector: str, spec: ToolSpec) -> Tool[RunDeps]:
         return await call_isolated(name, target, kwargs, limits)
 
     schema = tool.tool_def.parameters_json_schema
-    return Tool[RunDeps].from_schema(isolated, name, tool.description, schema)
+    contained = Tool[RunDeps].from_schema(isolated, name, tool.description, schema)
+    contained.metadata = metadata
+    return contained
 
 
 # --- the registry -----------------------------------------------------------------------------
