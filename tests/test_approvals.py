@@ -254,7 +254,7 @@ async def test_a_chat_turn_waiting_for_approvals_survives_kill_9_of_every_actor_
     await wait_until(executor_up, timeout=30, what="a new executor")
     await decide(bus, parked.approvals[0].id, Decision.APPROVE)
     await decide(bus, parked.approvals[1].id, Decision.DENY, reason="only one")
-    (turn,) = await client.turns(conversation, 1, timeout=30)
+    (turn,) = await client.turns(conversation, 1, timeout=60)
     messages = await client.request("messages", ListMessages(conversation_id=conversation), MessageList)
     assert type(turn).__name__ == "TurnCompleted", turn
     reply = messages.messages[-1]

@@ -178,7 +178,9 @@ def _runner(
     toolsets: list[AbstractToolset[RunDeps]] = list(servers.values())
     if spec.requires_approval:
         gate = ApprovalGate.of(spec.requires_approval)
-        toolsets = [gate.guard(FunctionToolset(tools))] + [gate.guard(t, server=n) for n, t in servers.items()]
+        toolsets = [gate.guard(FunctionToolset(tools, id="functions"))] + [
+            gate.guard(t, server=n) for n, t in servers.items()
+        ]
         tools = []
     capabilities: list[AbstractCapability[RunDeps]] = [ToolGuard(spec.limits)]
     if model.route is not None:
