@@ -21,6 +21,7 @@ from bus.headers import Header
 from bus.subjects import ActorName, RunOrigin
 from schemas._base import Message
 from schemas.agents import AgentCatalog, ListAgents
+from schemas.approvals import Steered, SteerRun
 from schemas.audit import AuditAction, AuditEvent
 from schemas.conversation import (
     ContinueConversation,
@@ -372,6 +373,14 @@ CHANNELS: tuple[Channel, ...] = (
         (Reader(R.EXECUTOR, Reading.SUBSCRIPTION, why="the replica running it stops it"),),
     ),
     Channel(
+        "executor.steer",
+        subjects.executor_steer,
+        Kind.CONTROL,
+        (SteerRun,),
+        "A steering message stored for a run, on every executor replica at once (core NATS, not stored).",
+        (Reader(R.EXECUTOR, Reading.SUBSCRIPTION, why="the replica running it gives it to the agent"),),
+    ),
+    Channel(
         "research.cancel",
         subjects.research_cancel,
         Kind.CONTROL,
@@ -421,6 +430,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.CONVERSATION, "history", GetHistory, HistoryPage, "one page of a RunRequest's history_ref"),
     Endpoint(A.EXECUTOR, "get_run", GetRun, RunView),
     Endpoint(A.EXECUTOR, "cancel", CancelRun, RunView),
+    Endpoint(A.EXECUTOR, "steer", SteerRun, Steered, "a user message for a run still going"),
     Endpoint(A.EXECUTOR, "tree", GetRunTree, RunTree),
     Endpoint(A.EXECUTOR, "list_runs", ListRuns, RunList),
     Endpoint(A.EXECUTOR, "run_counts", CountRuns, RunCount),

@@ -72,8 +72,9 @@ ACCESS: dict[Role, Access] = {
             subjects.executor_plain_commands(),
             subjects.executor_origin_commands(RunOrigin.SUBRUN),  # pipeline steps and subagent hand-offs
             subjects.executor_cancels(),
+            subjects.executor_steers(),
         ),
-        listens=(subjects.executor_cancels(),),
+        listens=(subjects.executor_cancels(), subjects.executor_steers()),
         asks=(A.EXECUTOR, A.CONVERSATION, A.RESEARCH),
         reads=(streams.EXECUTOR_CMD, EXECUTOR_EVT, RUN_OUT),
         buckets=(breakers.BUCKET,),

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken
+from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import (
@@ -64,13 +65,15 @@ async def run_agent(
     history: Callable[[], Awaitable[bytes]],
     context: ContextWindow | None = None,
     allowance: Allowance | None = None,
+    steering: AbstractCapability[Any] | None = None,
 ) -> tuple[RunEnd, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended.
 
     `history` gives the request's history as JSON (read from its conversation when it travels by
     reference); a conversation that cannot answer now raises BusError, and the run is redone later.
     `context` starts it from its stored summary and keeps what the model is sent within the budget;
-    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do."""
+    `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do;
+    `steering` gives it the messages sent to the run while it goes (actors/executor/steering.py)."""
     run_id = req.run_id
     try:
         raw = await history()
@@ -93,7 +96,7 @@ async def run_agent(
         "deps": deps,
         "cancellation_token": token,
         "usage_limits": limits,
-        "capabilities": context.capabilities(),
+        "capabilities": [*context.capabilities(), *([steering] if steering else [])],
         "usage": spent,
     }
     result: AgentRunResult[Any] | None = None
