@@ -28,6 +28,8 @@ from schemas.approvals import (
     GetApproval,
     ListApprovals,
     RunWaiting,
+    Steered,
+    SteerRun,
     WatchEvent,
     Watching,
 )
@@ -397,6 +399,14 @@ CHANNELS: tuple[Channel, ...] = (
         (Reader(R.EXECUTOR, Reading.SUBSCRIPTION, why="the replica running it stops it"),),
     ),
     Channel(
+        "executor.steer",
+        subjects.executor_steer,
+        Kind.CONTROL,
+        (SteerRun,),
+        "A steering message stored for a run, on every executor replica at once (core NATS, not stored).",
+        (Reader(R.EXECUTOR, Reading.SUBSCRIPTION, why="the replica running it gives it to the agent"),),
+    ),
+    Channel(
         "research.cancel",
         subjects.research_cancel,
         Kind.CONTROL,
@@ -446,6 +456,7 @@ SERVICES: tuple[Endpoint, ...] = (
     Endpoint(A.CONVERSATION, "history", GetHistory, HistoryPage, "one page of a RunRequest's history_ref"),
     Endpoint(A.EXECUTOR, "get_run", GetRun, RunView),
     Endpoint(A.EXECUTOR, "cancel", CancelRun, RunView),
+    Endpoint(A.EXECUTOR, "steer", SteerRun, Steered, "a user message for a run still going"),
     Endpoint(A.EXECUTOR, "tree", GetRunTree, RunTree),
     Endpoint(A.EXECUTOR, "list_runs", ListRuns, RunList),
     Endpoint(A.EXECUTOR, "run_counts", CountRuns, RunCount),

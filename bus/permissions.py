@@ -73,8 +73,9 @@ ACCESS: dict[Role, Access] = {
             subjects.executor_origin_commands(RunOrigin.SUBRUN),  # pipeline steps and subagent hand-offs
             subjects.executor_origin_commands(RunOrigin.RESUME),  # a parked run's calls are all decided
             subjects.executor_cancels(),
+            subjects.executor_steers(),
         ),
-        listens=(subjects.executor_cancels(),),
+        listens=(subjects.executor_cancels(), subjects.executor_steers()),
         asks=(A.EXECUTOR, A.CONVERSATION, A.RESEARCH, A.TRIGGER),  # the trigger: a run's event waits
         reads=(streams.EXECUTOR_CMD, EXECUTOR_EVT, RUN_OUT),
         buckets=(breakers.BUCKET,),

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from schemas.conversation import Policy, StoredMessage
 from schemas.fields import AgentName, Metadata, Prompt
 
-__all__ = ["ContextBody", "NewConversation", "NewMessage", "TurnReply"]
+__all__ = ["ContextBody", "NewConversation", "NewMessage", "SteerBody", "TurnReply"]
 
 
 class NewConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -24,6 +24,13 @@ class NewMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     message: Prompt
     stream: bool = False  # true: answer with server-sent events of the run's output
     metadata: Metadata = {}
+
+
+class SteerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/runs/{id}/messages: a user message for a run still going; `message_id` makes a retry safe."""
+
+    content: Prompt
+    message_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,100}$")] | None = None  # made up if absent
 
 
 class ContextBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,4 +1,5 @@
-"""/v1/runs: the list, a run's record, its tree, its output as resumable SSE, and cancelling it (the executor's)."""
+"""/v1/runs: the list, a run's record, its tree, its output as resumable SSE, steering it and cancelling it
+(the executor's)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from bus import subjects
+from bus.headers import new_id
 from bus.runs import RunClient
 from gateway.answers import RunAnswer, RunPage, RunTreeNode
+from gateway.bodies import SteerBody
 from gateway.caller import Caller
 from gateway.cursors import After, Limit, cursor, keyset
 from gateway.errors import ApiError
 from gateway.sse import sse_response
 from gateway.state import ident
 from gateway.views import full, full_json
+from schemas.approvals import Steered, SteerRun
 from schemas.errors import ErrorCode
 from schemas.runs import GetRun, GetRunTree, ListRuns, RunList, RunNode, RunRecord, RunStatus, RunTree, RunView
 
@@ -105,6 +109,15 @@ class RunController(Controller):
         await _record(caller, run_id)  # 404 unless the executor knows it
         slot = caller.gateway.streams.take(caller.tenant)
         return sse_response(caller.gateway.run_output(caller.tenant, run_id, after_seq=int(last)), slot=slot)
+
+    @post(
+        "/{run_id:str}/messages",
+        status_code=202,
+        summary="Steer a running turn: a user message the agent sees at its next model request (once per message_id)",
+    )
+    async def steer(self, caller: Caller, run_id: FromPath[str], data: JSONBody[SteerBody]) -> Steered:
+        command = SteerRun(run_id=ident(run_id), content=data.content, message_id=data.message_id or new_id())
+        return await caller.ask(EXECUTOR, "steer", command, Steered)
 
     @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run: the model call and its tools stop")
     async def cancel(self, caller: Caller, run_id: FromPath[str]) -> RunRecord:

@@ -28,6 +28,7 @@ BODIES: dict[str, Any] = {  # a valid body where one is needed, so the answer is
     "/v1/conversations/{conversation_id}/messages": {"message": "hello from A"},
     "/v1/conversations/{conversation_id}/context": {"context": {"x": 1}},
     "/v1/tasks/{task_id}": {"prompt": "changed by A"},
+    "/v1/runs/{run_id}/messages": {"content": "steered by A"},
 }
 
 

@@ -52,6 +52,8 @@ from actors.executor.park_store import Park, ParkStore, Resumable
 from actors.executor.parking import Parked, Resumption, approvals_of, event_result, resumption
 from actors.executor.pipelines import BUILT_IN_AGENTS, PIPELINE_PREFIX, PipelineSpec, load_pipelines, run_pipeline
 from actors.executor.research_agents import RESEARCH_AGENTS
+from actors.executor.steering import Inbox, Steering, steering_endpoint
+from actors.executor.steering_store import SteeringStore
 from actors.executor.store import Begun, RunsFull, RunStore, UsageStore
 from actors.executor.summary_store import SummaryStore
 from actors.executor.tool_service import tool_endpoints
@@ -122,6 +124,7 @@ class ActiveRun:
     token: CancellationToken
     reason: str | None = None
     steps: asyncio.Future[tuple[RunEnd, Usage]] | None = None  # a pipeline's (no agent run for the token to stop)
+    inbox: Inbox | None = None  # its steering messages (actors/executor/steering.py)
 
     def cancel(self, signal: CancelRun) -> None:
         self.reason = signal.reason
@@ -152,6 +155,7 @@ class ExecutorActor(Actor):
         self._summaries: SummaryStore | None = None
         self._runs: RunClient | None = None
         self._cancels: CancelSignals[CancelRun] | None = None
+        self._steering: Steering | None = None
         self._breakers: Breakers | None = None
         self._tenants: TenantSettingsCache | None = None
         self._admission: Admission | None = None
@@ -189,6 +193,12 @@ class ExecutorActor(Actor):
         return self._breakers
 
     @property
+    def steering(self) -> Steering:
+        if self._steering is None:
+            raise RuntimeError("executor is not started")
+        return self._steering
+
+    @property
     def cancels(self) -> CancelSignals[CancelRun]:
         if self._cancels is None:
             raise RuntimeError("executor is not started")
@@ -204,6 +214,7 @@ class ExecutorActor(Actor):
             ),
             Endpoint("get_run", GetRun, self._get_run),
             Endpoint("cancel", CancelRun, self._cancel),
+            steering_endpoint(lambda: self.steering),
             Endpoint("tree", GetRunTree, self._tree),
             Endpoint("list_runs", ListRuns, self._list_runs),
             Endpoint("run_counts", CountRuns, self._run_counts),
@@ -252,6 +263,8 @@ class ExecutorActor(Actor):
         self._runs = RunClient(self.bus)
         self._cancels = CancelSignals(self.bus, subjects.executor_cancels(), CancelRun, lambda c: c.run_id)
         await self._cancels.start()
+        self._steering = Steering(self.bus, SteeringStore(self._store.pool), self._store)
+        await self._steering.start()
         self._tenants = TenantSettingsCache(self.bus)
         await self._tenants.start()
         self._admission = Admission(self._tenants, self._store, RESEARCH_AGENTS.keys())
@@ -266,6 +279,8 @@ class ExecutorActor(Actor):
         await self.tools.servers.stop()
         if self._cancels is not None:
             await self._cancels.stop()
+        if self._steering is not None:
+            await self._steering.stop()
         if self._tenants is not None:
             await self._tenants.stop()
         if self._store is not None:
@@ -407,7 +422,10 @@ class ExecutorActor(Actor):
         depth = _depth(req)
         runner = self.runners.get(req.agent)
         active = ActiveRun(CancellationToken())
-        with self.cancels.watching(tenant, req.run_id, active.cancel):  # before recording: no signal is missed
+        with (  # before recording: no signal is missed
+            self.cancels.watching(tenant, req.run_id, active.cancel),
+            self.steering.watching(tenant, req.run_id) as active.inbox,
+        ):
             if resumed is not None:
                 begun: Begun | None = Begun(
                     attempt=resumed.attempt, cancel_requested=resumed.cancel_requested, end=None
@@ -519,6 +537,7 @@ class ExecutorActor(Actor):
                 park.park if park is not None else 0,
                 fresh=begun.attempt == 1 and park is None,
             ),
+            steering=active.inbox.capability(writer, catch_up=_catch_up(begun, park)) if active.inbox else None,
         )
 
     def _count_end(self, req: RunRequest, runner: Runner | None, end: RunEnd, usage: Usage) -> None:
@@ -844,6 +863,12 @@ def _inside_a_run(req: RunRequest) -> bool:
         return False
     rest = req.run_id.removeprefix(f"{parent}-")
     return rest.removeprefix("step").isdigit() or rest.removeprefix("sub").isdigit()
+
+
+def _catch_up(begun: Begun, park: Resumption | None) -> bool:
+    """Whether steering messages may be stored that no inbox of this run saw: it is re-done after a crash, or
+    goes on after a park (one run started fresh registers its inbox before its record exists)."""
+    return begun.attempt > 1 or park is not None
 
 
 def _depth(req: RunRequest) -> int:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from pydantic_ai import AgentRunResult, AgentRunResultEvent, AgentStreamEvent, CancellationToken, DeferredToolRequests
+from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import RunCancelled as AgentRunCancelled
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import (
@@ -69,6 +70,7 @@ async def run_agent(
     allowance: Allowance | None = None,
     resume: Resumption | None = None,
     journal: JournalScope | None = None,
+    steering: AbstractCapability[Any] | None = None,
 ) -> tuple[RunEnd | Parked, Usage]:
     """Run the agent on the request, streaming its text and tool calls to `writer`; how it ended, or how it
     parked (a tool call waits for approval or an event: actors/executor/parking.py).
@@ -78,7 +80,8 @@ async def run_agent(
     `context` starts it from its stored summary and keeps what the model is sent within the budget;
     `allowance`, what is left of the tenant's budgets, stops it as pydantic-ai's usage limits do. `resume`
     goes on from a park instead, with its messages and its calls' decisions; `journal`, where its finished
-    steps are kept, resumes it from them after a crash (actors/executor/journal.py)."""
+    steps are kept, resumes it from them after a crash (actors/executor/journal.py); `steering` gives it
+    the messages sent to the run while it goes (actors/executor/steering.py)."""
     run_id = req.run_id
     context = context or ContextWindow(None, None, "", None)
     if resume is not None:
@@ -105,7 +108,7 @@ async def run_agent(
         "deps": deps,
         "cancellation_token": token,
         "usage_limits": limits,
-        "capabilities": context.capabilities(),
+        "capabilities": [*context.capabilities(), *([steering] if steering else [])],
         "usage": spent,
     }
     if resume is not None:
