@@ -146,8 +146,10 @@ def test_channels_carry_the_builders_own_subjects(document: dict[str, Any]) -> N
     assert {o["x-agentbus-actor"] for o in ops.values() if o["channel"]["$ref"] == "#/channels/executor.subrun"} == {
         "executor",
         "research",
+        "trigger",
     }
     assert ops["research.send.executor.subrun"]["x-agentbus-only"] == {"origin": ["research"]}
+    assert ops["trigger.send.executor.subrun"]["x-agentbus-only"] == {"origin": ["resolve"]}
     assert ops["gateway.send.conversation.svc.create"]["reply"]["messages"] == [
         {"$ref": "#/channels/inbox/messages/ConversationView"},
         {"$ref": "#/channels/inbox/messages/ErrorReply"},
