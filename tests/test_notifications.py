@@ -176,3 +176,30 @@ async def test_a_task_run_waiting_for_approval_tells_the_tasks_channels_then_goe
             await platform.bus.request(service, decision, ApprovalView, trace=Trace(tenant=a["tenant"]))
         (finished,) = await _take(events, 1)
     assert "completed" in json.dumps(finished) and "sent to a@example.com" in json.dumps(finished)
+
+
+async def test_a_research_sub_run_waiting_for_approval_tells_the_jobs_channels(start_platform: Start) -> None:
+    """The research actor follows `executor.waiting`: a sub-run of a job (its parent) that parks on approvals is
+    told through the job's channels. (The parking itself is tests/test_approvals.py's.)"""
+    from bus import subjects
+    from bus.headers import Trace
+    from schemas.approvals import Approval, RunWaiting
+
+    platform = await start_platform(Researchers(plan=[], follow_up=[]).model(), background=True)
+    async with platform.client() as client, _stream(client) as events:
+        body = {"question": "What is tide power?", "notification_config": {"channels": ["in_app"]}}
+        started = await client.post("/v1/research", json=body)
+        assert started.status_code == 202, started.text
+        job_id = started.json()["id"]
+        tenant = (await client.get(f"/v1/research/{job_id}")).json()["tenant"]
+        approval = Approval(
+            id="apr_1", tenant=tenant, run_id=f"{job_id}-q1", tool_name="send_email", tool_call_id="c1",
+            args='{"to": "a@example.com"}', args_sha256="0" * 64, agent="researcher", parent_run_id=job_id,
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+        waiting = RunWaiting(run_id=approval.run_id, approvals=[approval], parent_run_id=job_id)
+        subject = subjects.executor_waiting(tenant, approval.run_id)
+        await platform.bus.publish(subject, waiting, trace=Trace(tenant=tenant), msg_id="w1")
+        seen = [json.dumps(e) for e in await _take(events, 2)]
+    notice = [s for s in seen if "Approval needed" in s]
+    assert len(notice) == 1 and f"research job {job_id}" in notice[0] and "apr_1" in notice[0]

@@ -220,16 +220,24 @@ class Jobs:
                 "totals": totals,
             }
         )
+        title = f"Research {row.status.value}: {_short(row.spec.question)}"
+        await self._send(row, title, row.report or row.error or "", payload, trace)
+
+    async def _send(
+        self, row: JobRow, title: str, body: str, payload: dict[str, object], trace: Trace, *, about: str | None = None
+    ) -> None:
+        """One notice about the job through each of its channels (none if it names none)."""
         for subject, deliver in deliveries(
             row.spec.notification_config,
             tenant=row.tenant,
             run_id=row.id,
             task_id=None,
-            title=f"Research {row.status.value}: {_short(row.spec.question)}",
-            body=row.report or row.error or "",
+            title=title,
+            body=body,
             payload=payload,
             signing_secret=row.notification_secret,
             secrets=self.config.secrets,
+            about=about,
         ):
             await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 
@@ -242,19 +250,8 @@ class Jobs:
             return
         title, body, payload = approvals_notice(waiting.approvals, what=f"research job {row.id}")
         payload["job_id"] = row.id
-        for subject, deliver in deliveries(
-            row.spec.notification_config,
-            tenant=tenant,
-            run_id=row.id,
-            task_id=None,
-            title=title,
-            body=body,
-            payload=payload,
-            signing_secret=row.notification_secret,
-            secrets=self.config.secrets,
-            about=f"approval-{waiting.run_id}-{waiting.approvals[0].park}",
-        ):
-            await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
+        about = f"approval-{waiting.run_id}-{waiting.approvals[0].park}"
+        await self._send(row, title, body, payload, trace, about=about)
 
 
 def _short(text: str, limit: int = 80) -> str:

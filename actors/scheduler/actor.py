@@ -350,26 +350,11 @@ class SchedulerActor(Actor):
             return
         title, body, payload = approvals_notice(waiting.approvals, what=f"task {row.task.id}")
         payload["task_id"] = row.task.id
-        for subject, deliver in deliveries(
-            row.task.notification_config,
-            tenant=delivery.tenant,
-            run_id=waiting.run_id,
-            task_id=row.task.id,
-            title=title,
-            body=body,
-            payload=payload,
-            signing_secret=row.notification_secret,
-            secrets=self.config.secrets,
-            about=f"approval-{waiting.approvals[0].park}",
-        ):
-            await self.bus.publish(subject, deliver, trace=delivery.trace, msg_id=deliver.delivery_id)
+        about = f"approval-{waiting.approvals[0].park}"
+        await self._send(row, waiting.run_id, title, body, payload, delivery.trace, about=about)
 
     async def _notify(self, row: store.TaskRow, run: TaskRun, trace: Trace) -> None:
-        config = row.task.notification_config
-        if config is None:
-            return
         title = f"Task {row.task.id}: {run.status.value}"
-        body = run.output or run.error or ""
         payload: dict[str, object] = msgspec.to_builtins(
             {
                 "task_id": row.task.id,
@@ -379,16 +364,31 @@ class SchedulerActor(Actor):
                 "error": run.error,
             }
         )
+        await self._send(row, run.id, title, run.output or run.error or "", payload, trace)
+
+    async def _send(
+        self,
+        row: store.TaskRow,
+        run_id: str,
+        title: str,
+        body: str,
+        payload: dict[str, object],
+        trace: Trace,
+        *,
+        about: str | None = None,
+    ) -> None:
+        """One notice about the task's run through each of its channels (none if it names none)."""
         for subject, deliver in deliveries(
-            config,
-            tenant=run.tenant,
-            run_id=run.id,
+            row.task.notification_config,
+            tenant=row.task.tenant,
+            run_id=run_id,
             task_id=row.task.id,
             title=title,
             body=body,
             payload=payload,
             signing_secret=row.notification_secret,
             secrets=self.config.secrets,
+            about=about,
         ):
             await self.bus.publish(subject, deliver, trace=trace, msg_id=deliver.delivery_id)
 
