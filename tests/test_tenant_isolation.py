@@ -1,21 +1,25 @@
 """Tenant isolation at the HTTP edge, tried as an attacker would: tenant A's admin key on every operation of
 the gateway's own OpenAPI document that takes an id in its path, filled with ids of tenant B's resources
-(its conversation, run, task, task run, delivery, research job, document, key, dead letter). Every call answers 404
-and nothing of B's changes. The operations come from the document, so an endpoint added tomorrow is
-tried the day it is added; one with a path parameter this test cannot fill fails the test until it can."""
+(its conversation, run, task, task run, delivery, research job, document, key, dead letter, approval).
+Every call answers 404 and nothing of B's changes. The operations come from the document, so an endpoint
+added tomorrow is tried the day it is added; one with a path parameter this test cannot fill fails the test
+until it can."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import AgentInfo
 
 from bus import subjects
 from bus.headers import Trace
 from tests.conftest import Platform, wait_until
-from tests.models import replying
+from tests.models import streamed
 
 Start = Callable[..., Awaitable[Platform]]
 
@@ -29,7 +33,20 @@ BODIES: dict[str, Any] = {  # a valid body where one is needed, so the answer is
     "/v1/conversations/{conversation_id}/context": {"context": {"x": 1}},
     "/v1/tasks/{task_id}": {"prompt": "changed by A"},
     "/v1/runs/{run_id}/messages": {"content": "steered by A"},
+    "/v1/approvals/{approval_id}": {"decision": "approve"},
 }
+AGENTS = """
+[agents.mailer]
+tools = ["python:tests.approval_tools:send_email"]
+requires_approval = ["send_email"]
+"""
+
+
+def _model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """B's answer; the mailer agent first asks to send an email (a call that waits for B's approval)."""
+    if any(t.name == "send_email" for t in info.function_tools) and len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("send_email", {"to": "b@example.com", "subject": "B's"})])
+    return ModelResponse(parts=[TextPart("B's answer")])
 
 
 async def _tenant_b(platform: Platform, client: httpx.AsyncClient) -> dict[str, str]:
@@ -65,6 +82,14 @@ async def _tenant_b(platform: Platform, client: httpx.AsyncClient) -> dict[str, 
 
     await wait_until(dead_lettered, timeout=20, what="B's dead letter")
     letter = (await client.get("/v1/dead-letters")).json()["dead_letters"][0]
+    mailing = await client.post("/v1/tasks", json={"task_type": "delegation", "agent": "mailer", "prompt": "mail"})
+    assert mailing.status_code == 202, mailing.text
+
+    async def asked() -> bool:
+        return bool((await client.get("/v1/approvals")).json()["approvals"])
+
+    await wait_until(asked, timeout=30, what="B's approval")
+    approval = (await client.get("/v1/approvals")).json()["approvals"][0]
     return {
         "conversation_id": conversation_id,
         "run_id": reply.json()["run_id"],
@@ -75,11 +100,14 @@ async def _tenant_b(platform: Platform, client: httpx.AsyncClient) -> dict[str, 
         "document_id": document.json()["id"],
         "key_id": key.json()["id"],
         "dead_letter_id": str(letter["id"]),
+        "approval_id": approval["id"],
     }
 
 
-async def test_tenant_a_on_every_endpoint_with_tenant_b_ids_gets_404(start_platform: Start) -> None:
-    platform = await start_platform(replying(lambda messages, info: "B's answer"), background=True)
+async def test_tenant_a_on_every_endpoint_with_tenant_b_ids_gets_404(start_platform: Start, tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    platform = await start_platform(streamed(_model), background=True, agents_file=agents)
     key_b = await platform.key_for("tenant-b")
     async with platform.client() as a, platform.client(key_b) as b:
         ids = await _tenant_b(platform, b)
@@ -128,6 +156,7 @@ def _readable(ids: dict[str, str]) -> dict[str, str]:
         "messages": f"/v1/conversations/{ids['conversation_id']}/messages",
         "task": f"/v1/tasks/{ids['task_id']}",
         "document": f"/v1/documents/{ids['document_id']}",
+        "approval": f"/v1/approvals/{ids['approval_id']}",
         "keys": "/v1/keys",
         "dead letters": "/v1/dead-letters",
     }

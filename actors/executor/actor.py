@@ -471,7 +471,6 @@ class ExecutorActor(Actor):
                 await self.store.finish(req.run_id, end, usage)
                 if resumed is not None:
                     await self.parks.forget(req.run_id)
-                await JournalStore(self.store.pool).forget(req.run_id)
                 self._count_end(req, runner, end, usage)
                 if req.end_by_requester:
                     await writer.flush()  # every delta is on the stream before the requester ends it

@@ -31,7 +31,3 @@ class JournalStore:
             """,
             run_id, segment, key, tenant, payload,
         )  # fmt: skip
-
-    async def forget(self, run_id: str) -> None:
-        """Drop a finished run's journal: nothing will replay it."""
-        await self.pool.execute("DELETE FROM journal WHERE run_id = $1", run_id)

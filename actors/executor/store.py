@@ -105,7 +105,8 @@ class RunStore:
         return Begun(attempt=row["attempt"], cancel_requested=row["cancel_requested"], end=end, waiting=row["waiting"])
 
     async def finish(self, run_id: str, end: RunEnd, usage: Usage) -> None:
-        """Record the end, and add what the run spent to its tenant's spend of the day (in one statement)."""
+        """Record the end, add what the run spent to its tenant's spend of the day, and drop its journal
+        (actors/executor/journal.py: nothing will replay it), in one statement."""
         error = end.error.message if isinstance(end, RunFailed) else None
         await self.pool.execute(
             """
@@ -114,6 +115,8 @@ class RunStore:
                     model = COALESCE($6, model)
                 WHERE id = $1 AND status = 'running'
                 RETURNING tenant
+            ), forgotten AS (
+                DELETE FROM journal WHERE run_id = $1
             )
             INSERT INTO spend_daily (tenant, day, tokens, usd)
             SELECT tenant, (now() AT TIME ZONE 'UTC')::date, $7::bigint, $8::float8 FROM done
