@@ -3,7 +3,7 @@ a summary against the targets. `make bench-smoke` (`--smoke`): every benchmark w
 failing unless each one ran and printed its figures.
 
 `python -m tests.bench [--smoke] [NAME ...]` runs the ones named (chat, background, research, history,
-long_conversation, supervised, providers, tools, revocation, ratelimit, approvals).
+long_conversation, supervised, providers, tools, revocation, ratelimit, approvals, journal).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.bench import (
     background,
     chat,
     history,
+    journal,
     long_conversation,
     providers,
     ratelimit,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "revocation": revocation.run,
     "ratelimit": ratelimit.run,
     "approvals": approvals.run,
+    "journal": journal.run,
 }
 
 
