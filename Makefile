@@ -10,6 +10,8 @@ BOOTSTRAP := .agentbus/bootstrap
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
+# tests run in parallel, one pytest-xdist worker per core (at most 4); each worker has its own PostgreSQL and every test its own nats-server
+TEST_WORKERS ?= auto
 
 .PHONY: help sync run test bench bench-smoke lint format asyncapi gateway credentials clean reset
 
@@ -33,7 +35,7 @@ run: sync ## start NATS + PostgreSQL (embedded unless NATS_URL / DATABASE_URL ar
 	$(RUN) agentbus run
 
 test: sync ## run the test suite (real nats-server and PostgreSQL; no real model calls)
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 bench: sync ## run the benchmarks (minutes), ending with a summary against the targets
 	$(RUN) python -m tests.bench
