@@ -131,7 +131,7 @@ ACCESS: dict[Role, Access] = {
             subjects.audit_all(),
             subjects.MICRO_DISCOVERY,  # GET /v1/status finds every replica (PING)
         ),
-        listens=(subjects.conversation_turns_all(),),
+        listens=(subjects.conversation_turns_all(), subjects.executor_waiting_all()),  # a turn's end, or its park
         asks=tuple(ActorName),
         reads=(CONVERSATION_CMD, *EVENT_STREAMS, streams.EVENTS, RUN_OUT, streams.AUDIT, streams.DLQ),
         buckets=(keys.BUCKET, streams.IDEMPOTENCY_BUCKET, streams.WS_TOKENS_BUCKET, streams.RATE_LIMITS_BUCKET),

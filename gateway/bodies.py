@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.approvals import Approval
 from schemas.conversation import Policy, StoredMessage
 from schemas.fields import AgentName, Metadata, Prompt
 
@@ -42,3 +43,14 @@ class TurnReply(msgspec.Struct, frozen=True, kw_only=True):
     message: StoredMessage
     model: str
     offline: bool  # true: no LLM provider is configured and the offline model answered
+
+
+class TurnWaiting(msgspec.Struct, frozen=True, kw_only=True):
+    """A turn sent without `stream` whose run parked before it answered (202): it waits for the approvals
+    (decide them at /v1/approvals) or the events named. The reply is then on the run's events
+    (/v1/runs/{run_id}/events) and stored in the conversation once it completes."""
+
+    run_id: str
+    status: Literal["waiting"] = "waiting"
+    approvals: list[Approval]
+    waits: list[str]  # the tool call ids of the run's wait_for_event calls

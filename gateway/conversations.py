@@ -14,7 +14,7 @@ from bus import subjects
 from bus.client import Envelope
 from bus.headers import Trace
 from gateway.answers import ConversationPage, MessagePage
-from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply
+from gateway.bodies import ContextBody, NewConversation, NewMessage, TurnReply, TurnWaiting
 from gateway.caller import Caller
 from gateway.cursors import After, Limit, cursor, keyset
 from gateway.errors import HTTP_STATUS, ApiError, error_json, retry_after
@@ -22,6 +22,7 @@ from gateway.sse import sse_response
 from gateway.state import Gateway, Stored, ident, stored_response
 from gateway.streams import StreamSlot
 from gateway.views import full_json
+from schemas.approvals import RunWaiting
 from schemas.conversation import (
     ContinueConversation,
     Conversation,
@@ -105,6 +106,9 @@ async def post_message(caller: Caller, conversation_id: str, body: NewMessage, d
     if isinstance(event, TurnCompleted):
         reply = TurnReply(run_id=run_id, message=event.message, model=event.model, offline=event.offline)
         stored = Stored(status=200, body=full_json(reply))
+    elif isinstance(event, RunWaiting):  # parked before it answered: say so now, not a 504 later
+        waiting = TurnWaiting(run_id=run_id, approvals=event.approvals, waits=event.waits)
+        stored = Stored(status=202, body=full_json(waiting), headers={"Location": f"/v1/runs/{run_id}"})
     else:
         code = event.error.code
         details = {"run_id": run_id} if code in SCRUBBED else {**event.error.details, "run_id": run_id}
@@ -186,11 +190,18 @@ class ConversationController(Controller):
         "/{conversation_id:str}/messages",
         status_code=200,
         summary="Send a message; the reply whole, or streamed (SSE)",
-        responses={200: ResponseSpec(TurnReply, description="the reply (with `stream`: the run's server-sent events)")},
+        responses={
+            200: ResponseSpec(TurnReply, description="the reply (with `stream`: the run's server-sent events)"),
+            202: ResponseSpec(
+                TurnWaiting,
+                description="without `stream`: the run parked before it answered; it waits for these approvals "
+                "or events, and the reply is on its events and stored in the conversation once it completes",
+            ),
+        },
     )
     async def post_message(
         self, caller: Caller, conversation_id: FromPath[str], data: JSONBody[NewMessage]
-    ) -> Response[TurnReply] | Stream:
+    ) -> Response[TurnReply | TurnWaiting] | Stream:
         gw = caller.gateway
         digest = caller.idempotency_digest()
         if (stored := await gw.recall(digest)) is not None:

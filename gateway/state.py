@@ -37,6 +37,7 @@ from gateway.ratelimit import RateLimits
 from gateway.streams import StreamSlots
 from gateway.ws_tokens import WsTokens
 from schemas._base import Message
+from schemas.approvals import RunWaiting
 from schemas.conversation import TurnCompleted, TurnFailed
 from schemas.errors import ErrorCode
 from schemas.health import HealthCheck, HealthReport
@@ -73,24 +74,28 @@ def stored_response(stored: Stored, *, replayed: bool = False) -> Response[Any]:
 
 
 class TurnWaiter:
-    """One subscription to every conversation's turn events; requests wait on their run id."""
+    """One subscription to every conversation's turn events, and one to every run that parks; requests wait
+    on their run id for the turn's end, or for its run parking first (a turn waiting for a person)."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._waiting: dict[str, asyncio.Future[TurnCompleted | TurnFailed]] = {}
-        self._sub: Subscription | None = None
+        self._waiting: dict[str, asyncio.Future[TurnCompleted | TurnFailed | RunWaiting]] = {}
+        self._subs: list[Subscription] = []
 
     async def start(self) -> None:
-        self._sub = await self.bus.nc.subscribe(subjects.conversation_turns_all(), cb=self._on_event)
+        self._subs = [
+            await self.bus.nc.subscribe(subjects.conversation_turns_all(), cb=self._on_event),
+            await self.bus.nc.subscribe(subjects.executor_waiting_all(), cb=self._on_event),
+        ]
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
     @contextlib.contextmanager
     def expect(self, run_id: str) -> Any:
-        future: asyncio.Future[TurnCompleted | TurnFailed] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[TurnCompleted | TurnFailed | RunWaiting] = asyncio.get_running_loop().create_future()
         self._waiting[run_id] = future
         try:
             yield future
@@ -99,7 +104,7 @@ class TurnWaiter:
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            event = decode_union(msg.data, TurnCompleted | TurnFailed)
+            event = decode_union(msg.data, TurnCompleted | TurnFailed | RunWaiting)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         future = self._waiting.get(event.run_id)

@@ -199,6 +199,43 @@ async def test_a_denial_gives_the_model_the_reason_and_another_tenant_sees_nothi
     assert reason in seen and "sent to" not in seen  # the model read the reason; the tool never ran
 
 
+async def test_a_turn_sent_without_stream_that_parks_answers_202_with_its_approvals(
+    start_platform: Start, tmp_path: Path
+) -> None:
+    """Not a 504 once the reply timeout has passed: the answer says at once that the turn waits, and for what;
+    the reply is stored in the conversation once the call is decided."""
+    mailer = Mailer()
+    platform = await _platform(start_platform, tmp_path, mailer)
+    async with platform.client() as client:
+        conversation_id = (await client.post("/v1/conversations", json={"agent": "mailer"})).json()["id"]
+        url = f"/v1/conversations/{conversation_id}/messages"
+        headers = {"Idempotency-Key": "parked-turn"}
+        answer = await client.post(url, json={"message": "mail ada the invoice"}, headers=headers)
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert body["status"] == "waiting" and body["waits"] == []
+        [approval] = body["approvals"]
+        assert approval["tool_name"] == "send_email" and json.loads(approval["args"]) == ASKED
+        assert answer.headers["location"] == f"/v1/runs/{body['run_id']}" and approval["run_id"] == body["run_id"]
+        assert (await client.get(answer.headers["location"])).json()["status"] == "waiting"
+        again = await client.post(url, json={"message": "mail ada the invoice"}, headers=headers)
+        assert again.status_code == 202 and again.json() == body  # the same answer, and no second turn
+        assert [a["id"] for a in (await client.get("/v1/approvals")).json()["approvals"]] == [approval["id"]]
+
+        decided = await client.post(f"/v1/approvals/{approval['id']}", json={"decision": "approve"})
+        assert decided.status_code == 200, decided.text
+        replies: list[dict[str, Any]] = []
+
+        async def replied() -> bool:
+            messages = (await client.get(url)).json()["messages"]
+            replies[:] = [m for m in messages if m["role"] == "assistant"]
+            return bool(replies)
+
+        await wait_until(replied, timeout=30, what="the reply stored once the call was approved")
+    assert replies[-1]["content"] == "the tool said: sent to ada@example.com: the invoice"
+    assert mailer.seen == ["sent to ada@example.com: the invoice"]
+
+
 async def test_an_edit_runs_the_tool_with_the_new_arguments_and_says_so(start_platform: Start, tmp_path: Path) -> None:
     mailer = Mailer()
     platform = await _platform(start_platform, tmp_path, mailer)
