@@ -48,6 +48,20 @@ os.environ.setdefault("AGENTBUS_QUOTA_MIN_INTERVAL_S", "1")
 os.environ.setdefault("AGENTBUS_RATE_LIMIT", "0")
 os.environ.setdefault("AGENTBUS_WEBHOOK_RATE_LIMIT", "0")
 
+# structlog's defaults, but tracebacks as plain text: its default renders each logged exception with rich,
+# locals and all, which held an actor's event loop for over a second per exception on this 2-core machine
+# (a PostgreSQL outage logs several), long enough for replies to miss their timeouts.
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.dev.set_exc_info,
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+        structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """A temp root of this session's own: pytest prunes old /tmp/pytest-of-<user>/pytest-N roots,

@@ -239,7 +239,12 @@ async def test_a_chat_turn_waiting_for_approvals_survives_kill_9_of_every_actor_
     async def conversation_up() -> bool:
         return await answering(subjects.ActorName.CONVERSATION, "list", ListConversations(), ConversationList)
 
-    await wait_until(conversation_up, timeout=30, what="the conversation actor")
+    async def executor_up() -> bool:
+        return await answering(EXECUTOR, "list_approvals", ListApprovals(), ApprovalList)
+
+    # each wait bounds a process's start, which a loaded CI machine stretches: not the run's own time
+    await wait_until(conversation_up, timeout=60, what="the conversation actor")
+    await wait_until(executor_up, timeout=60, what="the executor")
     conversation = await client.create(agent="mailer")
     run_id = await client.post(conversation, "mail them")
     parked = await waiting(bus, run_id)
@@ -247,11 +252,8 @@ async def test_a_chat_turn_waiting_for_approvals_survives_kill_9_of_every_actor_
         process.kill()
     spawn_actor("conversation")
     spawn_actor("executor", env)
-
-    async def executor_up() -> bool:
-        return await answering(EXECUTOR, "list_approvals", ListApprovals(), ApprovalList)
-
-    await wait_until(executor_up, timeout=30, what="a new executor")
+    await wait_until(executor_up, timeout=60, what="a new executor")
+    await wait_until(conversation_up, timeout=60, what="a new conversation actor")
     await decide(bus, parked.approvals[0].id, Decision.APPROVE)
     await decide(bus, parked.approvals[1].id, Decision.DENY, reason="only one")
     (turn,) = await client.turns(conversation, 1, timeout=60)
