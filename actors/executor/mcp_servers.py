@@ -37,17 +37,13 @@ import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
 import msgspec
 import structlog
-from fastmcp.client.transports import StdioTransport
-from mcp import types as mcp_types
-from mcp.client.subscriptions import ListenNotSupportedError, listen
 from pydantic_ai import RunContext
-from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.tools import ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool
@@ -57,6 +53,9 @@ from actors._outbound import Allowlist
 from actors._outbound_http import mcp_http_client
 from actors.executor.isolation import IsolationLimits, ToolStopped, exec_argv
 from actors.executor.limits import SIDE_EFFECTS, UNTRUSTED
+
+if TYPE_CHECKING:
+    from pydantic_ai.mcp import MCPToolset
 
 __all__ = ["McpServer", "McpServerSpec", "McpServers"]
 
@@ -123,6 +122,11 @@ class McpServer:
         return f"mcp:{self.name}"
 
     def _build(self) -> MCPToolset[Any]:
+        # the MCP client (pydantic_ai.mcp, fastmcp, mcp) is imported when a server is first built: it took
+        # 2 s of the executor's start on this 2-core machine, for agents files that declare no server
+        from fastmcp.client.transports import StdioTransport
+        from pydantic_ai.mcp import MCPToolset
+
         spec = self.spec
         common: dict[str, Any] = {"cache_tools": False, "message_handler": self._on_message, "init_timeout": 15}
         if spec.url is not None:
@@ -187,11 +191,15 @@ class McpServer:
 
     async def _on_message(self, message: Any) -> None:
         """A 2025-era session's tools/list_changed notification."""
+        from mcp import types as mcp_types
+
         if isinstance(getattr(message, "root", message), mcp_types.ToolListChangedNotification):
             self._changed.set()
 
     async def _watch(self, mcp: MCPToolset[Any]) -> None:
         """Relist the tools on every change the server reports, while it stays connected."""
+        from mcp.client.subscriptions import ListenNotSupportedError, listen
+
         try:
             async with listen(mcp.client.session, tools_list_changed=True) as changes:
                 async for _ in changes:
