@@ -17,7 +17,17 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["DATABASE_DOWN", "Conn", "as_struct", "as_structs", "database_url", "health", "migrate", "open_pool"]
+__all__ = [
+    "DATABASE_DOWN",
+    "Conn",
+    "DatabaseRefused",
+    "as_struct",
+    "as_structs",
+    "database_url",
+    "health",
+    "migrate",
+    "open_pool",
+]
 
 T = TypeVar("T")
 
@@ -35,9 +45,15 @@ def as_structs(rows: Iterable[asyncpg.Record], type_: type[T]) -> list[T]:
     return [msgspec.convert(dict(row), type_) for row in rows]
 
 
-# PostgreSQL is away (down, restarting, unreachable): an actor's endpoints answer `unavailable`
+class DatabaseRefused(ConnectionError):
+    """PostgreSQL answered a new connection with an error: starting up or shutting down, out of
+    connection slots, the database closed to connections (`ALLOW_CONNECTIONS false`), and the like."""
+
+
+# PostgreSQL is away (down, restarting, unreachable, refusing connections): an actor's endpoints answer
+# `unavailable` (503 with Retry-After at the gateway), its consumers retry later
 DATABASE_DOWN: tuple[type[Exception], ...] = (
-    OSError,
+    OSError,  # DatabaseRefused among them
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
@@ -63,6 +79,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect, with PostgreSQL's refusal of the connection as DatabaseRefused: asyncpg raises each
+    refusal as the server's error class (55000 for a database closed to connections, 53300 for too many),
+    which a query on an open connection can raise for its own reasons too."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.PostgresError as e:
+        raise DatabaseRefused(f"PostgreSQL refused a connection: {e}") from e
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """No reset round trip when a connection goes back to the pool: actors keep no session state
     (no LISTEN, no session advisory locks, no SET outside a transaction), and the default reset
@@ -78,6 +104,7 @@ async def open_pool(dsn: str, *, schema: str, migrations: Path, min_size: int = 
         await conn.close()
     pool = await asyncpg.create_pool(
         dsn,
+        connect=_connect,
         reset=_keep_session,
         min_size=min_size,
         max_size=max_size,
