@@ -184,14 +184,16 @@ async def _until_closed(socket: WebSocket[Any, Any, Any]) -> None:
 
 @websocket("/v1/events/ws", opt={"scope": Scope.READ.value})
 async def event_socket(socket: WebSocket[Any, Any, Any], after: CURSOR = None, types: TYPES = None) -> None:
-    """The same events as GET /v1/events, one JSON text frame each; `?after=` resumes. Bearer header, or
-    `?token=` from POST /v1/ws-tokens."""
+    """The same events as GET /v1/events, one JSON text frame each; `Last-Event-ID` or `?after=` resumes.
+    Bearer header, or `?token=` from POST /v1/ws-tokens."""
     gw = gateway_of(socket.app.state)
     tenant = principal_of(socket).tenant
     await socket.accept()
     try:
         filters = type_filters(tenant, types)
-        start = after if after is not None else await _tail(gw)
+        start = _cursor(socket, after)
+        if start is None:
+            start = await _tail(gw)
         slot = gw.streams.take(tenant)
     except (ApiError, BusError) as e:
         await socket.send_data(error_json(e.code, e.message, e.details).decode(), mode="text")

@@ -183,6 +183,8 @@ async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Pa
             )  # fmt: skip
             shown, err = await status.communicate()
             assert status.returncode == 0 and b"executor" in shown, err.decode()
+            if not keys_seen:  # the welcome's console, and a terminal chat against the running platform
+                await _console_and_chat_answer(tmp_path, env, run)
             started = run.descendants()
             postmaster = int((tmp_path / ".agentbus" / "pg" / "postmaster.pid").read_text().split()[0])
             assert len(started) >= 4  # nats-server, two actors, the gateway
@@ -194,6 +196,29 @@ async def test_run_embedded_serves_stops_cleanly_and_keeps_its_data(tmp_path: Pa
             assert run.proc.returncode == 0, rest.decode()
             assert [pid for pid in [*started, postmaster] if alive(pid)] == []
     assert keys_seen[0] == keys_seen[1]  # the second run found the first one's NATS data (and key)
+
+
+async def _console_and_chat_answer(cwd: Path, env: dict[str, str], run: Run) -> None:
+    """The console URL `agentbus run` printed serves the console; `agentbus chat`, finding the gateway and the
+    dev key in .agentbus/ as a user's would, sends a message and its reply is stored."""
+    console = run.value("console")
+    async with httpx.AsyncClient() as http:
+        page = await http.get(console)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:200]
+        chat = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus.cli", "chat",
+            cwd=cwd, env={k: v for k, v in env.items() if k != "AGENTBUS_PORT"},
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            out, err = await chat.communicate(b"hello from the terminal\n")
+        assert chat.returncode == 0, err.decode()
+        conversation = out.decode().split("new conversation", 1)[1].split()[0]
+        headers = {"Authorization": f"Bearer {run.value('API key')}"}
+        stored = await http.get(f"{run.value('gateway')}/v1/conversations/{conversation}/messages", headers=headers)
+    messages = stored.json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"], messages
+    assert messages[0]["content"] == "hello from the terminal" and messages[1]["content"][:20] in out.decode()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the processes it started")

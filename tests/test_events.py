@@ -106,3 +106,34 @@ async def test_one_feed_orders_every_actors_events_of_the_tenant_and_resumes(sta
         "AB_RESEARCH_EVT",
         "AB_NOTIFIER_EVT",
     }  # sourced from the event streams only, never a work queue
+
+
+async def test_the_feed_carries_a_research_jobs_progress_and_its_delivery(start_platform: Start) -> None:
+    from tests.receivers import HttpReceiver
+    from tests.test_research import Researchers, _ingest
+
+    platform = await start_platform(Researchers().model(), background=True)
+    async with HttpReceiver() as receiver, platform.client() as client:
+        await _ingest(client)
+        async with _feed(client, params={"types": "research.*,notifier.*"}) as events:
+            config = {"channels": ["webhook"], "webhook_url": f"{receiver.url}/done"}
+            body = {"question": "Which energy sources exist?", "max_depth": 1, "notification_config": config}
+            started = await client.post("/v1/research", json=body)
+            assert started.status_code == 202, started.text
+            job_id = started.json()["id"]
+            seen = await _until(events, "notifier.delivered")
+        # the WebSocket resumes from a Last-Event-ID header too (a client that is not a browser)
+        url = platform.url.replace("http", "ws") + "/v1/events/ws?types=research.*,notifier.*"
+        headers = {"Authorization": f"Bearer {platform.key}", "Last-Event-ID": str(seen[0]["id"])}
+        async with websockets.connect(url, additional_headers=headers) as socket, asyncio.timeout(30):
+            frames = [json.loads(await socket.recv()) for _ in range(len(seen) - 1)]
+
+    types = [e["event"] for e in seen]
+    assert {"research.phase", "research.subrun_started", "research.subrun_finished", "research.finished"} <= set(types)
+    assert types.index("research.subrun_started") < types.index("research.finished") < types.index("notifier.delivered")
+    assert {e["data"]["entity_id"] for e in seen if e["event"].startswith("research.")} == {job_id}
+    delivered = seen[-1]["data"]["data"]["delivery"]
+    assert (delivered["channel"], delivered["status"], delivered["task_run_id"]) == ("webhook", "delivered", job_id)
+    (hook,) = receiver.requests
+    assert hook.path == "/done" and hook.headers["webhook-id"] == delivered["id"]
+    assert frames == [e["data"] for e in seen[1:]]
