@@ -123,15 +123,17 @@ class ModelDefaults:
 
 
 # --- instructions -----------------------------------------------------------------------------
+# async, though they never wait: pydantic-ai runs a plain `def` in a worker thread, two thread hand-offs on
+# every model request of every run
 
 
-def subagent_instructions(ctx: RunContext[RunDeps]) -> str:
+async def subagent_instructions(ctx: RunContext[RunDeps]) -> str:
     if not ctx.deps.subagents:
         return ""
     return f"You may hand sub-problems to these agents with the ask_agent tool: {', '.join(ctx.deps.subagents)}."
 
 
-def context_instructions(ctx: RunContext[RunDeps]) -> str:
+async def context_instructions(ctx: RunContext[RunDeps]) -> str:
     """The sidekick's application state, re-read on every turn; data, never instructions."""
     if ctx.deps.context is None:
         return ""

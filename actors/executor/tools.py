@@ -73,9 +73,10 @@ PYTHON_PREFIX = "python:"
 
 
 # --- built-in tools ---------------------------------------------------------------------------
+# async, though they never wait: pydantic-ai runs a plain `def` tool in a worker thread
 
 
-def current_time(timezone: str = "UTC") -> str:
+async def current_time(timezone: str = "UTC") -> str:
     """The current date and time (ISO 8601) in an IANA time zone such as Europe/Paris."""
     try:
         tz: Any = ZoneInfo(timezone)
@@ -84,7 +85,7 @@ def current_time(timezone: str = "UTC") -> str:
     return datetime.now(UTC).astimezone(tz).isoformat(timespec="seconds")
 
 
-def read_context(ctx: RunContext[RunDeps], path: str = "") -> str:
+async def read_context(ctx: RunContext[RunDeps], path: str = "") -> str:
     """Read part of the application's current state: a dotted path like `cart.items.0`, or "" for all of it."""
     value: Any = ctx.deps.context or {}
     for key in filter(None, path.split(".")):
