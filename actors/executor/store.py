@@ -64,22 +64,25 @@ class RunStore:
         With `max_running` (the tenant's `concurrent_runs` quota), RunsFull when the tenant already has that many
         runs running on any replica (a run's own sub-runs not counted): counted and recorded under a per-tenant
         lock, so replicas cannot race past it."""
+        if not max_running:  # one statement: no BEGIN and COMMIT round trips around it
+            return await self._begin(self.pool, req, tenant=tenant, model=model, offline=offline)
         async with self.pool.acquire() as conn, conn.transaction():
-            if max_running:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('executor.runs:' || $1, 0))", tenant)
-                count = await conn.fetchval(
-                    """
-                    SELECT count(*) FROM runs WHERE tenant = $1 AND status = 'running' AND id <> $2
-                      AND NOT EXISTS (SELECT FROM runs parent WHERE parent.id = runs.parent_run_id)
-                    """,
-                    tenant, req.run_id,
-                )  # fmt: skip
-                if count >= max_running:
-                    raise RunsFull(count)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('executor.runs:' || $1, 0))", tenant)
+            count = await conn.fetchval(
+                """
+                SELECT count(*) FROM runs WHERE tenant = $1 AND status = 'running' AND id <> $2
+                  AND NOT EXISTS (SELECT FROM runs parent WHERE parent.id = runs.parent_run_id)
+                """,
+                tenant, req.run_id,
+            )  # fmt: skip
+            if count >= max_running:
+                raise RunsFull(count)
             return await self._begin(conn, req, tenant=tenant, model=model, offline=offline)
 
     @staticmethod
-    async def _begin(conn: Conn, req: RunRequest, *, tenant: str, model: str, offline: bool) -> Begun | None:
+    async def _begin(
+        conn: Conn | asyncpg.Pool, req: RunRequest, *, tenant: str, model: str, offline: bool
+    ) -> Begun | None:
         row = await conn.fetchrow(
             """
             INSERT INTO runs (id, tenant, agent, model, offline, status, conversation_id, parent_run_id, task_id,
