@@ -497,3 +497,32 @@ def test_a_report_is_rendered_without_its_html_and_with_its_citations_as_links()
         'target="_blank">' in html
     )
     assert "<code>[doc:in-code]</code>" in html  # code stays code
+
+
+@needs_chromium
+async def test_long_lists_page_with_more(
+    start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
+) -> None:
+    """Tasks and runs past the console's page of 50: "More" reads the next page through `after`."""
+    platform = await start_platform(background=True)
+    async with platform.client() as http:
+        for i in range(51):
+            body = {"task_type": "scheduled", "prompt": f"task {i}", "schedule_expression": "0 0 1 1 *"}
+            assert (await http.post("/v1/tasks", json=body)).status_code == 201
+        for i in range(51):
+            conversation = (await http.post("/v1/conversations", json={})).json()["id"]
+            reply = await http.post(f"/v1/conversations/{conversation}/messages", json={"message": f"turn {i}"})
+            assert reply.status_code == 200, reply.text
+    c = await console(platform, "paging")
+    await c.sign_in()
+    page = c.page
+    for route, table in (("tasks", "#tasks"), ("runs", "#runs")):
+        await c.open(route, route)
+        rows = page.locator(f"{table} tbody tr")
+        assert await rows.count() == 50
+        await page.click(f"{table}-more")
+        await page.wait_for_selector(f"{table}-more[hidden]", state="attached")
+        assert await rows.count() == 51
+        ids = await page.locator(f"{table} tbody tr td:first-child").all_text_contents()
+        assert len(set(ids)) == 51, ids  # the second page follows the first: no row twice
+    await c.shot("runs-paged")

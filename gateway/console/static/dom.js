@@ -56,8 +56,42 @@ export function table(rows, columns, attrs = {}) {
     "table",
     attrs,
     h("thead", {}, h("tr", {}, columns.map(([name]) => h("th", {}, name)))),
-    h("tbody", {}, rows.map((row) => h("tr", {}, columns.map(([, cell]) => h("td", {}, cell(row)))))),
+    h("tbody", {}, tableRows(rows, columns)),
   );
+}
+
+function tableRows(rows, columns) {
+  return rows.map((row) => h("tr", {}, columns.map(([, cell]) => h("td", {}, cell(row)))));
+}
+
+/** A table of a list's first page, and a "More" button while the API says more follow (`next_after`):
+ * `next(after)` reads the page after that cursor as [rows, next_after]. */
+export function pagedTable(rows, nextAfter, next, columns, attrs = {}) {
+  const grid = table(rows, columns, attrs);
+  return h("div", { class: "paged" }, grid, more(`${attrs.id}-more`, nextAfter, next, (found) => {
+    grid.tBodies[0].append(...tableRows(found, columns));
+  }));
+}
+
+/** A "More" button (hidden when `after` is empty) that adds each next page with `add(rows)`. */
+export function more(id, after, next, add) {
+  const error = h("span", { class: "error", role: "alert" });
+  const button = h("button", { type: "button", id, class: "secondary more", hidden: !after }, "More");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const [found, following] = await next(after);
+      add(found);
+      after = following;
+      button.hidden = !after;
+      error.textContent = "";
+    } catch (e) {
+      error.textContent = e.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("p", { class: "row" }, button, error);
 }
 
 export function status(value) {

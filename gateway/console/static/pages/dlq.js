@@ -2,38 +2,44 @@
 // subject) or discard it.
 
 import { api, get, post } from "../api.js";
-import { fill, h, link, pre, when } from "../dom.js";
+import { fill, h, link, more, pre, when } from "../dom.js";
 
 const enc = encodeURIComponent;
+const PAGE = 50; // dead letters a page; "More" reads the next
 
 export async function render(view, { args, signal }) {
   const actor = args[0] || "";
-  const page = await get(`/v1/dead-letters?limit=200${actor ? `&actor=${enc(actor)}` : ""}`, { signal });
+  const query = `/v1/dead-letters?limit=${PAGE}${actor ? `&actor=${enc(actor)}` : ""}`;
+  const page = await get(query, { signal });
   const note = h("p", { id: "dlq-note", role: "status", class: "muted" });
   const actors = h("p", { id: "dlq-actors", class: "row" }, link("dlq", "all", { class: actor ? "" : "active" }));
   // the counts per actor come from GET /v1/status (it asks every replica: slower), filled in when they arrive
-  counts(page, actor, signal).then((found) => {
+  counts(signal).then((found) => {
     for (const [name, n] of Object.entries(found)) {
       actors.append(link(`dlq/${enc(name)}`, `${name} (${n})`, { class: name === actor ? "active" : "" }));
     }
   }, () => {});
   const letters = page.dead_letters;
+  const cards = h("div", { id: "dead-letters" }, letters.map((d) => letter(d, note)));
+  const next = async (after) => {
+    const following = await get(`${query}&after=${enc(after)}`);
+    return [following.dead_letters, following.next_after];
+  };
   fill(
     view,
     h("h1", {}, actor ? `Dead letters of ${actor}` : "Dead letters"),
     actors,
     note,
-    letters.length
-      ? h("div", { id: "dead-letters" }, letters.map((d) => letter(d, note)))
-      : h("p", { class: "muted", id: "dead-letters" }, "No dead letters."),
+    letters.length ? cards : h("p", { class: "muted", id: "dead-letters" }, "No dead letters."),
+    more("dead-letters-more", page.next_after, next, (found) => cards.append(...found.map((d) => letter(d, note)))),
   );
 }
 
-async function counts(page, actor, signal) {
+async function counts(signal) {
   const state = await get("/v1/status", { signal }).catch(() => null);
   if (state?.dead_letters) return state.dead_letters;
   // no GET /v1/status here: count them from the list (the newest 200)
-  const all = actor ? (await get("/v1/dead-letters?limit=200", { signal })).dead_letters : page.dead_letters;
+  const all = (await get("/v1/dead-letters?limit=200", { signal })).dead_letters;
   const found = {};
   for (const d of all) found[d.actor] = (found[d.actor] || 0) + 1;
   return found;

@@ -2,9 +2,10 @@
 // report rendered from Markdown by the gateway (raw HTML escaped) with the citations as links; a document.
 
 import { ApiError, get, post, stream } from "../api.js";
-import { fill, h, link, pre, status, table, tokens, usd, when } from "../dom.js";
+import { fill, h, link, pagedTable, pre, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
+const PAGE = 50; // jobs a page; "More" reads the next
 const ENDED = ["completed", "cancelled", "failed"];
 
 export async function render(view, { page, args, signal }) {
@@ -15,8 +16,9 @@ export async function render(view, { page, args, signal }) {
 
 async function list(view, signal) {
   let jobs = null;
+  let nextAfter = null;
   try {
-    jobs = (await get("/v1/research?limit=100", { signal })).jobs;
+    ({ jobs, next_after: nextAfter } = await get(`/v1/research?limit=${PAGE}`, { signal }));
   } catch (e) {
     if (!(e instanceof ApiError && [404, 405].includes(e.status))) throw e;
   }
@@ -34,7 +36,10 @@ async function list(view, signal) {
     jobs === null
       ? h("p", { class: "muted" }, "This gateway has no job list (GET /v1/research): open a job by id.")
       : jobs.length
-        ? table(jobs, [
+        ? pagedTable(jobs, nextAfter, async (after) => {
+            const more = await get(`/v1/research?limit=${PAGE}&after=${enc(after)}`);
+            return [more.jobs, more.next_after];
+          }, [
             ["Job", (j) => link(`research/${enc(j.id)}`, j.question.slice(0, 90))],
             ["Status", (j) => status(j.status)],
             ["Sub-runs", (j) => j.totals.subruns],

@@ -3,9 +3,10 @@
 
 import { ApiError, get, post, stream } from "../api.js";
 import { approvalsInline } from "../approvals.js";
-import { fill, h, link, status, table, tokens, usd, when } from "../dom.js";
+import { fill, h, link, pagedTable, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
+const PAGE = 50; // runs a page; "More" reads the next
 const ENDED = ["completed", "failed", "cancelled"];
 
 export async function render(view, { args, signal }) {
@@ -25,8 +26,9 @@ function opener() {
 
 async function list(view, signal) {
   let runs = null;
+  let nextAfter = null;
   try {
-    runs = (await get("/v1/runs?limit=100", { signal })).runs;
+    ({ runs, next_after: nextAfter } = await get(`/v1/runs?limit=${PAGE}`, { signal }));
   } catch (e) {
     if (!(e instanceof ApiError && [404, 405].includes(e.status))) throw e;
   }
@@ -37,14 +39,20 @@ async function list(view, signal) {
     runs === null
       ? h("p", { class: "muted" }, "This gateway has no run list (GET /v1/runs): open a run by id.")
       : runs.length
-        ? runTable(runs)
+        ? runTable(runs, nextAfter)
         : h("p", { class: "muted" }, "No runs yet."),
   );
 }
 
-function runTable(runs) {
-  return table(
+function runTable(runs, nextAfter) {
+  const next = async (after) => {
+    const more = await get(`/v1/runs?limit=${PAGE}&after=${enc(after)}`);
+    return [more.runs, more.next_after];
+  };
+  return pagedTable(
     runs,
+    nextAfter,
+    next,
     [
       ["Run", (r) => link(`runs/${enc(r.id)}`, r.id)],
       ["Agent", (r) => r.agent],

@@ -2,10 +2,11 @@
 // a task's runs; a task run with its status, output, usage and delivery log, and retrying a failed delivery.
 
 import { api, get, post } from "../api.js";
-import { fill, h, link, pre, status, table, tokens, usd, when } from "../dom.js";
+import { fill, h, link, pagedTable, pre, status, table, tokens, usd, when } from "../dom.js";
 import { live } from "../poll.js";
 
 const enc = encodeURIComponent;
+const PAGE = 50; // tasks a page; "More" reads the next
 
 export async function render(view, { page, args, signal }) {
   if (page === "task-runs") return taskRun(view, args[0], signal);
@@ -25,9 +26,15 @@ function schedule(t) {
 }
 
 async function list(view, signal) {
-  const [page, agents] = await Promise.all([get("/v1/tasks?limit=100", { signal }), get("/v1/agents", { signal })]);
-  const rows = table(
+  const [page, agents] = await Promise.all([get(`/v1/tasks?limit=${PAGE}`, { signal }), get("/v1/agents", { signal })]);
+  const next = async (after) => {
+    const more = await get(`/v1/tasks?limit=${PAGE}&after=${enc(after)}`);
+    return [more.tasks, more.next_after];
+  };
+  const rows = pagedTable(
     page.tasks,
+    page.next_after,
+    next,
     [
       ["Task", (t) => link(`tasks/${enc(t.id)}`, t.prompt.slice(0, 80) || t.id)],
       ["Type", (t) => t.task_type],
