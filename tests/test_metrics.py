@@ -138,6 +138,37 @@ async def test_gateway_and_actor_metrics_after_a_chat_turn_a_tool_call_a_dead_le
         assert all(v not in ("t1", conversation) for _, v in labels), (name, labels)
 
 
+async def test_a_priced_turn_adds_its_cost_and_tokens_to_the_counters(start_platform: Start) -> None:
+    from tests.test_usage import INPUT_TOKENS, OUTPUT_TOKENS, PRICED, _price, answering
+
+    platform = await start_platform(answering(PRICED))
+    actor_metrics = MetricsServer(MetricsConfig(port=free_port()))
+    actor_metrics.start()
+    try:
+        url = f"http://127.0.0.1:{actor_metrics.port}/metrics"
+        before = await scrape(url)
+        async with platform.client() as client:
+            conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+            turn = await client.post(f"/v1/conversations/{conversation}/messages", json={"message": "Hi"})
+            assert turn.status_code == 200, turn.text
+        after = await scrape(url)
+    finally:
+        actor_metrics.stop()
+
+    def grew(name: str, **labels: str) -> float:
+        """The growth of every sample of `name` with these labels (and any others)."""
+
+        def total(samples: Samples) -> float:
+            wanted = labels.items()
+            return sum(v for (n, got), v in samples.items() if n == name and wanted <= dict(got).items())
+
+        return total(after) - total(before)
+
+    assert grew("agentbus_cost_usd_total", agent="assistant") == pytest.approx(_price(PRICED))
+    assert grew("agentbus_tokens_total", agent="assistant", direction="input") == INPUT_TOKENS
+    assert grew("agentbus_tokens_total", agent="assistant", direction="output") == OUTPUT_TOKENS
+
+
 async def test_gateway_metrics_need_the_token_when_one_is_set_and_refuse_other_binds_without(
     start_platform: Start,
 ) -> None:
