@@ -18,6 +18,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.test import TestModel
 
 from bus import subjects
 from bus.codec import encode
@@ -25,7 +26,7 @@ from bus.headers import Trace, new_id
 from gateway.console import report_html
 from schemas.conversation import PostMessage
 from schemas.research import Citation
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 from tests.models import prompts_of
 from tests.test_approvals_http import AGENTS as MAILER_AGENTS
 from tests.test_approvals_http import ASKED, Mailer
@@ -526,3 +527,30 @@ async def test_long_lists_page_with_more(
         ids = await page.locator(f"{table} tbody tr td:first-child").all_text_contents()
         assert len(set(ids)) == 51, ids  # the second page follows the first: no row twice
     await c.shot("runs-paged")
+
+
+@needs_chromium
+async def test_notifications_page_lists_the_in_app_channel_and_shows_new_ones_live(
+    start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
+) -> None:
+    platform = await start_platform(TestModel(custom_output_text="The report is ready."), background=True)
+    body = {"task_type": "delegation", "prompt": "write it", "notification_config": {"channels": ["in_app"]}}
+    async with platform.client() as http:
+        first = (await http.post("/v1/tasks", json=body)).json()
+
+        async def listed() -> bool:
+            return bool((await http.get("/v1/notifications")).json()["notifications"])
+
+        await wait_until(listed, timeout=30, what="the first task's notification")
+        c = await console(platform, "notifications")
+        await c.sign_in()
+        page = c.page
+        await c.open("notifications", "notifications")
+        items = page.locator("#notifications li")
+        assert await items.count() == 1 and "The report is ready." in (await items.first.text_content() or "")
+        second = (await http.post("/v1/tasks", json={**body, "prompt": "and another"})).json()
+        await text_when(page.locator("#notifications"), lambda t: t.count("The report is ready.") == 2, timeout=30)
+    assert await items.count() == 2  # the new one on top, live, and no copy of the first
+    links = [await a.get_attribute("href") for a in await items.locator("a").all()]
+    assert links == [f"#/task-runs/{second['last_runs'][0]['id']}", f"#/task-runs/{first['last_runs'][0]['id']}"]
+    await c.shot("notifications")

@@ -12,6 +12,7 @@ const pages = {
   research: () => import("./pages/research.js"),
   documents: () => import("./pages/research.js"),
   dlq: () => import("./pages/dlq.js"),
+  notifications: () => import("./pages/notifications.js"),
   overview: () => import("./pages/overview.js"),
 };
 
