@@ -341,6 +341,14 @@ async def test_dlq_list_show_replay_and_discard(start_platform: Start, agentbus:
         await wait_until(lambda: _nonempty(letters()), what="the replayed command to be dead-lettered again")
         again = (await letters())[0]["id"]
         assert again != first
+        caught_up = await agentbus("dlq", "follow", "--after", str(first), "--count", "1")
+        assert caught_up.code == 0 and f"dead letter {again} conversation {subject}: undecodable" in caught_up.out
+        following = agentbus.start("dlq", "follow", "--actor", "conversation", "--after", str(again), "--count", "1")
+        await platform.bus.js.publish(subject, b"still not json", headers=Trace(tenant="t1").headers())
+        assert await asyncio.wait_for(following, 60) == 0
+        (latest,) = [d["id"] for d in await letters() if d["id"] > again]
+        assert f"dead letter {latest} conversation" in agentbus.output()
+        await agentbus("dlq", "discard", str(latest))
         discarded = await agentbus("dlq", "discard", str(again))
         assert discarded.code == 0 and await letters() == []
     gone = await agentbus("dlq", "replay", str(first))

@@ -4,6 +4,8 @@ A run: its output (`GET /v1/runs/{id}/events`), tokens as they stream. A researc
 (`GET /v1/research/{id}/events`) under a progress bar: the phase, sub-runs done of those known, tokens. Both
 resume after a dropped connection with `Last-Event-ID`. A task: its runs (`GET /v1/tasks/{id}/runs`, read every
 second: a task's runs stream no tokens), a line as each starts and ends, until the task fires no more.
+`agentbus dlq follow`: each dead letter stored after it started (`GET /v1/dead-letters`, read every
+second: dead letters are not on the event feed), until Ctrl-C or `--count` of them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bus.cli.api import Api, printable, segment
 from bus.cli.chat import TERMINAL, TurnView
 
-__all__ = ["follow"]
+__all__ = ["dead_letters", "follow"]
 
 TASK_POLL_S = 1.0
+DLQ_POLL_S = 1.0
 ENDED_TASK_RUNS = {"completed", "failed", "cancelled", "skipped"}
 
 
@@ -137,3 +140,39 @@ async def _task(api: Api, console: Console, task_id: str) -> int:
             if seen and ended and not _fires_again(task):
                 return 0
             await asyncio.sleep(TASK_POLL_S)
+
+
+async def dead_letters(
+    api: Api, console: Console, *, actor: str | None, count: int | None, after: int | None = None
+) -> int:
+    """Print each dead letter stored after id `after` (default: from now on), oldest first, until `count` of
+    them (or Ctrl-C)."""
+    newest = (
+        after if after is not None else max((d["id"] for d in await _letters_after(api, actor, 0, pages=1)), default=0)
+    )
+    printed = 0
+    with console.status(f"following dead letters{f' of {escape(actor)}' if actor else ''} (Ctrl-C stops)"):
+        while count is None or printed < count:
+            for letter in reversed(await _letters_after(api, actor, newest)):
+                newest = max(newest, letter["id"])
+                reason = escape(printable(str(letter.get("reason"))))
+                where = f"[dim]{escape(str(letter.get('actor')))}[/] {escape(str(letter.get('subject')))}"
+                console.print(f"dead letter {letter['id']} {where}: {reason}")
+                printed += 1
+                if count is not None and printed >= count:
+                    return 0
+            await asyncio.sleep(DLQ_POLL_S)
+    return 0
+
+
+async def _letters_after(api: Api, actor: str | None, newest: int, *, pages: int = 50) -> list[dict[str, Any]]:
+    """The dead letters stored after id `newest`, newest first (the list's pages, read back to it)."""
+    found: list[dict[str, Any]] = []
+    after: int | None = None
+    for _ in range(pages):
+        page = await api.get("/v1/dead-letters", limit=200, actor=actor, after=after)
+        found += [d for d in page["dead_letters"] if d["id"] > newest]
+        after = page.get("next_after")
+        if after is None or not page["dead_letters"] or page["dead_letters"][-1]["id"] <= newest:
+            break
+    return found

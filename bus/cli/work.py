@@ -125,7 +125,7 @@ HELPS = {
     "tasks": "tasks: list, show, follow (its runs as they start and end)",
     "runs": "runs: list, show (with its tree), follow (its output as it streams)",
     "research": "research jobs: list, show (with the report), follow (phases, sub-runs, tokens)",
-    "dlq": "dead letters: list, show, replay, discard",
+    "dlq": "dead letters: list, show, follow (new ones as they come), replay, discard",
 }
 
 
@@ -144,6 +144,10 @@ def add_parsers(commands: Any) -> None:
         show.add_argument("id")
         show.add_argument("--json", action="store_true", help="print the gateway's JSON")
         if noun.name == "dlq":
+            watch = actions.add_parser("follow", help="print each new dead letter as it comes (Ctrl-C stops)")
+            watch.add_argument("--actor", help="only this actor's")
+            watch.add_argument("--count", type=int, help="stop after this many")
+            watch.add_argument("--after", type=int, help="those stored after this id (default: from now)")
             actions.add_parser("replay", help="publish it again to its subject; it leaves the DLQ").add_argument("id")
             actions.add_parser("discard", help="delete it").add_argument("id")
         else:
@@ -246,6 +250,8 @@ async def work(api: Api, console: Console, args: argparse.Namespace) -> int:
             await api.call("DELETE", f"/v1/dead-letters/{segment(args.id)}")
             console.print(f"discarded {escape(args.id)}")
             return 0
+        case "follow" if args.command == "dlq":
+            return await cli_follow.dead_letters(api, console, actor=args.actor, count=args.count, after=args.after)
         case "follow":
             return await cli_follow.follow(api, console, args.command, args.id)
     return 2
