@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 
 import msgspec
-from nats.js.errors import NoKeysError
 
 from bus.client import Bus
 from schemas.models import BreakerState
@@ -27,14 +26,5 @@ def _deployment(key: str) -> str:
 
 async def read_breakers(bus: Bus) -> dict[str, BreakerState]:
     """Every deployment's breaker that has ever left the closed state, by deployment name."""
-    kv = await bus.key_value(BUCKET)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    states: dict[str, BreakerState] = {}
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            states[_deployment(key)] = msgspec.json.decode(entry.value, type=BreakerState)
-    return states
+    entries = await bus.kv_entries(BUCKET)
+    return {_deployment(key): msgspec.json.decode(value, type=BreakerState) for key, value in entries.items()}

@@ -396,3 +396,36 @@ class Bus:
                 name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=self.js, direct=direct
             )
         return self._buckets[(bucket, leader)]
+
+    async def kv_entries(self, bucket: str) -> dict[str, bytes]:
+        """Every live key of a KV bucket and its value, read once (an ordered consumer, last value per key).
+
+        Not nats-py's `keys()` or `watchall()`: their end-of-initial-values marker compares the server's
+        pending count with how many values the client has handled so far, so with every value already sent
+        but none handled yet they can say "no keys". Here the server's own delivered count decides, and each
+        value's `num_pending` says when it is the last.
+        """
+        await self.key_value(bucket)
+        sub = await self.js.subscribe(
+            f"$KV.{bucket}.>",
+            stream=f"KV_{bucket}",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=30.0,
+        )
+        found: dict[str, bytes] = {}
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+                return found
+            prefix = len(f"$KV.{bucket}.")
+            while True:
+                msg = await sub.next_msg(timeout=self.config.request_timeout_s)
+                operation = (msg.headers or {}).get("KV-Operation")
+                if operation not in ("DEL", "PURGE") and msg.data:
+                    found[msg.subject[prefix:]] = msg.data
+                if msg.metadata.num_pending == 0:
+                    return found
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

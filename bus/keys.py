@@ -159,24 +159,15 @@ async def get(bus: Bus, key_digest: str) -> KeyRecord | None:
 
 
 async def list_keys(bus: Bus, tenant: str | None = None) -> list[StoredKey]:
-    """Every key (of `tenant`), oldest first: one pass over the bucket with a KV watch."""
-    kv = await bus.key_value(BUCKET, leader=True)
-    watcher = await kv.watchall(ignore_deletes=True)
+    """Every key (of `tenant`), oldest first: one pass over the bucket (Bus.kv_entries)."""
     found: list[StoredKey] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if not entry.value:
-                continue
-            try:
-                record = decode(entry.value)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if tenant is None or record.tenant == tenant:
-                found.append(StoredKey(digest=entry.key, record=record))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for key, value in (await bus.kv_entries(BUCKET)).items():
+        try:
+            record = decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if tenant is None or record.tenant == tenant:
+            found.append(StoredKey(digest=key, record=record))
     return sorted(found, key=lambda s: s.record.created_at)
 
 

@@ -18,6 +18,7 @@ import websockets
 from pydantic_ai.models.test import TestModel
 
 from bus import cli, keys
+from bus.client import Bus
 from bus.config import BusConfig
 from bus.embedded import free_port
 from bus.keys import Scope
@@ -226,3 +227,25 @@ async def test_the_keys_command_lists_rotates_and_revokes(
     assert new_id not in await asyncio.to_thread(run, "list", "--tenant", "acme")
     with pytest.raises(SystemExit, match="no key"):
         await asyncio.to_thread(cli.main, ["keys", "revoke", new_id])
+
+
+async def test_a_buckets_entries_are_read_whole_once_even_with_every_value_in_flight(bus_config: BusConfig) -> None:
+    """Bus.kv_entries (what listing and revoking keys read): nothing for an empty bucket, the last value of
+    each live key, never a deleted one; and all of them each time while the process is busy handling them."""
+    bus = await Bus.connect(bus_config)
+    try:
+        await _entries_read_whole(bus)
+    finally:
+        await bus.close()
+
+
+async def _entries_read_whole(bus: Bus) -> None:
+    assert await bus.kv_entries("ab_test_entries") == {}
+    kv = await bus.key_value("ab_test_entries")
+    for n in range(300):
+        await kv.put(f"k{n}", b"first")
+    await kv.put("k0", b"second")
+    await kv.delete("k1")
+    reads = await asyncio.gather(*(bus.kv_entries("ab_test_entries") for _ in range(20)))
+    for entries in reads:
+        assert len(entries) == 299 and entries["k0"] == b"second" and "k1" not in entries

@@ -3,9 +3,10 @@ prometheus-client's own text parser."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,6 +49,25 @@ def labelled(samples: Samples, name: str) -> list[Mapping[str, str]]:
     return [dict(labels) for (n, labels) in samples if n == name]
 
 
+@contextlib.contextmanager
+def actor_metrics() -> Iterator[str]:
+    """The in-process actors' metrics (they share this process's registry) served on a free port: its URL."""
+    server = MetricsServer(MetricsConfig(port=free_port()))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/metrics"
+    finally:
+        server.stop()
+
+
+async def chat_turn(client: httpx.AsyncClient, message: str) -> str:
+    """A turn in a new conversation, answered: the conversation's id."""
+    conversation: str = (await client.post("/v1/conversations", json={})).json()["id"]
+    turn = await client.post(f"/v1/conversations/{conversation}/messages", json={"message": message})
+    assert turn.status_code == 200, turn.text
+    return conversation
+
+
 async def scrape(url: str, **headers: str) -> Samples:
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.get(url, headers=headers)
@@ -62,15 +82,10 @@ async def test_gateway_and_actor_metrics_after_a_chat_turn_a_tool_call_a_dead_le
     platform = await start_platform(
         TestModel(call_tools=["current_time"], custom_output_text="It is now."), background=True
     )
-    actor_metrics = MetricsServer(MetricsConfig(port=free_port()))
-    actor_metrics.start()
-    try:
-        actor_url = f"http://127.0.0.1:{actor_metrics.port}/metrics"
+    with actor_metrics() as actor_url:
         before = await scrape(actor_url)
         async with platform.client() as client:
-            conversation = (await client.post("/v1/conversations", json={})).json()["id"]
-            turn = await client.post(f"/v1/conversations/{conversation}/messages", json={"message": "What time is it?"})
-            assert turn.status_code == 200, turn.text
+            conversation = await chat_turn(client, "What time is it?")
             # a dead letter: a command the conversation actor cannot decode
             subject = subjects.conversation_command("t1", conversation)
             await platform.bus.js.publish(subject, b'{"type":"nonsense"}', headers=Trace(tenant="t1").headers())
@@ -103,8 +118,6 @@ async def test_gateway_and_actor_metrics_after_a_chat_turn_a_tool_call_a_dead_le
 
             await wait_until(all_seen, timeout=30, what="the task's delivery, the dead letter and the backlog")
         after = await scrape(actor_url)
-    finally:
-        actor_metrics.stop()
 
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -142,18 +155,11 @@ async def test_a_priced_turn_adds_its_cost_and_tokens_to_the_counters(start_plat
     from tests.test_usage import INPUT_TOKENS, OUTPUT_TOKENS, PRICED, _price, answering
 
     platform = await start_platform(answering(PRICED))
-    actor_metrics = MetricsServer(MetricsConfig(port=free_port()))
-    actor_metrics.start()
-    try:
-        url = f"http://127.0.0.1:{actor_metrics.port}/metrics"
+    with actor_metrics() as url:
         before = await scrape(url)
         async with platform.client() as client:
-            conversation = (await client.post("/v1/conversations", json={})).json()["id"]
-            turn = await client.post(f"/v1/conversations/{conversation}/messages", json={"message": "Hi"})
-            assert turn.status_code == 200, turn.text
+            await chat_turn(client, "Hi")
         after = await scrape(url)
-    finally:
-        actor_metrics.stop()
 
     def grew(name: str, **labels: str) -> float:
         """The growth of every sample of `name` with these labels (and any others)."""

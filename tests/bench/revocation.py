@@ -40,7 +40,8 @@ async def _revocations(infra: Infra, logs: Path, count: int) -> list[float]:
                     made = (await http.post(f"{urls[0]}/v1/keys", json={"name": f"victim-{n}"})).json()
                     victim = {"Authorization": f"Bearer {made['key']}"}
                     assert (await http.post(f"{urls[1]}/v1/ws-tokens", headers=victim)).status_code == 201
-                    assert (await http.delete(f"{urls[0]}/v1/keys/{made['id']}")).status_code == 204
+                    deleted = await http.delete(f"{urls[0]}/v1/keys/{made['id']}")
+                    assert deleted.status_code == 204, deleted.text
                     revoked = time.perf_counter()
                     while (await http.post(f"{urls[1]}/v1/ws-tokens", headers=victim)).status_code != 401:
                         if time.perf_counter() - revoked > 10:
