@@ -15,17 +15,20 @@ export async function render(view, { args, signal }) {
     location.hash = `#/approvals/${filter.value}`;
   });
   const list = h("ul", { id: "approvals", class: "approvals list" });
-  const decidedHere = new Set(); // decided on this page: kept in sight (as decided) until the page is left
-  const onDecided = (a) => decidedHere.add(a.id);
+  // decided on this page: its decided card, kept in sight until the page is left. Held here, not looked up
+  // in the list: a refresh whose read began before the decision would otherwise put the pending card back
+  const decidedHere = new Map();
+  const onDecided = (a, card) => decidedHere.set(a.id, card);
   const show = async () => {
     const { approvals } = await get(`/v1/approvals?status=${chosen}`, { signal });
     const shown = new Map([...list.querySelectorAll("[data-approval-id]")].map((card) => [card.dataset.approvalId, card]));
     const kept = (a) => {
-      const card = shown.get(a.id); // one being decided keeps what was typed into it; one decided here, its decision
-      return card && (card.dataset.status === a.status || decidedHere.has(a.id)) ? card : approvalCard(a, { onDecided });
+      if (decidedHere.has(a.id)) return decidedHere.get(a.id);
+      const card = shown.get(a.id); // one being decided keeps what was typed into it
+      return card && card.dataset.status === a.status ? card : approvalCard(a, { onDecided });
     };
     const listed = new Set(approvals.map((a) => a.id));
-    const mine = [...decidedHere].filter((id) => !listed.has(id) && shown.has(id)).map((id) => shown.get(id));
+    const mine = [...decidedHere].filter(([id]) => !listed.has(id)).map(([, card]) => card);
     const cards = [...mine, ...approvals.map(kept)];
     fill(
       list,
