@@ -147,9 +147,10 @@ async def dead_letters(
 ) -> int:
     """Print each dead letter stored after id `after` (default: from now on), oldest first, until `count` of
     them (or Ctrl-C)."""
-    newest = (
-        after if after is not None else max((d["id"] for d in await _letters_after(api, actor, 0, pages=1)), default=0)
-    )
+    if after is None:  # from now: after the newest stored
+        newest_page = (await api.get("/v1/dead-letters", limit=1, actor=actor))["dead_letters"]
+        after = newest_page[0]["id"] if newest_page else 0
+    newest: int = after
     printed = 0
     with console.status(f"following dead letters{f' of {escape(actor)}' if actor else ''} (Ctrl-C stops)"):
         while count is None or printed < count:
@@ -165,14 +166,13 @@ async def dead_letters(
     return 0
 
 
-async def _letters_after(api: Api, actor: str | None, newest: int, *, pages: int = 50) -> list[dict[str, Any]]:
+async def _letters_after(api: Api, actor: str | None, newest: int) -> list[dict[str, Any]]:
     """The dead letters stored after id `newest`, newest first (the list's pages, read back to it)."""
     found: list[dict[str, Any]] = []
     after: int | None = None
-    for _ in range(pages):
+    while True:
         page = await api.get("/v1/dead-letters", limit=200, actor=actor, after=after)
         found += [d for d in page["dead_letters"] if d["id"] > newest]
         after = page.get("next_after")
         if after is None or not page["dead_letters"] or page["dead_letters"][-1]["id"] <= newest:
-            break
-    return found
+            return found

@@ -61,6 +61,18 @@ export async function api(method, path, body, { signal, accept = "application/js
 export const get = (path, opts) => api("GET", path, undefined, opts);
 export const post = (path, body, opts) => api("POST", path, body ?? {}, opts);
 
+/** Items a list's page holds in the console ("More" reads the next). */
+export const PAGE = 50;
+
+/** `path`'s list, a page at a time: `pages(path, key)(after)` is [the page's `key` items, its `next_after`]
+ * (`path` already has its query, `limit` among it). */
+export function pages(path, key) {
+  return async (after) => {
+    const page = await get(`${path}&after=${encodeURIComponent(after)}`);
+    return [page[key], page.next_after];
+  };
+}
+
 /**
  * Read a server-sent event stream: onEvent({id, event, data}) for each message (data parsed as JSON when it
  * is); onOpen() once the stream is open. Resolves when it ends; rejects with ApiError when the answer is not a

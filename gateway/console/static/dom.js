@@ -65,7 +65,7 @@ function tableRows(rows, columns) {
 }
 
 /** A table of a list's first page, and a "More" button while the API says more follow (`next_after`):
- * `next(after)` reads the page after that cursor as [rows, next_after]. */
+ * `next(after)` reads the page after that cursor as [rows, next_after] (api.js `pages`). */
 export function pagedTable(rows, nextAfter, next, columns, attrs = {}) {
   const grid = table(rows, columns, attrs);
   return h("div", { class: "paged" }, grid, more(`${attrs.id}-more`, nextAfter, next, (found) => {

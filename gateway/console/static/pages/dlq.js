@@ -1,11 +1,10 @@
 // Dead letters: per actor, with the reason, headers and payload; replay one (republished to its original
 // subject) or discard it.
 
-import { api, get, post } from "../api.js";
+import { PAGE, api, get, pages, post } from "../api.js";
 import { fill, h, link, more, pre, when } from "../dom.js";
 
 const enc = encodeURIComponent;
-const PAGE = 50; // dead letters a page; "More" reads the next
 
 export async function render(view, { args, signal }) {
   const actor = args[0] || "";
@@ -21,17 +20,13 @@ export async function render(view, { args, signal }) {
   }, () => {});
   const letters = page.dead_letters;
   const cards = h("div", { id: "dead-letters" }, letters.map((d) => letter(d, note)));
-  const next = async (after) => {
-    const following = await get(`${query}&after=${enc(after)}`);
-    return [following.dead_letters, following.next_after];
-  };
   fill(
     view,
     h("h1", {}, actor ? `Dead letters of ${actor}` : "Dead letters"),
     actors,
     note,
     letters.length ? cards : h("p", { class: "muted", id: "dead-letters" }, "No dead letters."),
-    more("dead-letters-more", page.next_after, next, (found) => cards.append(...found.map((d) => letter(d, note)))),
+    more("dead-letters-more", page.next_after, pages(query, "dead_letters"), (found) => cards.append(...found.map((d) => letter(d, note)))),
   );
 }
 

@@ -1,11 +1,10 @@
 // Research: start a job; a job's live progress (phase, sub-runs, running totals) and, once it ends, its
 // report rendered from Markdown by the gateway (raw HTML escaped) with the citations as links; a document.
 
-import { ApiError, get, post, stream } from "../api.js";
+import { ApiError, PAGE, get, pages, post, stream } from "../api.js";
 import { fill, h, link, pagedTable, pre, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
-const PAGE = 50; // jobs a page; "More" reads the next
 const ENDED = ["completed", "cancelled", "failed"];
 
 export async function render(view, { page, args, signal }) {
@@ -36,10 +35,7 @@ async function list(view, signal) {
     jobs === null
       ? h("p", { class: "muted" }, "This gateway has no job list (GET /v1/research): open a job by id.")
       : jobs.length
-        ? pagedTable(jobs, nextAfter, async (after) => {
-            const more = await get(`/v1/research?limit=${PAGE}&after=${enc(after)}`);
-            return [more.jobs, more.next_after];
-          }, [
+        ? pagedTable(jobs, nextAfter, pages(`/v1/research?limit=${PAGE}`, "jobs"), [
             ["Job", (j) => link(`research/${enc(j.id)}`, j.question.slice(0, 90))],
             ["Status", (j) => status(j.status)],
             ["Sub-runs", (j) => j.totals.subruns],

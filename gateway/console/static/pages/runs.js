@@ -1,12 +1,11 @@
 // Runs: the list; a run with its tree (pipeline steps, subagents, research sub-runs), its live event
 // stream, its usage and cost (own, and with everything under it); cancel.
 
-import { ApiError, get, post, stream } from "../api.js";
+import { ApiError, PAGE, get, pages, post, stream } from "../api.js";
 import { approvalsInline } from "../approvals.js";
 import { fill, h, link, pagedTable, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
-const PAGE = 50; // runs a page; "More" reads the next
 const ENDED = ["completed", "failed", "cancelled"];
 
 export async function render(view, { args, signal }) {
@@ -45,14 +44,10 @@ async function list(view, signal) {
 }
 
 function runTable(runs, nextAfter) {
-  const next = async (after) => {
-    const more = await get(`/v1/runs?limit=${PAGE}&after=${enc(after)}`);
-    return [more.runs, more.next_after];
-  };
   return pagedTable(
     runs,
     nextAfter,
-    next,
+    pages(`/v1/runs?limit=${PAGE}`, "runs"),
     [
       ["Run", (r) => link(`runs/${enc(r.id)}`, r.id)],
       ["Agent", (r) => r.agent],

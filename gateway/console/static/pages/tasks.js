@@ -1,12 +1,11 @@
 // Tasks: the list (type, schedule, next run, enabled), creating each type, run now, disable/enable, delete;
 // a task's runs; a task run with its status, output, usage and delivery log, and retrying a failed delivery.
 
-import { api, get, post } from "../api.js";
+import { PAGE, api, get, pages, post } from "../api.js";
 import { fill, h, link, pagedTable, pre, status, table, tokens, usd, when } from "../dom.js";
 import { live } from "../poll.js";
 
 const enc = encodeURIComponent;
-const PAGE = 50; // tasks a page; "More" reads the next
 
 export async function render(view, { page, args, signal }) {
   if (page === "task-runs") return taskRun(view, args[0], signal);
@@ -27,14 +26,10 @@ function schedule(t) {
 
 async function list(view, signal) {
   const [page, agents] = await Promise.all([get(`/v1/tasks?limit=${PAGE}`, { signal }), get("/v1/agents", { signal })]);
-  const next = async (after) => {
-    const more = await get(`/v1/tasks?limit=${PAGE}&after=${enc(after)}`);
-    return [more.tasks, more.next_after];
-  };
   const rows = pagedTable(
     page.tasks,
     page.next_after,
-    next,
+    pages(`/v1/tasks?limit=${PAGE}`, "tasks"),
     [
       ["Task", (t) => link(`tasks/${enc(t.id)}`, t.prompt.slice(0, 80) || t.id)],
       ["Type", (t) => t.task_type],
