@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ from bus.streams import ensure_streams
 from schemas._base import Message
 from schemas.errors import ErrorCode, ErrorReply
 
-__all__ = ["TRANSIENT", "Bus", "Envelope", "JetStream"]
+__all__ = ["TRANSIENT", "Bus", "Envelope", "JetStream", "KvChange"]
 
 
 def _seed(config: BusConfig, role: Role) -> str | None:
@@ -176,6 +176,14 @@ def _trace_for(trace: Trace | None) -> Trace:
     if inherited is None:
         raise RuntimeError("publishing without a trace: pass trace= or run inside a handler")
     return inherited.child()
+
+
+@dataclass(frozen=True, slots=True)
+class KvChange:
+    """A key's value in a KV bucket as `Bus.kv_watch` gives it; `value` is None once it is deleted or purged."""
+
+    key: str
+    value: bytes | None
 
 
 class Bus:
@@ -398,12 +406,26 @@ class Bus:
         return self._buckets[(bucket, leader)]
 
     async def kv_entries(self, bucket: str) -> dict[str, bytes]:
-        """Every live key of a KV bucket and its value, read once (an ordered consumer, last value per key).
+        """Every live key of a KV bucket and its value, read once (`kv_watch` up to its `None`)."""
+        found: dict[str, bytes] = {}
+        async with contextlib.aclosing(self.kv_watch(bucket)) as changes:
+            async for change in changes:
+                if change is None:
+                    break
+                if change.value is None:
+                    found.pop(change.key, None)
+                else:
+                    found[change.key] = change.value
+        return found
+
+    async def kv_watch(self, bucket: str) -> AsyncGenerator[KvChange | None]:
+        """The last value of every key of a KV bucket, then `None` once they are all given, then each change.
 
         Not nats-py's `keys()` or `watchall()`: their end-of-initial-values marker compares the server's
         pending count with how many values the client has handled so far, so with every value already sent
-        but none handled yet they can say "no keys". Here the server's own delivered count decides, and each
-        value's `num_pending` says when it is the last.
+        but none handled yet they say "no keys" (seen in CI: `keys()` right after a put raised NoKeysError).
+        Here the server's own delivered count decides, and each value's `num_pending` says when it is the last.
+        An ordered consumer: nats-py recreates it past the last value seen if it stalls or skips.
         """
         await self.key_value(bucket)
         sub = await self.js.subscribe(
@@ -413,19 +435,19 @@ class Bus:
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             inactive_threshold=30.0,
         )
-        found: dict[str, bytes] = {}
         try:
             info = await sub.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
-                return found
+            current = not (info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq))
+            if not current:
+                yield None
             prefix = len(f"$KV.{bucket}.")
-            while True:
-                msg = await sub.next_msg(timeout=self.config.request_timeout_s)
+            async for msg in sub.messages:
                 operation = (msg.headers or {}).get("KV-Operation")
-                if operation not in ("DEL", "PURGE") and msg.data:
-                    found[msg.subject[prefix:]] = msg.data
-                if msg.metadata.num_pending == 0:
-                    return found
+                gone = operation in ("DEL", "PURGE") or not msg.data
+                yield KvChange(msg.subject[prefix:], None if gone else msg.data)
+                if current and msg.metadata.num_pending == 0:
+                    current = False
+                    yield None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError
 
 from bus import subjects
-from bus.client import Bus
+from bus.client import Bus, KvChange
 from bus.credentials import new_seed, public_key
 
 __all__ = ["BUCKET", "NatsUser", "NatsUserSync", "create_user", "list_users", "revoke_user"]
@@ -46,14 +46,7 @@ async def create_user(bus: Bus, *, tenant: str, name: str = "") -> tuple[NatsUse
 
 
 async def list_users(bus: Bus, *, tenant: str | None = None) -> list[NatsUser]:
-    kv = await bus.key_value(BUCKET, leader=True)
-    users: list[NatsUser] = []
-    with contextlib.suppress(Exception):  # nats-py raises NoKeysError on an empty bucket
-        for key in await kv.keys():
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await kv.get(key)
-                if entry.value:
-                    users.append(msgspec.json.decode(entry.value, type=NatsUser))
+    users = [msgspec.json.decode(value, type=NatsUser) for value in (await bus.kv_entries(BUCKET)).values()]
     return [u for u in users if tenant is None or u.tenant == tenant]
 
 
@@ -78,25 +71,23 @@ class NatsUserSync:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        kv = await self.bus.key_value(BUCKET)
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher))
+        self._task = asyncio.create_task(self._follow(self.bus.kv_watch(BUCKET)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout=10.0)
 
-    async def _follow(self, watcher: object) -> None:
-        async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None:  # every current user delivered: apply them at once
+    async def _follow(self, changes: AsyncIterator[KvChange | None]) -> None:
+        async for change in changes:
+            if change is None:  # every current user delivered: apply them at once
                 await self._apply()
                 self._ready.set()
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._users.pop(entry.key, None)
+            if change.value is None:
+                self._users.pop(change.key, None)
             else:
                 try:
-                    self._users[entry.key] = msgspec.json.decode(entry.value, type=NatsUser)
+                    self._users[change.key] = msgspec.json.decode(change.value, type=NatsUser)
                 except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("unreadable NATS user record ignored", key=entry.key)
+                    log.warning("unreadable NATS user record ignored", key=change.key)
                     continue
             if self._ready.is_set():
                 await self._apply()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from bus.client import Bus
+from bus.client import Bus, KvChange
 from schemas.tenants import Budgets, Quotas, TenantSettings
 
 __all__ = ["BUCKET", "Effective", "TenantDefaults", "TenantSettingsCache", "read", "write"]
@@ -112,24 +112,22 @@ class TenantSettingsCache:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        kv = await self.bus.key_value(BUCKET)
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher))
+        self._task = asyncio.create_task(self._follow(self.bus.kv_watch(BUCKET)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout=5.0)
 
-    async def _follow(self, watcher: object) -> None:
-        async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None:  # the initial values are all delivered
+    async def _follow(self, changes: AsyncIterator[KvChange | None]) -> None:
+        async for change in changes:
+            if change is None:  # the initial values are all delivered
                 self._ready.set()
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._settings.pop(entry.key, None)
+            if change.value is None:
+                self._settings.pop(change.key, None)
                 continue
             try:
-                self._settings[entry.key] = msgspec.json.decode(entry.value, type=TenantSettings)
+                self._settings[change.key] = msgspec.json.decode(change.value, type=TenantSettings)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("unreadable tenant settings ignored", tenant=entry.key)
+                log.warning("unreadable tenant settings ignored", tenant=change.key)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -83,11 +83,9 @@ class KeyWatch:
         """Apply every put and delete; if the watch fails, watch again and reconcile."""
         while True:
             try:
-                kv = await self.bus.key_value(keys.BUCKET)
-                watcher = await kv.watchall()
                 fresh: dict[str, KeyRecord] | None = {}
-                async for entry in watcher:
-                    if entry is None:  # the current values are all delivered
+                async for change in self.bus.kv_watch(keys.BUCKET):
+                    if change is None:  # the current values are all delivered
                         if fresh is not None:
                             gone = set(self._records) - set(fresh)
                             self._records = fresh
@@ -97,15 +95,15 @@ class KeyWatch:
                         self._ready.set()
                         continue
                     target = self._records if fresh is None else fresh
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        target.pop(entry.key, None)
+                    if change.value is None:
+                        target.pop(change.key, None)
                         if fresh is None:
-                            self._revoked(entry.key)
+                            self._revoked(change.key)
                         continue
                     try:
-                        target[entry.key] = keys.decode(entry.value)
+                        target[change.key] = keys.decode(change.value)
                     except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.warning("unreadable API key record ignored", key_id=keys.key_id(entry.key))
+                        log.warning("unreadable API key record ignored", key_id=keys.key_id(change.key))
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -122,7 +122,7 @@ async def test_only_the_gateway_touches_the_api_key_store(
     role: Role, nats_server: EmbeddedNats, nats_credentials: Path, admin: Bus
 ) -> None:
     key = await keys.create_key(admin, tenant="acme")
-    digest = next(iter(await (await admin.key_value(keys.BUCKET)).keys()))
+    digest = next(iter(await admin.kv_entries(keys.BUCKET)))
     me = await connect(nats_server.url, seed_path(nats_credentials, role), inbox=subjects.inbox_prefix(role))
     try:
         forged = subjects.kv_writes(keys.BUCKET).replace(">", "forged")

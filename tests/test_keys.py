@@ -18,7 +18,7 @@ import websockets
 from pydantic_ai.models.test import TestModel
 
 from bus import cli, keys
-from bus.client import Bus
+from bus.client import Bus, KvChange
 from bus.config import BusConfig
 from bus.embedded import free_port
 from bus.keys import Scope
@@ -231,7 +231,9 @@ async def test_the_keys_command_lists_rotates_and_revokes(
 
 async def test_a_buckets_entries_are_read_whole_once_even_with_every_value_in_flight(bus_config: BusConfig) -> None:
     """Bus.kv_entries (what listing and revoking keys read): nothing for an empty bucket, the last value of
-    each live key, never a deleted one; and all of them each time while the process is busy handling them."""
+    each live key, never a deleted one; and all of them each time while the process is busy handling them.
+    Bus.kv_watch (what the key, tenant and NATS-user caches follow) says it is current only after them all,
+    then gives each change."""
     bus = await Bus.connect(bus_config)
     try:
         await _entries_read_whole(bus)
@@ -249,3 +251,25 @@ async def _entries_read_whole(bus: Bus) -> None:
     reads = await asyncio.gather(*(bus.kv_entries("ab_test_entries") for _ in range(20)))
     for entries in reads:
         assert len(entries) == 299 and entries["k0"] == b"second" and "k1" not in entries
+
+    watches = [bus.kv_watch("ab_test_entries") for _ in range(10)]
+    current = await asyncio.gather(*(_until_current(w) for w in watches))
+    assert all(len(values) == 299 and values["k0"] == b"second" for values in current)
+    await kv.put("k1", b"again")
+    await kv.delete("k2")
+    for watch in watches:
+        assert await asyncio.wait_for(anext(watch), 5.0) == KvChange("k1", b"again")
+        assert await asyncio.wait_for(anext(watch), 5.0) == KvChange("k2", None)
+        await watch.aclose()
+
+
+async def _until_current(watch: AsyncIterator[KvChange | None]) -> dict[str, bytes]:
+    values: dict[str, bytes] = {}
+    async for change in watch:
+        if change is None:
+            return values
+        if change.value is None:
+            values.pop(change.key, None)
+        else:
+            values[change.key] = change.value
+    raise AssertionError("the watch ended")
