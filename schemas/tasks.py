@@ -173,7 +173,7 @@ class TaskSpec(Record, frozen=True, kw_only=True):
     inputs: dict[str, object] = {}
     schedule_expression: CronExpression | None = None
     interval_seconds: Seconds | None = None
-    run_at: datetime | None = None
+    run_at: datetime | None = None  # with a UTC offset, that instant; without, a wall-clock time in `timezone`
     timezone: TimeZone = "UTC"
     trigger_config: TriggerConfig | None = None
     notification_config: NotificationConfig | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -136,6 +136,18 @@ def test_cron_times_follow_the_time_zone_across_dst() -> None:
         datetime(2026, 11, 2, 6, 30, tzinfo=UTC),
         datetime(2026, 11, 3, 6, 30, tzinfo=UTC),
     ]
+
+
+def test_a_one_shot_without_an_offset_is_a_wall_clock_time_in_the_task_s_zone() -> None:
+    def once(at: datetime, zone: str) -> datetime | None:
+        return validate(schedule_expression=None, interval_seconds=None, run_at=at, timezone=zone).run_at
+
+    assert once(datetime(2026, 12, 24, 9), "America/New_York") == datetime(2026, 12, 24, 14, tzinfo=UTC)  # EST
+    assert once(datetime(2026, 7, 4, 9), "America/New_York") == datetime(2026, 7, 4, 13, tzinfo=UTC)  # EDT
+    assert once(datetime(2026, 3, 29, 2, 30), "Europe/Berlin") == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # skipped
+    assert once(datetime(2026, 11, 1, 1, 30), "America/New_York") == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # first
+    with_offset = datetime(2026, 12, 24, 9, tzinfo=timezone(timedelta(hours=1)))
+    assert once(with_offset, "America/New_York") == datetime(2026, 12, 24, 8, tzinfo=UTC)  # the offset wins
 
 
 async def test_the_ticker_fires_at_the_right_instants_across_a_dst_change(

@@ -426,11 +426,11 @@ class SchedulerActor(Actor):
             except TimingError as e:
                 raise _invalid(str(e)) from e
             now = self.clock.now()
-            if task.run_at is not None and task.run_at < now - PAST_RUN_AT:
+            if timing.run_at is not None and timing.run_at < now - PAST_RUN_AT:
                 raise _invalid("run_at is in the past")
             self._check_interval(task, timing, now)
-            nxt = task.run_at if task.run_at is not None else timing.next_after(now)
-            return replace_task(task, next_run_at=nxt)
+            nxt = timing.run_at if timing.run_at is not None else timing.next_after(now)
+            return replace_task(task, run_at=timing.run_at, next_run_at=nxt)
         try:
             Timing(schedule_expression=None, interval_seconds=None, run_at=None, timezone=task.timezone)
         except TimingError as e:

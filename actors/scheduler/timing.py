@@ -3,7 +3,9 @@
 Cron times are computed in the task's IANA time zone, so `0 9 * * *` stays 09:00 local across DST
 changes (a time that does not exist on a spring-forward day fires at the next valid time; a
 fixed time inside the repeated hour of a fall-back day fires once, at its first occurrence).
-Everything is stored in UTC.
+A one-shot `run_at` with a UTC offset is that instant; without one it is a wall-clock time in the
+task's time zone (inside a repeated hour, its first occurrence; inside a skipped one, read with the
+offset before the change, so 02:30 on a spring-forward night fires at 03:30). Everything is stored in UTC.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ class Timing:
     ) -> None:
         self.cron = schedule_expression
         self.interval = interval_seconds
-        self.run_at = run_at
         try:
             self.zone = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise TimingError(f"unknown time zone {timezone!r}: use an IANA name like Europe/Paris") from None
+        if run_at is not None and run_at.tzinfo is None:  # a wall-clock time, read in the task's time zone
+            run_at = run_at.replace(tzinfo=self.zone).astimezone(UTC)
+        self.run_at = run_at
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first firing strictly after `moment` (UTC), or None when there is none."""
@@ -71,8 +75,6 @@ def validate(
             raise TimingError(f"not a cron expression: {schedule_expression!r} (5 fields, or 6 with seconds first)")
     if interval_seconds is not None and not interval_seconds > 0:
         raise TimingError("interval_seconds must be greater than 0")
-    if run_at is not None and run_at.tzinfo is None:
-        raise TimingError("run_at needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
     timing = Timing(
         schedule_expression=schedule_expression, interval_seconds=interval_seconds, run_at=run_at, timezone=timezone
     )

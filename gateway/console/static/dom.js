@@ -34,10 +34,19 @@ export function link(route, text, attrs = {}) {
   return h("a", { href: `#/${route}`, ...attrs }, text);
 }
 
-export function when(value) {
+/** A moment in UTC; with a time `zone` other than UTC, also its wall-clock time there. */
+export function when(value, zone) {
   if (!value) return "—";
   const d = new Date(value);
-  return Number.isNaN(d.getTime()) ? String(value) : d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  if (Number.isNaN(d.getTime())) return String(value);
+  const utc = d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  if (!zone || zone === "UTC") return utc;
+  try {
+    const local = new Intl.DateTimeFormat("sv-SE", { timeZone: zone, dateStyle: "short", timeStyle: "medium" }).format(d);
+    return `${utc} (${local} ${zone})`;
+  } catch {
+    return utc;
+  }
 }
 
 export function usd(value) {

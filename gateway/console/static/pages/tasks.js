@@ -20,7 +20,7 @@ function schedule(t) {
   }
   if (t.schedule_expression) return `cron ${t.schedule_expression} (${t.timezone})`;
   if (t.interval_seconds) return `every ${t.interval_seconds} s`;
-  if (t.run_at) return `at ${when(t.run_at)}`;
+  if (t.run_at) return `at ${when(t.run_at, t.timezone)}`;
   return t.task_type === "delegation" ? "once, now" : "—";
 }
 
@@ -34,7 +34,7 @@ async function list(view, signal) {
       ["Task", (t) => link(`tasks/${enc(t.id)}`, t.prompt.slice(0, 80) || t.id)],
       ["Type", (t) => t.task_type],
       ["Schedule", schedule],
-      ["Next run", (t) => when(t.next_run_at)],
+      ["Next run", (t) => when(t.next_run_at, t.timezone)],
       ["Enabled", (t) => status(String(t.enabled))],
       ["Agent", (t) => t.pipeline ? `pipeline ${t.pipeline}` : t.agent],
     ],
@@ -129,7 +129,8 @@ function createForm(agents) {
       body.timezone = tz.value || "UTC";
       if (timing.value === "cron") body.schedule_expression = cron.value;
       else if (timing.value === "interval") body.interval_seconds = Number(interval.value);
-      else body.run_at = runAt.value ? new Date(runAt.value).toISOString() : null;
+      // a wall-clock time in the task's zone (the scheduler reads an offset-less run_at there), not the browser's
+      else body.run_at = runAt.value ? (runAt.value.length === 16 ? `${runAt.value}:00` : runAt.value) : null;
     }
     if (type.value === "triggered") {
       body.trigger_config = {};
@@ -223,7 +224,7 @@ async function task(view, id, signal) {
     table([t], [
       ["Type", (x) => x.task_type],
       ["Schedule", schedule],
-      ["Next run", (x) => when(x.next_run_at)],
+      ["Next run", (x) => when(x.next_run_at, x.timezone)],
       ["Enabled", (x) => status(String(x.enabled))],
       ["Agent", (x) => x.pipeline ? `pipeline ${x.pipeline}` : x.agent],
       ["Delivers to", (x) => (x.notification_config?.channels || []).join(", ") || "—"],
