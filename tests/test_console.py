@@ -10,8 +10,10 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -504,7 +506,7 @@ def test_a_report_is_rendered_without_its_html_and_with_its_citations_as_links()
 async def test_long_lists_page_with_more(
     start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
 ) -> None:
-    """Tasks and runs past the console's page of 50: "More" reads the next page through `after`."""
+    """Tasks, runs and conversations past the console's page of 50: "More" reads the next page through `after`."""
     platform = await start_platform(background=True)
     async with platform.client() as http:
         for i in range(51):
@@ -527,6 +529,13 @@ async def test_long_lists_page_with_more(
         ids = await page.locator(f"{table} tbody tr td:first-child").all_text_contents()
         assert len(set(ids)) == 51, ids  # the second page follows the first: no row twice
     await c.shot("runs-paged")
+    await c.open("chat", "chat")
+    conversations = page.locator("#conversations li")
+    assert await conversations.count() == 50
+    await page.click("#conversations-more")
+    await page.wait_for_selector("#conversations-more[hidden]", state="attached")
+    names = await conversations.locator("a").all_text_contents()
+    assert len(names) == len(set(names)) == 51
 
 
 @needs_chromium
@@ -554,3 +563,80 @@ async def test_notifications_page_lists_the_in_app_channel_and_shows_new_ones_li
     links = [await a.get_attribute("href") for a in await items.locator("a").all()]
     assert links == [f"#/task-runs/{second['last_runs'][0]['id']}", f"#/task-runs/{first['last_runs'][0]['id']}"]
     await c.shot("notifications")
+
+
+@needs_chromium
+async def test_cron_and_one_shot_times_in_a_zone_and_a_subject_trigger_running_a_pipeline(
+    start_platform: Callable[..., Awaitable[Platform]], console: Callable[[Platform, str], Awaitable[Console]]
+) -> None:
+    """The form's other timings, each in a time zone (a one-shot's wall-clock time is read in the task's zone,
+    not the browser's), and a task triggered by a bus subject (another task's completion) that runs a
+    pipeline, whose run shows its steps as a tree."""
+    from tests.test_pipelines import TEXT, Steps
+
+    platform = await start_platform(Steps().model(), background=True)
+    c = await console(platform, "schedules")
+    await c.sign_in()
+    page = c.page
+
+    async def create(kind: str, prompt: str, **fields: str) -> str:
+        await c.open("tasks", "tasks")
+        await page.select_option("#task-type", kind)
+        await page.fill("#task-prompt", prompt)
+        await page.select_option("#task-agent", "pipeline:text-analysis")
+        for selector, value in fields.items():
+            if selector == "#task-timing":
+                await page.select_option(selector, value)
+            else:
+                await page.fill(selector, value)
+        await page.click("#new-task button[type=submit]")
+        await page.wait_for_selector("main[data-ready='tasks'] h1:has-text('-')")
+        return page.url.rsplit("/", 1)[-1]
+
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    once = await create(
+        "scheduled", "remind me", **{"#task-timing": "run_at", "#task-run-at": f"{tomorrow}T09:00"},
+        **{"#task-timezone": "America/New_York"},
+    )  # fmt: skip
+    details = await page.locator("main").text_content() or ""
+    assert f"{tomorrow} 09:00:00 America/New_York" in details, details  # shown in the task's zone too
+    cron = await create(
+        "scheduled", TEXT, **{"#task-timing": "cron", "#task-cron": "0 9 * * *", "#task-timezone": "Asia/Tokyo"}
+    )
+    assert "09:00:00 Asia/Tokyo" in (await page.locator("main").text_content() or "")
+    chained = await create(
+        "triggered", "post-process it", **{"#task-subject": subjects.scheduler_event("t1", cron, "completed")}
+    )
+    async with platform.client() as http:
+        tasks = {t["id"]: t for t in (await http.get("/v1/tasks")).json()["tasks"]}
+    new_york = datetime.fromisoformat(tasks[once]["run_at"]).astimezone(ZoneInfo("America/New_York"))
+    assert (new_york.date(), new_york.hour, new_york.minute) == (tomorrow, 9, 0)
+    assert tasks[once]["next_run_at"] == tasks[once]["run_at"]
+    assert tasks[cron]["next_run_at"].endswith("T00:00:00Z")  # 09:00 in Tokyo, which has no DST
+    assert tasks[chained]["trigger_config"]["subject"].endswith(f".{cron}.completed")
+    await c.open("tasks", "tasks")
+    listed = await page.locator("#tasks").text_content() or ""
+    assert "cron 0 9 * * * (Asia/Tokyo)" in listed and "on ab.scheduler.evt.t1." in listed
+    await c.shot("tasks-schedules")
+
+    # run the cron task now: its completion fires the chained task, whose pipeline run has its steps as a tree
+    await c.open(f"tasks/{cron}", "tasks")
+    await page.click("#run-now")
+    await text_when(page.locator("#task-runs"), lambda t: "completed" in t, timeout=30)
+    await c.open(f"tasks/{chained}", "tasks")
+    for _ in range(150):
+        if "completed" in (await page.locator("#task-runs").text_content() or ""):
+            break
+        await asyncio.sleep(0.2)
+        await c.open(f"tasks/{chained}", "tasks")
+    runs = page.locator("#task-runs")
+    assert "event" in (await runs.text_content() or "") and "completed" in (await runs.text_content() or "")
+    run_id = (await runs.locator("tbody tr td:first-child").first.text_content() or "").strip()
+    await c.open(f"runs/{run_id}", "runs")
+    tree = page.locator("#run-tree")
+    await text_when(tree, lambda t: all(step in t for step in ("summarizer", "sentiment", "entities")))
+    assert await tree.locator("ul ul li").count() == 3  # the steps, under the pipeline's run
+    await text_when(page.locator("#run-events"), lambda t: "attempt 1" in t and "completed" in t)
+    output = json.loads(await page.locator("#run-output").text_content() or "")  # indented, whole
+    assert [s["agent"] for s in output["steps"]] == ["summarizer", "sentiment", "entities"]
+    await c.shot("run-tree-pipeline")

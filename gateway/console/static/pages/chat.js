@@ -1,65 +1,35 @@
 // Chat: the conversations, one conversation's messages, a box to send, the reply streaming token by token
 // with its tool calls as they happen, a sidekick's context editor, and continue.
 
-import { ApiError, api, get, post, stream } from "../api.js";
+import { PAGE, api, get, pages, post, stream } from "../api.js";
 import { approvalsInline } from "../approvals.js";
-import { fill, h, link, pre, status, tokens, when } from "../dom.js";
+import { fill, h, link, more, pre, status, tokens, when } from "../dom.js";
 
-const KNOWN = "agentbus.conversations"; // made in this tab: shown even where the list route is missing
-
-function remembered() {
-  try {
-    return JSON.parse(sessionStorage.getItem(KNOWN) || "[]");
-  } catch {
-    return [];
-  }
-}
-
-function remember(conversation) {
-  const known = remembered().filter((c) => c.conversation_id !== conversation.id);
-  known.unshift({
-    conversation_id: conversation.id,
-    agent: conversation.agent,
-    title: null,
-    created_at: conversation.created_at,
-    updated_at: conversation.updated_at,
-  });
-  sessionStorage.setItem(KNOWN, JSON.stringify(known.slice(0, 50)));
-}
-
-async function conversations(signal) {
-  try {
-    return (await get("/v1/conversations?limit=50", { signal })).conversations;
-  } catch (e) {
-    if (e instanceof ApiError && (e.status === 404 || e.status === 405)) return remembered();
-    throw e;
-  }
-}
+const path = `/v1/conversations?limit=${PAGE}`;
 
 export async function render(view, { args, signal }) {
-  const [agents, listed] = await Promise.all([get("/v1/agents", { signal }), conversations(signal)]);
+  const [agents, first] = await Promise.all([get("/v1/agents", { signal }), get(path, { signal })]);
   const list = h("ul", { id: "conversations", class: "list" });
-  const showList = (items) => {
-    fill(
-      list,
-      items.map((c) =>
-        h(
-          "li",
-          { class: c.conversation_id === args[0] ? "selected" : "" },
-          link(`chat/${encodeURIComponent(c.conversation_id)}`, c.title || c.conversation_id),
-          h("span", { class: "muted" }, ` ${c.agent} · ${when(c.updated_at)}`, c.messages !== undefined ? ` · ${c.messages} messages` : ""),
-        ),
-      ),
+  const below = h("div");
+  const item = (c) =>
+    h(
+      "li",
+      { class: c.conversation_id === args[0] ? "selected" : "" },
+      link(`chat/${encodeURIComponent(c.conversation_id)}`, c.title || c.conversation_id),
+      h("span", { class: "muted" }, ` ${c.agent} · ${when(c.updated_at)}`, c.messages !== undefined ? ` · ${c.messages} messages` : ""),
     );
-    if (!items.length) list.append(h("li", { class: "muted" }, "No conversations yet."));
+  const showList = (page) => {
+    fill(list, page.conversations.map(item));
+    if (!page.conversations.length) list.append(h("li", { class: "muted" }, "No conversations yet."));
+    fill(below, more("conversations-more", page.next_after, pages(path, "conversations"), (found) => list.append(...found.map(item))));
   };
-  showList(listed);
+  showList(first);
   const pane = h("section", { id: "conversation", class: "pane" });
   fill(
     view,
-    h("div", { class: "split" }, h("aside", {}, h("h2", {}, "Conversations"), newConversation(agents), list), pane),
+    h("div", { class: "split" }, h("aside", {}, h("h2", {}, "Conversations"), newConversation(agents), list, below), pane),
   );
-  const refreshList = async () => showList(await conversations(signal));
+  const refreshList = async () => showList(await get(path, { signal })); // back to the newest page
   if (args[0]) await conversation(pane, args[0], signal, refreshList);
   else fill(pane, h("p", { class: "muted" }, "Pick a conversation, or start one."));
 }
@@ -85,7 +55,6 @@ function newConversation(agents) {
     event.preventDefault();
     try {
       const made = await post("/v1/conversations", { agent: agent.value, pattern: pattern.value });
-      remember(made);
       location.hash = `#/chat/${encodeURIComponent(made.id)}`;
     } catch (e) {
       error.textContent = e.message;
@@ -99,7 +68,6 @@ async function conversation(pane, id, signal, refreshList) {
     get(`/v1/conversations/${encodeURIComponent(id)}`, { signal }),
     get(`/v1/conversations/${encodeURIComponent(id)}/messages`, { signal }),
   ]);
-  remember(conv);
   const messages = h("ol", { id: "messages", class: "messages" }, page.messages.map(message));
   const input = h("textarea", { id: "message", name: "message", rows: 3, placeholder: "Write a message…", required: true });
   const send = h("button", { type: "submit", id: "send" }, "Send");
@@ -129,7 +97,6 @@ async function conversation(pane, id, signal, refreshList) {
   cont.addEventListener("click", async () => {
     try {
       const made = await post(`/v1/conversations/${encodeURIComponent(id)}/continue`);
-      remember(made);
       location.hash = `#/chat/${encodeURIComponent(made.id)}`;
     } catch (e) {
       error.textContent = e.message;

@@ -136,6 +136,16 @@ async function run(view, id, signal) {
   });
 }
 
+/** A run's output as text: structured output (a pipeline's steps, an output type) indented, prose as it is. */
+function readable(value) {
+  if (typeof value !== "string" || !/^\s*[[{]/.test(value)) return value ?? "";
+  try {
+    return JSON.stringify(JSON.parse(value), null, 2);
+  } catch {
+    return value;
+  }
+}
+
 function node(n, current) {
   const label = n.kind === "research_job"
     ? ["research job ", link(`research/${enc(n.id)}`, n.id)]
@@ -153,12 +163,12 @@ async function follow(id, events, output, approvals, signal) {
         text = JSON.stringify(data.text);
       } else if (event === "started") {
         if (data.attempt > 1) output.textContent = "";
-        text = `${data.agent} on ${data.model}, attempt ${data.attempt}`;
+        text = `${data.agent} on ${data.model}, attempt ${data.attempt ?? 1}`; // 1 is left out on the wire (the default)
       } else if (event === "tool_call") text = `${data.tool_name}(${data.args})`;
       else if (event === "tool_result") text = `${data.tool_name} → ${String(data.content).slice(0, 200)}`;
       else if (event === "usage") text = tokens(data.usage);
       else if (event === "completed") {
-        output.textContent = data.output;
+        output.textContent = readable(data.output);
         text = `${tokens(data.usage)} · ${usd(data.usage?.cost_usd)}`;
       } else if (event === "failed") text = `${data.error?.code}: ${data.error?.message}`;
       else if (event === "cancelled") text = data.reason || "";
