@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from bus import subjects
 
 __all__ = [
+    "APPROVALS_DECIDED",
     "CONSUMER_ACK_PENDING",
     "CONSUMER_PENDING",
     "CONSUMER_REDELIVERED",
@@ -34,6 +35,7 @@ __all__ = [
     "HTTP_SECONDS",
     "MESSAGES",
     "RUNS",
+    "RUNS_PARKED",
     "SCHEDULER_LAG",
     "TOKENS",
     "TOOL_CALLS",

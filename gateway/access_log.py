@@ -10,6 +10,8 @@ starts, so `ms` is the time to the response's headers (for a stream: until it op
 route takes (an unknown path or method) gets both too, with `route` and `ms` null. No line carries a
 body, a query string or an API key. The same hook counts the request in `agentbus_http_requests_total`
 and times it in `agentbus_http_request_duration_seconds` (bus/metrics.py), labelled by route template.
+A WebSocket gets the header on its accept and a line (`websocket`) when it ends, counted and timed the
+same way with method `WEBSOCKET` and its close code as the status; it has no span of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import structlog
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from bus import metrics, tracing
 from bus.headers import new_id
@@ -50,12 +52,15 @@ def _decide(headers: Any) -> str:
 class RequestStamp(ASGIMiddleware):
     """Notes, in the scope state, the request's correlation id and when it arrived."""
 
-    scopes = (ScopeType.HTTP,)
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         state = scope["state"]
         state[_STARTED] = time.perf_counter()
         state[_CORRELATION] = _decide(scope["headers"])
+        if scope["type"] == ScopeType.WEBSOCKET:
+            await _socket(scope, receive, send, next_app)
+            return
         if not tracing.enabled():
             await next_app(scope, receive, send)
             return
@@ -99,8 +104,52 @@ async def finish_response(message: Message, scope: Scope) -> None:
     )
 
 
+async def _socket(scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    """A WebSocket: the correlation header on its accept, and one log line and count when it ends, with its
+    close code as the status (1006: gone without a close) and `ms` the time to its accept (or to its refusal);
+    `open_s` is how long it was open."""
+    state = scope["state"]
+    accepted: float | None = None
+    code: int | None = None
+
+    async def sending(message: Message) -> None:
+        nonlocal accepted, code
+        if message["type"] == "websocket.accept":
+            accepted = time.perf_counter()
+            message["headers"] = [*message.get("headers", ()), (HEADER, state[_CORRELATION].encode())]
+        elif message["type"] == "websocket.close" and code is None:
+            code = int(message.get("code", 1000))
+        await send(message)
+
+    async def receiving() -> ReceiveMessage:
+        nonlocal code
+        message = await receive()
+        if message["type"] == "websocket.disconnect" and code is None:
+            code = int(message.get("code", 1005))
+        return message
+
+    try:
+        await next_app(scope, receiving, sending)
+    finally:
+        ended = time.perf_counter()
+        route = scope.get("path_template") or "unmatched"
+        status = str(code if code is not None else 1006)
+        seconds = (accepted or ended) - state[_STARTED]
+        metrics.HTTP_REQUESTS.labels("WEBSOCKET", route, status).inc()
+        metrics.HTTP_SECONDS.labels("WEBSOCKET", route, status).observe(seconds)
+        log.info(
+            "websocket",
+            route=route,
+            status=int(status),
+            ms=round(seconds * 1000, 2),
+            open_s=None if accepted is None else round(ended - accepted, 3),
+            tenant=state.get(_TENANT),
+            correlation_id=state[_CORRELATION],
+        )
+
+
 def correlation_id(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    """The request's correlation id (a WebSocket, which RequestStamp does not see, decides its own)."""
+    """The request's correlation id (decided by RequestStamp; here, for a request it did not see)."""
     state = connection.scope["state"]
     correlation: str | None = state.get(_CORRELATION)
     if correlation is None:

@@ -22,6 +22,7 @@ __all__ = [
     "RETRY_AFTER_S",
     "ApiError",
     "ErrorEnvelope",
+    "close_code",
     "error_json",
     "error_response",
     "exception_handlers",
@@ -95,6 +96,11 @@ class ApiError(Exception):
 
 def _envelope(code: ErrorCode, message: str, details: dict[str, Any] | None) -> ErrorEnvelope:
     return ErrorEnvelope(ErrorBody(code=code, message=_short(message), details=details or {}))
+
+
+def close_code(code: ErrorCode) -> int:
+    """A WebSocket's close code for an error: 4000 + the HTTP status it would have answered (4404, 4429, 4503)."""
+    return 4000 + HTTP_STATUS[code]
 
 
 def error_json(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> bytes:

@@ -38,7 +38,7 @@ from bus.keys import Scope
 from bus.streams import EVENTS
 from gateway.auth import principal_of
 from gateway.caller import Caller
-from gateway.errors import ApiError, error_json
+from gateway.errors import ApiError, close_code, error_json
 from gateway.sse import last_event_id, sse_response
 from gateway.state import Gateway, gateway_of
 from schemas.errors import ErrorCode
@@ -197,7 +197,7 @@ async def event_socket(socket: WebSocket[Any, Any, Any], after: CURSOR = None, t
         slot = gw.streams.take(tenant)
     except (ApiError, BusError) as e:
         await socket.send_data(error_json(e.code, e.message, e.details).decode(), mode="text")
-        await socket.close(code=4429 if e.code is ErrorCode.QUOTA_EXCEEDED else 4422, reason=str(e.code))
+        await socket.close(code=close_code(e.code), reason=str(e.code))
         return
     closed = asyncio.create_task(_until_closed(socket))
     feed = event_feed(gw, tenant, filters, after=start)

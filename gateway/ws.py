@@ -23,7 +23,7 @@ from bus.errors import BusError
 from gateway.auth import principal_of
 from gateway.bodies import NewMessage
 from gateway.conversations import start_turn
-from gateway.errors import ApiError, error_json
+from gateway.errors import ApiError, close_code, error_json
 from gateway.screening import screen_body
 from gateway.sse import event_json
 from gateway.state import Gateway, gateway_of
@@ -31,9 +31,6 @@ from schemas.conversation import ConversationView, GetConversation
 from schemas.errors import ErrorCode
 
 __all__ = ["chat_socket"]
-
-
-_CLOSE_CODES = {ErrorCode.UNAUTHORIZED: 4401, ErrorCode.QUOTA_EXCEEDED: 4429}
 
 
 def _error(code: ErrorCode, message: str) -> bytes:
@@ -64,7 +61,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
         slot = gw.streams.take(tenant)  # the tenant's `streams` quota: 4429 when it holds every one
     except (ApiError, BusError) as e:
         await socket.send_data(_error(e.code, e.message).decode(), mode="text")
-        await socket.close(code=_CLOSE_CODES.get(e.code, 4404), reason=str(e.code))
+        await socket.close(code=close_code(e.code), reason=str(e.code))
         return
     except subjects.InvalidToken:
         await socket.close(code=4404, reason="not_found")

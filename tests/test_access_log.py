@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import pytest
+import websockets
 from pydantic_ai.models.test import TestModel
 from structlog.testing import capture_logs
 
 from bus import subjects
 from bus.streams import RUN_OUT
 from schemas.runs import TERMINAL_OUTPUTS, RunOutput
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 
 Start = Callable[..., Awaitable[Platform]]
 
@@ -83,3 +85,27 @@ async def test_the_document_declares_the_correlation_header_on_every_response(st
     assert len(responses) > 100
     undeclared = [(p, m, s) for p, m, s, r in responses if "X-Correlation-Id" not in r.get("headers", {})]
     assert undeclared == []
+
+
+async def test_a_websocket_gets_its_correlation_id_and_a_line_when_it_ends(start_platform: Start) -> None:
+    platform = await start_platform(TestModel(custom_output_text="Hello!", call_tools=[]))
+    url = platform.url.replace("http", "ws") + "/v1/events/ws"
+    auth = {"Authorization": f"Bearer {platform.key}"}
+    with capture_logs() as captured:
+        async with websockets.connect(url, additional_headers={**auth, "X-Correlation-Id": "feed-1"}) as socket:
+            assert socket.response is not None and socket.response.headers["x-correlation-id"] == "feed-1"
+        async with websockets.connect(url + "?types=nobody.x", additional_headers=auth) as refused:
+            assert "invalid" in str(await refused.recv())  # the error's frame, then the close
+            with pytest.raises(websockets.ConnectionClosed):
+                await refused.recv()
+
+        async def both_ended() -> bool:
+            return len([e for e in captured if e.get("event") == "websocket"]) == 2
+
+        await wait_until(both_ended, what="a line for each socket")
+    lines = [e for e in captured if e.get("event") == "websocket"]
+    [closed] = [e for e in lines if e["correlation_id"] == "feed-1"]  # closed by the client
+    [refused_line] = [e for e in lines if e["correlation_id"] != "feed-1"]
+    assert (closed["route"], closed["status"], closed["tenant"]) == ("/v1/events/ws", 1000, "t1")
+    assert closed["open_s"] >= 0 and closed["ms"] >= 0
+    assert (refused_line["route"], refused_line["status"], refused_line["tenant"]) == ("/v1/events/ws", 4422, "t1")

@@ -269,6 +269,12 @@ async def test_tasks_list_show_and_follow_a_delegation(
     assert [t["id"] for t in printed_json(raw.out)["tasks"]] == [task_id]
     missing = await agentbus("tasks", "show", "0193d1a2-0000-7000-8000-000000000000")
     assert missing.code == 1 and "error: not_found" in missing.err
+    async with platform.client() as client:  # a disabled task that never ran: nothing to wait for
+        body = {"task_type": "scheduled", "prompt": "yearly", "schedule_expression": "0 0 1 1 *"}
+        idle = (await client.post("/v1/tasks", json=body)).json()["id"]
+        assert (await client.post(f"/v1/tasks/{idle}/disable")).status_code == 200
+    quiet = await agentbus("tasks", "follow", idle)
+    assert quiet.code == 0 and "has no runs and fires no more" in quiet.out, quiet.err
 
 
 async def test_runs_follow_streams_a_running_turn_then_show_and_list(

@@ -374,10 +374,14 @@ async def test_tasks_runs_overview_and_dead_letters(
     assert "conversation-cmd" in (await page.locator("#consumers").text_content() or "")  # its backlog
     assert "Conversations" in (await page.locator("#stats").text_content() or "")
     assert await page.locator("#charts svg rect.bar").count() >= 2
+    runs_shown = page.locator("#stats .kpi", has_text="in 24 h").locator("strong")
     async with platform.client() as http:  # an event arrives on the live feed as it happens
+        runs = (await http.get("/v1/stats")).json()["runs"]["total"]
+        assert await runs_shown.text_content() == str(runs)
         scheduled = (await http.get("/v1/tasks", params={"task_type": "scheduled"})).json()["tasks"][0]["id"]
         assert (await http.post(f"/v1/tasks/{scheduled}/execute")).status_code == 202
     await text_when(page.locator("#live-events"), lambda t: "scheduler." in t and "executor.finished" in t)
+    await text_when(runs_shown, lambda t: t == str(runs + 1))  # the totals follow the events too
     await c.shot("overview")
 
 
@@ -405,7 +409,15 @@ async def test_research_job_progress_and_report(
     events = page.locator("#research-events")
     await text_when(events, lambda t: "subrun_started" in t)
     await c.shot("research-progress")
+    report = f"/v1/console/research/{job_id}/report"
+    async with platform.client() as http:
+        early = await http.get(report)
     await text_when(events, lambda t: "research_finished" in t, timeout=40)
+    async with platform.client() as http, platform.client(key=await platform.key_for("t2")) as stranger:
+        assert (await http.get(report)).headers["content-type"].startswith("text/html")
+        theirs = await stranger.get(report)
+    assert early.status_code == 409 and early.json()["error"]["code"] == "conflict", early.text  # not ended yet
+    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "not_found"
     await page.wait_for_selector("#report-body h1", timeout=15_000)
     assert "completed" in (await page.locator("#research-phase").text_content() or "")
     assert "sub-runs" in (await page.locator("#research-totals").text_content() or "")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 from bus.streams import EVENTS
@@ -98,6 +99,14 @@ async def test_one_feed_orders_every_actors_events_of_the_tenant_and_resumes(sta
         ]
         assert [r.status_code for r in bad] == [422] * 5
         assert all(r.json()["error"]["code"] == "invalid" for r in bad)
+        # on the WebSocket: the error's frame, then 4000 + the status (4422)
+        url = platform.url.replace("http", "ws") + "/v1/events/ws?types=nobody.finished"
+        headers = {"Authorization": f"Bearer {platform.key}"}
+        async with websockets.connect(url, additional_headers=headers) as socket, asyncio.timeout(30):
+            assert json.loads(await socket.recv())["error"]["code"] == "invalid"
+            with pytest.raises(websockets.ConnectionClosed):
+                await socket.recv()
+        assert socket.close_code == 4422
 
     info = await platform.bus.js.stream_info(EVENTS.name)
     assert info.config.subjects in (None, []) and {s.name for s in info.config.sources or []} == {

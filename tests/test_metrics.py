@@ -3,6 +3,7 @@ prometheus-client's own text parser."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import sys
@@ -251,3 +252,22 @@ async def test_agentbus_run_gives_each_actor_a_metrics_port_and_prints_them(tmp_
         run.follow()
         await run.stop()
     assert run.proc.returncode == 0
+
+
+async def test_a_park_and_its_decision_are_counted(start_platform: Start, tmp_path: Path) -> None:
+    from tests.test_approvals_http import Mailer, _pending, _platform, _streamed_turn
+
+    platform = await _platform(start_platform, tmp_path, Mailer())
+    with actor_metrics() as url:
+        before = await scrape(url)
+        async with platform.client() as client:
+            turn = asyncio.create_task(_streamed_turn(client))
+            approval = await _pending(client)
+            denied = await client.post(f"/v1/approvals/{approval['id']}", json={"decision": "deny", "reason": "no"})
+            assert denied.status_code == 200, denied.text
+            assert (await asyncio.wait_for(turn, 30))[-1]["event"] == "completed"
+        after = await scrape(url)
+    assert value(after, "agentbus_runs_parked_total") - value(before, "agentbus_runs_parked_total") == 1
+    decided = "agentbus_approvals_decided_total"
+    assert value(after, decided, status="denied") - value(before, decided, status="denied") == 1
+    assert value(after, decided, status="approved") == value(before, decided, status="approved")

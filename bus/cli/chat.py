@@ -132,7 +132,9 @@ class Session:
             await events.aclose()
             if run_id:
                 await self.api.call("POST", f"/v1/runs/{run_id[0]}/cancel")
-            view.note("interrupted: the run is cancelled")
+                view.note("interrupted: the run is cancelled")
+            else:  # no event yet, so no run id to cancel: the message may have been taken
+                view.note("interrupted before the reply began: the turn may still run (agentbus runs list)")
             return
         view.end()
 

@@ -136,8 +136,10 @@ async def _task(api: Api, console: Console, task_id: str) -> int:
                 if status in ENDED_TASK_RUNS and (run.get("output") or run.get("error")):
                     line += f": {escape(printable(run.get('output') or run.get('error')))}"
                 console.print(line)
-            ended = all(status in ENDED_TASK_RUNS for status in seen.values())
-            if seen and ended and not _fires_again(task):
+            ended = all(status in ENDED_TASK_RUNS for status in seen.values())  # (so with none at all)
+            if ended and not _fires_again(task):
+                if not seen:
+                    console.print(f"task {escape(task_id)} has no runs and fires no more")
                 return 0
             await asyncio.sleep(TASK_POLL_S)
 
@@ -148,8 +150,13 @@ async def dead_letters(
     """Print each dead letter stored after id `after` (default: from now on), oldest first, until `count` of
     them (or Ctrl-C)."""
     if after is None:  # from now: after the newest stored
-        newest_page = (await api.get("/v1/dead-letters", limit=1, actor=actor))["dead_letters"]
-        after = newest_page[0]["id"] if newest_page else 0
+        page = await api.get("/v1/dead-letters", limit=1, actor=actor)
+        if page["dead_letters"]:
+            after = int(page["dead_letters"][0]["id"])
+        elif page.get("next_after") is not None:  # none of ours among the newest the gateway looked at
+            after = int(page["next_after"]) - 1
+        else:
+            after = 0
     newest: int = after
     printed = 0
     with console.status(f"following dead letters{f' of {escape(actor)}' if actor else ''} (Ctrl-C stops)"):
@@ -173,6 +180,6 @@ async def _letters_after(api: Api, actor: str | None, newest: int) -> list[dict[
     while True:
         page = await api.get("/v1/dead-letters", limit=200, actor=actor, after=after)
         found += [d for d in page["dead_letters"] if d["id"] > newest]
-        after = page.get("next_after")
-        if after is None or not page["dead_letters"] or page["dead_letters"][-1]["id"] <= newest:
+        after = page.get("next_after")  # the next page holds ids below it (a page may be empty, and go on)
+        if after is None or after <= newest + 1:
             return found

@@ -19,7 +19,7 @@ export function every(ms, signal, work) {
 
 /**
  * Call `refresh` whenever one of the tenant's events of `types` arrives (GET /v1/events, read with fetch),
- * coalesced over 150 ms; where the feed cannot be read (an older gateway, the stream quota spent) poll every
+ * coalesced over 150 ms; where the feed cannot be read (the tenant's `streams` quota spent, the bus away) poll every
  * `fallbackMs` instead. `onEvent` sees each event. Stops when `signal` aborts.
  */
 export function live(types, signal, refresh, { fallbackMs = 2000, onEvent } = {}) {

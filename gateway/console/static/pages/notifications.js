@@ -5,7 +5,7 @@ import { get, stream } from "../api.js";
 import { fill, h, link, when } from "../dom.js";
 
 const enc = encodeURIComponent;
-const PAGES = 5; // of 200: at most the newest 1000 of the last 24 h are shown
+const PAGES = 5; // of 200, oldest first; the live stream, resumed after the last one read, brings any more
 
 export async function render(view, { signal }) {
   const list = h("ol", { id: "notifications", class: "events" });

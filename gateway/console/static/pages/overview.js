@@ -30,7 +30,7 @@ export async function render(view, { signal }) {
         ["Replicas", ([, a]) => (a.replicas || []).map((r) => h("div", {}, `${r.instance} `, status(r.ok ? "ok" : "failed")))],
       ], { id: "actors" }),
       h("h2", {}, "Consumer backlog"),
-      s.consumers === null ? h("p", { class: "muted", id: "consumers" }, "Not reported by this gateway (no GET /v1/status).") : table(s.consumers || [], [
+      table(s.consumers || [], [
         ["Stream", (c) => c.stream],
         ["Consumer", (c) => c.consumer],
         ["Pending", (c) => c.pending],
@@ -46,6 +46,20 @@ export async function render(view, { signal }) {
         : h("p", { class: "muted", id: "dlq-depth" }, "None."),
     );
   };
+  const kpis = h("div", { class: "kpis", id: "stats" });
+  const showStats = (st) =>
+    st
+      ? fill(
+          kpis,
+          kpi("Conversations", st.conversations),
+          kpi("Tasks", `${st.tasks.enabled} / ${st.tasks.total}`, "enabled / all"),
+          kpi("Runs", st.runs.total, `${st.runs.last_24h} in 24 h · ${st.rates.runs_per_hour_24h.toFixed(1)}/h`),
+          kpi("Runs by status", Object.entries(st.runs.by_status).map(([k, n]) => `${k} ${n}`).join(" · ") || "—"),
+          kpi("Tokens", st.tokens.total, `${st.tokens.input} in · ${st.tokens.output} out · ${Math.round(st.rates.tokens_per_hour_24h)}/h`),
+          kpi("Cost", usd(st.cost_usd)),
+        )
+      : fill(kpis, h("p", { class: "muted" }, "Totals unavailable (GET /v1/stats did not answer)."));
+  showStats(stats);
   const feed = h("ol", { id: "live-events", class: "events", reversed: true });
   const charts = h("div", { class: "grid", id: "charts" });
   const showCharts = (day, agent) => fill(charts, usageCharts(day, agent));
@@ -53,18 +67,7 @@ export async function render(view, { signal }) {
   fill(
     view,
     h("h1", {}, "Overview"),
-    stats
-      ? h(
-          "div",
-          { class: "kpis", id: "stats" },
-          kpi("Conversations", stats.conversations),
-          kpi("Tasks", `${stats.tasks.enabled} / ${stats.tasks.total}`, "enabled / all"),
-          kpi("Runs", stats.runs.total, `${stats.runs.last_24h} in 24 h · ${stats.rates.runs_per_hour_24h.toFixed(1)}/h`),
-          kpi("Runs by status", Object.entries(stats.runs.by_status).map(([k, n]) => `${k} ${n}`).join(" · ") || "—"),
-          kpi("Tokens", stats.tokens.total, `${stats.tokens.input} in · ${stats.tokens.output} out · ${Math.round(stats.rates.tokens_per_hour_24h)}/h`),
-          kpi("Cost", usd(stats.cost_usd)),
-        )
-      : null,
+    kpis,
     health,
     h("h2", {}, "Usage, last 14 days"),
     charts,
@@ -74,11 +77,13 @@ export async function render(view, { signal }) {
   );
   state.then(showHealth);
   every(5000, signal, async () => showHealth(await platformState(signal)));
-  const reload = async () => {
-    const [day, agent] = await Promise.all([
+  const reload = async () => { // an event: the totals and the charts read again
+    const [st, day, agent] = await Promise.all([
+      get("/v1/stats", { signal }).catch(() => null),
       get(`/v1/usage?group_by=day&from=${since}`, { signal }),
       get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
     ]);
+    showStats(st);
     showCharts(day, agent);
   };
   live("", signal, reload, {
@@ -99,22 +104,10 @@ function kpi(label, value, sub = "") {
   return h("div", { class: "kpi" }, h("span", { class: "muted" }, label), h("strong", {}, String(value)), sub ? h("span", { class: "muted" }, sub) : null);
 }
 
-/** GET /v1/status; where a gateway has none, the actors' health from /health and the dead letters counted. */
+/** GET /v1/status, or the error it answered with (shown in place of the health and the counts). */
 async function platformState(signal) {
   try {
     return await get("/v1/status", { signal });
-  } catch (e) {
-    if (e.status !== 404) return { error: e };
-  }
-  try {
-    const response = await fetch("/health", { signal, headers: { Accept: "application/json" } });
-    const health = await response.json(); // 503 still says which part is down
-    const letters = (await get("/v1/dead-letters?limit=200", { signal }).catch(() => ({ dead_letters: [] }))).dead_letters;
-    const dead = {};
-    for (const d of letters) dead[d.actor] = (dead[d.actor] || 0) + 1;
-    const actors = {};
-    for (const [name, a] of Object.entries(health.actors || {})) actors[name] = { ok: Boolean(a.ok), replicas: a.instance ? [{ instance: a.instance, ok: a.ok }] : [] };
-    return { actors, consumers: null, dead_letters: dead };
   } catch (e) {
     return { error: e };
   }

@@ -1,7 +1,7 @@
 // Research: start a job; a job's live progress (phase, sub-runs, running totals) and, once it ends, its
 // report rendered from Markdown by the gateway (raw HTML escaped) with the citations as links; a document.
 
-import { ApiError, PAGE, get, pages, post, stream } from "../api.js";
+import { PAGE, get, pages, post, stream } from "../api.js";
 import { fill, h, link, pagedTable, pre, status, table, tokens, usd, when } from "../dom.js";
 
 const enc = encodeURIComponent;
@@ -14,13 +14,7 @@ export async function render(view, { page, args, signal }) {
 }
 
 async function list(view, signal) {
-  let jobs = null;
-  let nextAfter = null;
-  try {
-    ({ jobs, next_after: nextAfter } = await get(`/v1/research?limit=${PAGE}`, { signal }));
-  } catch (e) {
-    if (!(e instanceof ApiError && [404, 405].includes(e.status))) throw e;
-  }
+  const { jobs, next_after: nextAfter } = await get(`/v1/research?limit=${PAGE}`, { signal });
   const opener = h("input", { id: "job-id", placeholder: "a job id", size: 40 });
   const open = h("form", { class: "inline" }, opener, h("button", { type: "submit", class: "secondary" }, "Open job"));
   open.addEventListener("submit", (event) => {
@@ -32,9 +26,7 @@ async function list(view, signal) {
     h("h1", {}, "Research"),
     startForm(),
     open,
-    jobs === null
-      ? h("p", { class: "muted" }, "This gateway has no job list (GET /v1/research): open a job by id.")
-      : jobs.length
+    jobs.length
         ? pagedTable(jobs, nextAfter, pages(`/v1/research?limit=${PAGE}`, "jobs"), [
             ["Job", (j) => link(`research/${enc(j.id)}`, j.question.slice(0, 90))],
             ["Status", (j) => status(j.status)],

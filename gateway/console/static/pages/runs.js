@@ -24,23 +24,8 @@ function opener() {
 }
 
 async function list(view, signal) {
-  let runs = null;
-  let nextAfter = null;
-  try {
-    ({ runs, next_after: nextAfter } = await get(`/v1/runs?limit=${PAGE}`, { signal }));
-  } catch (e) {
-    if (!(e instanceof ApiError && [404, 405].includes(e.status))) throw e;
-  }
-  fill(
-    view,
-    h("h1", {}, "Runs"),
-    opener(),
-    runs === null
-      ? h("p", { class: "muted" }, "This gateway has no run list (GET /v1/runs): open a run by id.")
-      : runs.length
-        ? runTable(runs, nextAfter)
-        : h("p", { class: "muted" }, "No runs yet."),
-  );
+  const { runs, next_after: nextAfter } = await get(`/v1/runs?limit=${PAGE}`, { signal });
+  fill(view, h("h1", {}, "Runs"), opener(), runs.length ? runTable(runs, nextAfter) : h("p", { class: "muted" }, "No runs yet."));
 }
 
 function runTable(runs, nextAfter) {
@@ -125,7 +110,6 @@ async function run(view, id, signal) {
   );
   if (!record) return;
   showSummary(record);
-  if (record.status === "completed") output.textContent = ""; // filled from the events (the terminal has it)
   follow(id, events, output, approvals, signal).then(async () => {
     if (signal.aborted) return;
     const latest = await get(`/v1/runs/${enc(id)}`, { signal });
