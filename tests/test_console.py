@@ -347,6 +347,12 @@ async def test_tasks_runs_overview_and_dead_letters(
             break
         await asyncio.sleep(0.1)
     await c.shot("dlq")
+    await c.open("overview", "overview")  # the overview counts them per actor, linked to their list
+    await text_when(page.locator("#health"), lambda t: "Dead letters" in t and "None." not in t)
+    depth = page.locator("#dlq-depth tbody tr", has_text="conversation")
+    assert (await depth.locator("td").all_text_contents()) == ["conversation", "2"]
+    await depth.locator("a").click()
+    await page.wait_for_selector("main[data-ready='dlq'] .dead-letter")
     junk = page.locator(".dead-letter", has_text="undecodable")
     lost = page.locator(".dead-letter", has_text="are you there?")
     assert subject in (await lost.text_content() or "") and "the database was away" in (await lost.text_content() or "")

@@ -96,8 +96,11 @@ async def test_a_chat_turn_is_one_trace_from_the_request_to_the_model_the_tool_a
     assert any(executor_handler.name in ancestors(s, by_id) for s in sql)  # the run's records, by asyncpg
     assert any(conversation_handler.name in ancestors(s, by_id) for s in sql)
     # every handler that took part in the turn is in this one trace
-    for name in ("handle conversation.cmd", "handle executor.cmd"):
+    for name in ("handle conversation.cmd", "handle executor.cmd", "handle executor.evt.finished"):
         assert {s.context.trace_id for s in named(finished, name)} == {trace_id}
+    # the run's end, published by the executor's handler, is handled by the conversation (which stores the reply)
+    (reply_stored,) = named(finished, "handle executor.evt.finished")
+    assert ancestors(reply_stored, by_id)[:2] == ["publish executor.evt.finished", executor_handler.name]
     # no prompt or output text in any span
     assert not any("What time is it?" in str(s.attributes) or "It is now." in str(s.attributes) for s in turn_spans)
 
