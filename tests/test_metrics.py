@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -271,3 +274,70 @@ async def test_a_park_and_its_decision_are_counted(start_platform: Start, tmp_pa
     decided = "agentbus_approvals_decided_total"
     assert value(after, decided, status="denied") - value(before, decided, status="denied") == 1
     assert value(after, decided, status="approved") == value(before, decided, status="approved")
+
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+
+
+@pytest.mark.skipif(not PROMETHEUS.exists(), reason="no Prometheus at /usr/bin/prometheus (apt install prometheus)")
+async def test_a_real_prometheus_scrapes_the_gateway_with_its_token_and_an_actor(
+    start_platform: Start, tmp_path: Path
+) -> None:
+    """Debian's Prometheus server scrapes the gateway (bearer token) and the actors' port, and its query API
+    answers with the platform's series: what an operator's own Prometheus sees."""
+    platform = await start_platform(TestModel(custom_output_text="Hello!", call_tools=[]), metrics_token="scrape-me")
+    web = free_port()
+    with actor_metrics() as actors_url:
+        async with platform.client() as client:
+            await chat_turn(client, "Hi")
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": "gateway",
+                    "authorization": {"credentials": "scrape-me"},
+                    "static_configs": [{"targets": [platform.url.removeprefix("http://")]}],
+                },
+                {"job_name": "actors", "static_configs": [{"targets": [actors_url.split("/")[2]]}]},
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        log = (tmp_path / "prometheus.log").open("wb")
+        server = await asyncio.create_subprocess_exec(
+            str(PROMETHEUS),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web}", timeout=5) as prometheus:
+
+                async def query(expr: str) -> list[dict[str, Any]]:
+                    answer = (await prometheus.get("/api/v1/query", params={"query": expr})).json()
+                    assert answer["status"] == "success", answer
+                    return list(answer["data"]["result"])
+
+                async def both_up() -> bool:
+                    try:
+                        found = await query("up")
+                    except httpx.TransportError:
+                        return False  # not listening yet
+                    return sorted((r["metric"]["job"], r["value"][1]) for r in found) == [
+                        ("actors", "1"),
+                        ("gateway", "1"),
+                    ]
+
+                await wait_until(both_up, timeout=60, interval=0.5, what="Prometheus to scrape both targets")
+                route = "/v1/conversations/{conversation_id}/messages"
+                turns = await query(f'agentbus_http_requests_total{{job="gateway",route="{route}",status="200"}}')
+                runs = await query('agentbus_runs_total{job="actors",agent="assistant",status="completed"}')
+                handled = await query('sum by (actor) (agentbus_messages_handled_total{job="actors"})')
+        finally:
+            server.terminate()  # by its own pid; it stops in well under a second
+            await asyncio.wait_for(server.wait(), timeout=30)
+            log.close()
+    assert [float(r["value"][1]) for r in turns] == [1.0]
+    assert runs and float(runs[0]["value"][1]) >= 1
+    assert {"conversation", "executor"} <= {r["metric"]["actor"] for r in handled}
