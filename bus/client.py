@@ -421,11 +421,15 @@ class Bus:
     async def kv_watch(self, bucket: str) -> AsyncGenerator[KvChange | None]:
         """The last value of every key of a KV bucket, then `None` once they are all given, then each change.
 
-        Not nats-py's `keys()` or `watchall()`: their end-of-initial-values marker compares the server's
+        Not nats-py's `keys()` or `watchall()` (2.16): their end-of-initial-values marker compares the server's
         pending count with how many values the client has handled so far, so with every value already sent
-        but none handled yet they say "no keys" (seen in CI: `keys()` right after a put raised NoKeysError).
-        Here the server's own delivered count decides, and each value's `num_pending` says when it is the last.
-        An ordered consumer: nats-py recreates it past the last value seen if it stalls or skips.
+        but none handled yet they say "no keys" (nats-io/nats.py#842; seen in our CI: `keys()` right after a
+        put raised NoKeysError). Here the consumer's info when it is made says how many values the snapshot
+        holds (delivered + pending); `None` comes once that many arrived and the last says none are pending,
+        not at the first that says so (a replica's pending count can touch 0 and rise again under concurrent
+        writes: nats-io/nats.py#995). If values are purged meanwhile and fewer come, `None` comes once none
+        has come for a request timeout. An ordered consumer: nats-py recreates it past the last value seen if
+        it stalls or skips.
         """
         await self.key_value(bucket)
         sub = await self.js.subscribe(
@@ -437,16 +441,25 @@ class Bus:
         )
         try:
             info = await sub.consumer_info()
-            current = not (info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq))
-            if not current:
+            snapshot = (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
+            received = 0
+            done = not snapshot
+            if done:
                 yield None
             prefix = len(f"$KV.{bucket}.")
-            async for msg in sub.messages:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None if done else self.config.request_timeout_s)
+                except NatsTimeoutError:  # fewer came than the snapshot held (purged meanwhile): that is all
+                    done = True
+                    yield None
+                    continue
+                received += 1
                 operation = (msg.headers or {}).get("KV-Operation")
                 gone = operation in ("DEL", "PURGE") or not msg.data
                 yield KvChange(msg.subject[prefix:], None if gone else msg.data)
-                if current and msg.metadata.num_pending == 0:
-                    current = False
+                if not done and received >= snapshot and msg.metadata.num_pending == 0:
+                    done = True
                     yield None
         finally:
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from bus import keys
 from bus.client import Bus
 from bus.keys import KeyRecord, Scope, StoredKey
 from gateway.access_log import note_tenant
-from gateway.errors import ApiError, error_json
+from gateway.errors import ApiError, close_code, error_json
 from schemas.errors import ErrorCode
 
 __all__ = ["PRINCIPAL", "KeyWatch", "Principal", "authorize", "presented_key", "principal_of"]
@@ -205,7 +205,7 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], route_handle
             raise
         await connection.accept()  # the browser is told why before the close
         await connection.send_data(error_json(e.code, e.message, e.details).decode(), mode="text")
-        raise WebSocketException(detail=e.code.value, code=4401 if e.code is ErrorCode.UNAUTHORIZED else 4403) from e
+        raise WebSocketException(detail=e.code.value, code=close_code(e.code)) from e
     connection.scope["state"][PRINCIPAL] = principal
     note_tenant(connection, principal.tenant)
 

@@ -18,7 +18,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import PRINCIPAL, Principal
-from gateway.errors import error_json
+from gateway.errors import close_code, error_json
 from schemas.errors import ErrorCode
 
 __all__ = ["REVOKED_MESSAGE", "CloseOnRevoke"]
@@ -83,7 +83,7 @@ async def _end(scope: Scope, send: Send) -> None:
     if scope["type"] == ScopeType.WEBSOCKET:
         text = error_json(ErrorCode.UNAUTHORIZED, REVOKED_MESSAGE).decode()
         await send({"type": "websocket.send", "text": text, "bytes": None})
-        await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
+        await send({"type": "websocket.close", "code": close_code(ErrorCode.UNAUTHORIZED), "reason": "unauthorized"})
         return
     frame = b"event: error\ndata: %s\n\n" % error_json(ErrorCode.UNAUTHORIZED, REVOKED_MESSAGE)
     await send({"type": "http.response.body", "body": frame, "more_body": False})

@@ -64,7 +64,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any], conversation_id: FromPat
         await socket.close(code=close_code(e.code), reason=str(e.code))
         return
     except subjects.InvalidToken:
-        await socket.close(code=4404, reason="not_found")
+        await socket.close(code=close_code(ErrorCode.NOT_FOUND), reason="not_found")
         return
     lock = asyncio.Lock()
     relays: set[asyncio.Task[None]] = set()

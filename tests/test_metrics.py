@@ -49,6 +49,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of every sample of `name` with these labels (and any others)."""
+    return sum(v for (n, got), v in samples.items() if n == name and labels.items() <= dict(got).items())
+
+
 def labelled(samples: Samples, name: str) -> list[Mapping[str, str]]:
     return [dict(labels) for (n, labels) in samples if n == name]
 
@@ -167,12 +172,7 @@ async def test_a_priced_turn_adds_its_cost_and_tokens_to_the_counters(start_plat
 
     def grew(name: str, **labels: str) -> float:
         """The growth of every sample of `name` with these labels (and any others)."""
-
-        def total(samples: Samples) -> float:
-            wanted = labels.items()
-            return sum(v for (n, got), v in samples.items() if n == name and wanted <= dict(got).items())
-
-        return total(after) - total(before)
+        return total(after, name, **labels) - total(before, name, **labels)
 
     assert grew("agentbus_cost_usd_total", agent="assistant") == pytest.approx(_price(PRICED))
     assert grew("agentbus_tokens_total", agent="assistant", direction="input") == INPUT_TOKENS
@@ -334,10 +334,6 @@ async def test_a_real_prometheus_scrapes_the_gateway_with_its_token_and_an_actor
                 # tests in it have counted too; nothing adds to these two after the turn)
                 route = "/v1/conversations/{conversation_id}/messages"
                 own = await scrape(f"{platform.url}/metrics", Authorization="Bearer scrape-me")
-
-                def total(name: str, **labels: str) -> float:
-                    return sum(v for (n, got), v in own.items() if n == name and labels.items() <= dict(got).items())
-
                 turns = await query(f'sum(agentbus_http_requests_total{{job="gateway",route="{route}",status="200"}})')
                 runs = await query('sum(agentbus_runs_total{job="actors",agent="assistant",status="completed"})')
                 handled = await query('sum by (actor) (agentbus_messages_handled_total{job="actors"})')
@@ -345,8 +341,8 @@ async def test_a_real_prometheus_scrapes_the_gateway_with_its_token_and_an_actor
             server.terminate()  # by its own pid; it stops in well under a second
             await asyncio.wait_for(server.wait(), timeout=30)
             log.close()
-    expected_turns = total("agentbus_http_requests_total", route=route, status="200")
+    expected_turns = total(own, "agentbus_http_requests_total", route=route, status="200")
     assert expected_turns >= 1 and [float(r["value"][1]) for r in turns] == [expected_turns]
-    expected_runs = total("agentbus_runs_total", agent="assistant", status="completed")
+    expected_runs = total(own, "agentbus_runs_total", agent="assistant", status="completed")
     assert expected_runs >= 1 and [float(r["value"][1]) for r in runs] == [expected_runs]
     assert {"conversation", "executor"} <= {r["metric"]["actor"] for r in handled}

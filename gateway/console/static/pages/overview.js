@@ -11,11 +11,13 @@ const enc = encodeURIComponent;
 export async function render(view, { signal }) {
   const since = new Date(Date.now() - 13 * 86_400_000).toISOString().slice(0, 10); // the last 14 days
   const state = platformState(signal); // it asks every replica (about half a second): shown when it answers
-  const [stats, byDay, byAgent] = await Promise.all([
-    get("/v1/stats", { signal }).catch(() => null),
-    get(`/v1/usage?group_by=day&from=${since}`, { signal }),
-    get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
-  ]);
+  const read = () => // the totals and the usage by day and by agent: on opening, and again on each event
+    Promise.all([
+      totals(signal),
+      get(`/v1/usage?group_by=day&from=${since}`, { signal }),
+      get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
+    ]);
+  const [stats, byDay, byAgent] = await read();
   const health = h("section", { id: "health" }, h("h2", {}, "Actors"), h("p", { class: "muted" }, "Asking every replica…"));
   const showHealth = (s) => {
     if (s.error) return fill(health, h("p", { class: "error" }, `Status unavailable: ${s.error.message}`));
@@ -77,12 +79,8 @@ export async function render(view, { signal }) {
   );
   state.then(showHealth);
   every(5000, signal, async () => showHealth(await platformState(signal)));
-  const reload = async () => { // an event: the totals and the charts read again
-    const [st, day, agent] = await Promise.all([
-      get("/v1/stats", { signal }).catch(() => null),
-      get(`/v1/usage?group_by=day&from=${since}`, { signal }),
-      get(`/v1/usage?group_by=agent&from=${since}`, { signal }),
-    ]);
+  const reload = async () => {
+    const [st, day, agent] = await read();
     showStats(st);
     showCharts(day, agent);
   };
@@ -102,6 +100,11 @@ function unpriced(rollup) {
 
 function kpi(label, value, sub = "") {
   return h("div", { class: "kpi" }, h("span", { class: "muted" }, label), h("strong", {}, String(value)), sub ? h("span", { class: "muted" }, sub) : null);
+}
+
+/** GET /v1/stats, or null where it did not answer (the totals say so; the rest of the page still shows). */
+function totals(signal) {
+  return get("/v1/stats", { signal }).catch(() => null);
 }
 
 /** GET /v1/status, or the error it answered with (shown in place of the health and the counts). */
