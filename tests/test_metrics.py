@@ -321,6 +321,8 @@ async def test_a_real_prometheus_scrapes_the_gateway_with_its_token_and_an_actor
 
                 async def both_up() -> bool:
                     try:
+                        if (await prometheus.get("/-/ready")).status_code != 200:
+                            return False  # starting: its API answers 503 in plain text until it is ready
                         found = await query("up")
                     except httpx.TransportError:
                         return False  # not listening yet
